@@ -1,0 +1,197 @@
+"""The packed-window LMDB: the one format the pack stage writes and the trainer reads.
+
+Layout (all keys are UTF-8 bytes):
+
+- ``__meta__``            JSON: format name/version, fps, sample rate, window/stride, coefficient layout.
+- ``__index__``           JSON: ``{"train": [key, ...], "val": [...], "test": [...]}``, sorted keys.
+- ``__done__/<video>``    JSON: the fingerprint of the packed video and its window keys (resume marker).
+- ``w/<video>/<segment>/<start>``  one window, encoded with :func:`encode_arrays`:
+    ``coeffs``  float32 (S, W, 56)  per singer, ``[exp(50), jaw(3), pose(3)]`` at 30 fps
+    ``vocals``  float16 (S, W*sr/fps) each singer's vocal at 16 kHz
+    ``bgm``     float16 (W*sr/fps,)   the accompaniment at 16 kHz
+    ``pose0``   float32 (S, 3)        each singer's global pose at the window's first frame
+  and the header carries ``video``, ``segment``, ``start`` (frame in the trimmed video), ``split``.
+
+The partner vocal of singer *i* is the sum of the other singers' vocals (paper Eq. 3); the reader
+derives it rather than storing it S times. Values are a small JSON header + raw little-endian
+buffers, so a read is one LMDB lookup and ``np.frombuffer`` per array (no pickle, no zip).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+FORMAT = "chorushead-windows"
+FORMAT_VERSION = 1
+META_KEY = b"__meta__"
+INDEX_KEY = b"__index__"
+DONE_PREFIX = b"__done__/"
+WINDOW_PREFIX = b"w/"
+SPLITS = ("train", "val", "test")
+N_COEFFS = 56
+EXP, JAW, POSE = slice(0, 50), slice(50, 53), slice(53, 56)
+
+
+def encode_arrays(arrays: dict[str, np.ndarray], header: dict[str, Any] | None = None) -> bytes:
+    """Serialise named arrays + a JSON header into one byte string."""
+    spec, chunks, offset = {}, [], 0
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        raw = arr.tobytes()
+        spec[name] = [arr.dtype.str, list(arr.shape), offset, len(raw)]
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps({"arrays": spec, "header": header or {}}, sort_keys=True).encode()
+    return struct.pack("<I", len(head)) + head + b"".join(chunks)
+
+
+def decode_arrays(blob: bytes | memoryview) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inverse of :func:`encode_arrays`. Arrays are copies (safe after the txn ends)."""
+    (n,) = struct.unpack_from("<I", blob, 0)
+    meta = json.loads(bytes(blob[4:4 + n]))
+    base = 4 + n
+    out = {}
+    for name, (dtype, shape, off, size) in meta["arrays"].items():
+        out[name] = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape, dtype=np.int64)),
+                                  offset=base + off).reshape(shape).copy()
+    return out, meta["header"]
+
+
+def window_key(video: str, segment: int, start: int) -> bytes:
+    return f"w/{video}/{segment:04d}/{start:07d}".encode()
+
+
+@dataclass
+class Window:
+    key: str
+    video: str
+    segment: int
+    start: int
+    split: str
+    coeffs: np.ndarray   # (S, W, 56) float32
+    vocals: np.ndarray   # (S, N) float32
+    bgm: np.ndarray      # (N,) float32
+    pose0: np.ndarray    # (S, 3) float32
+
+    @property
+    def n_singers(self) -> int:
+        return int(self.coeffs.shape[0])
+
+    def partner(self, host: int) -> np.ndarray:
+        """Sum of all other singers' vocals (paper Eq. 3: A^P = A^S - A^H)."""
+        return self.vocals.sum(axis=0) - self.vocals[host]
+
+
+class WindowReader:
+    """Random access to packed windows of one split.
+
+    ``reader[i]`` is a :class:`Window`; ``reader.host_sample(j)`` expands windows to one sample per
+    singer-as-host (what the trainer iterates). Opens lazily so it survives DataLoader fork/spawn.
+    ``readahead`` stays on: measured cold reads collapse ~20x without it (see REFERENCES.md).
+    """
+
+    def __init__(self, path: str | Path, split: str | None = "train"):
+        self.path = Path(path)
+        if not (self.path / "data.mdb").exists():
+            raise FileNotFoundError(
+                f"No packed LMDB at {self.path} (looked for {self.path / 'data.mdb'}). "
+                "Run `chorushead build ... --stages pack` or `pachorus synth` first.")
+        self.split = split
+        self._env = None
+        env = self._open()
+        with env.begin() as txn:
+            meta = txn.get(META_KEY)
+            index = txn.get(INDEX_KEY)
+        if meta is None or index is None:
+            raise ValueError(f"{self.path} is not a finished {FORMAT} LMDB (no __meta__/__index__): "
+                             "the pack stage did not complete; rerun it.")
+        self.meta = json.loads(meta)
+        if self.meta.get("format") != FORMAT or self.meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{self.path}: unsupported format {self.meta.get('format')} v{self.meta.get('version')}")
+        idx = json.loads(index)
+        if split is None:
+            self.keys = [k for s in SPLITS for k in idx.get(s, [])]
+        elif split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        else:
+            self.keys = list(idx.get(split, []))
+        self.n_singers = int(self.meta.get("n_singers", 2))
+        self._close()
+
+    def _open(self):
+        if self._env is None:
+            import lmdb
+            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=True,
+                                  meminit=False, max_readers=512, subdir=True)
+        return self._env
+
+    def _close(self):
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_env"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> Window:
+        key = self.keys[i]
+        with self._open().begin(buffers=True) as txn:
+            blob = txn.get(key.encode())
+            if blob is None:
+                raise KeyError(f"window {key} listed in the index but missing from {self.path}")
+            arrays, head = decode_arrays(blob)
+        return Window(key=key, video=head["video"], segment=int(head["segment"]), start=int(head["start"]),
+                      split=head["split"], coeffs=arrays["coeffs"].astype(np.float32),
+                      vocals=arrays["vocals"].astype(np.float32), bgm=arrays["bgm"].astype(np.float32),
+                      pose0=arrays["pose0"].astype(np.float32))
+
+    def __iter__(self) -> Iterator[Window]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def n_host_samples(self) -> int:
+        return len(self) * self.n_singers
+
+    def host_sample(self, j: int) -> dict[str, np.ndarray]:
+        """Sample j = (window j // S, host j % S): host/partner vocals, BGM, host coefficients, pose0."""
+        w = self[j // self.n_singers]
+        h = j % self.n_singers
+        return {"host": w.vocals[h], "partner": w.partner(h), "bgm": w.bgm,
+                "coeffs": w.coeffs[h], "pose0": w.pose0[h], "key": w.key, "singer": h}
+
+
+def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, n_singers: int, extra: dict | None = None):
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "fps": fps, "sr": sr, "window": window,
+            "stride": stride, "n_singers": n_singers, "coeff_layout": {"exp": [0, 50], "jaw": [50, 53], "pose": [53, 56]}}
+    meta.update(extra or {})
+    txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+
+
+def rebuild_index(txn) -> dict[str, list[str]]:
+    """Scan window keys and write ``__index__`` grouped by each window's split (sorted, deterministic)."""
+    index: dict[str, list[str]] = {s: [] for s in SPLITS}
+    cur = txn.cursor()
+    if cur.set_range(WINDOW_PREFIX):
+        for k, v in cur:
+            if not bytes(k).startswith(WINDOW_PREFIX):
+                break
+            _, head = decode_arrays_header(v)
+            index[head["split"]].append(bytes(k).decode())
+    txn.put(INDEX_KEY, json.dumps(index, sort_keys=True).encode())
+    return index
+
+
+def decode_arrays_header(blob) -> tuple[dict, dict]:
+    (n,) = struct.unpack_from("<I", blob, 0)
+    meta = json.loads(bytes(blob[4:4 + n]))
+    return meta["arrays"], meta["header"]
