@@ -1,0 +1,111 @@
+"""The `chorushead` command line: build, status, demo, doctor, review."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build the ChorusHead 3D singing-head dataset from duet/chorus videos.")
+
+
+def _pipeline(pipeline: Optional[Path], sets: List[str]):
+    from chorushead.runner import Pipeline
+    return Pipeline.load(pipeline, sets)
+
+
+@app.command()
+def build(
+    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of raw videos (searched recursively). "
+                                          "Omit to rerun on the videos already registered in --out."),
+    out: Path = typer.Option(..., "--out", help="Output folder (manifests, per-item outputs, LMDB)."),
+    stems: Optional[Path] = typer.Option(None, "--stems", help="Folder with <video stem>/vocals.wav, "
+                                         "accompaniment.wav, singer1.wav, singer2.wav...: skips the separation stages."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated subset of stages to run."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Parallel worker processes."),
+    pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline TOML (default: pipelines/chorushead.toml)."),
+    sets: List[str] = typer.Option([], "--set", help="Override a parameter: stage.param=value (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run (or resume) the staged build. Rerun the same command after a crash: done work is kept."""
+    from chorushead.runner import build as run_build
+    pl = _pipeline(pipeline, sets)
+    chosen = [s.strip() for s in stages.split(",")] if stages else None
+    try:
+        summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet)
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2)
+    _print_summary(summaries)
+
+
+def _print_summary(summaries) -> None:
+    if not summaries:
+        return
+    typer.echo(f"\n{'stage':<12}{'done':>6}{'reused':>8}{'skipped':>9}{'failed':>8}{'blocked':>9}{'seconds':>9}")
+    for s in summaries:
+        typer.echo(f"{s.stage:<12}{s.done:>6}{s.reused:>8}{s.skipped:>9}{s.failed:>8}{s.blocked:>9}{s.seconds:>9.1f}")
+    fails = [(s.stage, i, m) for s in summaries for i, m in s.failures]
+    for stage, item, msg in fails[:20]:
+        typer.secho(f"  [{stage}] {item}: {msg}", fg="yellow")
+    if fails:
+        typer.echo(f"{len(fails)} item-stage(s) failed; fix and rerun the same command (done work is kept). "
+                   "`chorushead status --out ...` lists them again.")
+
+
+@app.command()
+def status(out: Path = typer.Option(..., "--out"), pipeline: Optional[Path] = typer.Option(None, "--pipeline")):
+    """Per stage: done / failed / pending; hours, frames and segments; the failures and their messages."""
+    from chorushead.status import collect, format_status
+    if not (out / "items.json").exists():
+        typer.secho(f"{out} has no build yet (no items.json). Run `chorushead build --videos DIR --out {out}`.",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(format_status(collect(out, _pipeline(pipeline, []))))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Where the sample video and the build go."),
+    seconds: float = typer.Option(12.0, "--seconds", help="Length of the generated duet."),
+    jobs: int = typer.Option(1, "--jobs", "-j"),
+):
+    """Generate a short two-singer sample video (with stems) and build it as far as the installed assets allow."""
+    from chorushead.demo import run_demo
+    code = run_demo(out, seconds=seconds, jobs=jobs, echo=typer.echo)
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor():
+    """Where each model-backed stage looks for its assets, whether they were found, how to get them."""
+    try:
+        from chorushead.doctor import doctor as run_doctor, format_report
+    except ImportError as e:  # pragma: no cover
+        typer.secho(f"doctor unavailable: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    checks = run_doctor()
+    typer.echo(format_report(checks))
+
+
+@app.command()
+def review(
+    out: Path = typer.Option(..., "--out", help="Build output folder."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8765, "--port"),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Permit binding to a non-loopback address."),
+    flame: Optional[Path] = typer.Option(None, "--flame", help="FLAME folder to render meshes (optional)."),
+):
+    """Start the local review web app: accept or reject segments with the keyboard."""
+    from chorushead.review.server import serve
+    serve(out, host=host, port=port, allow_remote=allow_remote, flame_dir=flame)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,349 @@
+"""Runs a pipeline's stages over items, resumably, on local processes.
+
+For every item-stage the runner computes a fingerprint from the stage's name, version, parameters and
+the fingerprints of the upstream records it needs (ingest: of the input file). An item whose newest
+record is done with that fingerprint is skipped; failed or changed ones are (re)done. Work runs in
+joblib workers; only this process appends to manifests, so records from workers that finish in any
+order are neither lost nor duplicated. A worker that dies mid-item leaves no record: the item stays
+pending and the next run does it again.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+import unicodedata
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from chorushead.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
+from chorushead.stages import get_stage
+from chorushead.stages.base import Context, Item, MissingAsset, Result, Stage, StageError, params_dict
+
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore
+
+
+# ----------------------------------------------------------------------------- pipeline file
+@dataclass
+class Pipeline:
+    stages: list[str]
+    params: dict[str, dict[str, Any]]
+    fps: int = 30
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Iterable[str] = ()) -> "Pipeline":
+        path = Path(path) if path else default_pipeline_path()
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+        stages = list(cfg.get("pipeline", {}).get("stages", []))
+        params = {k: dict(v) for k, v in cfg.get("stages", {}).items()}
+        for ov in overrides:
+            key, _, raw = ov.partition("=")
+            stage, _, name = key.partition(".")
+            if not name or not _:
+                raise ValueError(f"--set expects stage.param=value, got {ov!r}")
+            params.setdefault(stage, {})[name] = _parse_value(raw)
+        for s in params:
+            if s not in stages and s != "review":
+                raise ValueError(f"{path}: parameters for unknown stage {s!r}")
+        return cls(stages=stages, params=params, fps=int(cfg.get("pipeline", {}).get("fps", 30)))
+
+
+def default_pipeline_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for p in (here.parent / "pipelines" / "chorushead.toml", here / "data" / "chorushead.toml"):
+        if p.exists():
+            return p
+    raise FileNotFoundError("pipelines/chorushead.toml not found; pass --pipeline FILE")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+# ----------------------------------------------------------------------------- items
+def slug(name: str) -> str:
+    """ASCII, filesystem- and URL-safe version of a file stem (non-ASCII transliterated or dropped)."""
+    s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._-")
+    return s[:60] or "video"
+
+
+def discover(videos: Path, stems: Path | None = None) -> list[Item]:
+    """Every video file under ``videos`` (recursively), with an id unique per relative path."""
+    videos = Path(videos)
+    if not videos.is_dir():
+        raise FileNotFoundError(f"--videos {videos}: not a folder")
+    items = []
+    for p in sorted(videos.rglob("*")):
+        if p.suffix.lower() not in VIDEO_EXTS or p.name.startswith("."):
+            continue
+        rel = p.relative_to(videos).as_posix()
+        vid = f"{slug(p.stem)}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}"
+        st = None
+        if stems is not None and (Path(stems) / p.stem).is_dir():
+            st = str((Path(stems) / p.stem).resolve())
+        items.append(Item(id=vid, source=str(p.resolve()), stems=st))
+    return items
+
+
+def save_items(out: Path, items: list[Item]) -> None:
+    """items.json: every item ever seen by a build of this folder (merged, newest source wins)."""
+    known = load_items(out)
+    for it in items:
+        known[it.id] = it
+    write_json_atomic(Path(out) / "items.json", {k: vars(v) for k, v in sorted(known.items())})
+
+
+def load_items(out: Path) -> dict[str, Item]:
+    p = Path(out) / "items.json"
+    if not p.exists():
+        return {}
+    return {k: Item(**v) for k, v in json.loads(p.read_text()).items()}
+
+
+# ----------------------------------------------------------------------------- lock
+class BuildLock:
+    """One build per output folder at a time (flock: released by the OS if the process dies)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / ".build.lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = self.path.read_text().strip() or "another process"
+            os.close(self.fd)
+            raise RuntimeError(f"Another build is running on {self.path.parent} ({other}). "
+                               "Wait for it to finish or stop it; two builds on one folder would race.")
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+# ----------------------------------------------------------------------------- one item, in a worker
+_MODELS: dict[tuple[str, str], Any] = {}  # per-process cache: models load once per worker
+
+
+def _model_for(stage: Stage, params: Any) -> Any:
+    if stage.setup is None:
+        return None
+    key = (stage.name, fingerprint(params_dict(params)))
+    if key not in _MODELS:
+        _MODELS[key] = stage.setup(params)
+    return _MODELS[key]
+
+
+@dataclass
+class Task:
+    stage: str
+    params: dict[str, Any]
+    item: Item
+    out: str
+    upstream: dict[str, Record]
+    fp: str
+
+
+def run_task(task: Task) -> Record:
+    """Process one item in this process. Never raises: failures become failed records."""
+    stage = get_stage(task.stage)
+    out = Path(task.out)
+    final = task.item.dir(out) / stage.name
+    tmp = final.parent / f".tmp-{stage.name}-{os.getpid()}"
+    t0 = time.time()
+    try:
+        params = stage.make_params(task.params)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model = _model_for(stage, params)
+        ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream)
+        res: Result = stage.process(ctx, params, model)
+        outputs = _relativise(res.outputs, tmp, final.relative_to(out))
+        _swap_in(tmp, final)
+        return Record(item=task.item.id, stage=stage.name, status=res.status, fingerprint=task.fp,
+                      outputs=outputs, metrics=res.metrics, reason=res.reason, stage_version=stage.version,
+                      started=t0, seconds=round(time.time() - t0, 3))
+    except Exception as e:  # one bad item never stops the batch
+        shutil.rmtree(tmp, ignore_errors=True)
+        msg = str(e) if isinstance(e, StageError) else f"{e} ({_where(e)})"
+        return Record(item=task.item.id, stage=task.stage, status="failed", fingerprint=task.fp,
+                      error_class=type(e).__name__, message=msg or type(e).__name__,
+                      stage_version=stage.version, started=t0, seconds=round(time.time() - t0, 3))
+
+
+def _where(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    return f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
+
+
+def _relativise(outputs: dict[str, Any], tmp: Path, rel_final: Path) -> dict[str, Any]:
+    """Output paths a stage gives relative to its folder become relative to the build root."""
+    def conv(v):
+        if isinstance(v, str) and not v.startswith("items/") and v and (tmp / v).exists():
+            return (rel_final / v).as_posix()
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return v
+    return {k: conv(v) for k, v in outputs.items()}
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by ``tmp`` (directories). A crash in between leaves no record -> redone."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+# ----------------------------------------------------------------------------- the build
+@dataclass
+class StageSummary:
+    stage: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reused: int = 0
+    blocked: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def upstream_fingerprint(stage: Stage, params: Any, item: Item, upstream: dict[str, Record]) -> str:
+    base = [stage.name, stage.version, params_dict(params)]
+    if not stage.needs:  # first stage: fingerprint the inputs themselves
+        src = Path(item.source)
+        base.append(file_fingerprint(src) if src.is_file() and os.access(src, os.R_OK) else f"unreadable:{src}")
+        if item.stems:
+            base.append(sorted((p.name, file_fingerprint(p)) for p in Path(item.stems).glob("*.wav")))
+    base.append({k: r.fingerprint for k, r in sorted(upstream.items())})
+    return fingerprint(*base)
+
+
+def plan_stage(stage: Stage, params: Any, items: list[Item], out: Path,
+               latest: dict[str, dict[str, Record]]) -> tuple[list[Task], int, int]:
+    """Tasks to run for one item stage; also counts items reused (done) and blocked by upstream."""
+    mine = latest.get(stage.name, {})
+    tasks, reused, blocked = [], 0, 0
+    for it in items:
+        ups = {}
+        for need in stage.needs:
+            r = latest.get(need, {}).get(it.id)
+            if r is None or not r.ok:
+                break
+            ups[need] = r
+        else:
+            fp = upstream_fingerprint(stage, params, it, ups)
+            prev = mine.get(it.id)
+            if prev is not None and prev.ok and prev.fingerprint == fp:
+                reused += 1
+                continue
+            tasks.append(Task(stage.name, params_dict(params), it, str(out), ups, fp))
+            continue
+        blocked += 1
+    return tasks, reused, blocked
+
+
+def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] | None = None,
+          jobs: int = 1, stems: Path | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> list[StageSummary]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with BuildLock(out):
+        items = discover(videos, stems) if videos is not None else []
+        if items:
+            save_items(out, items)
+        all_items = list(load_items(out).values()) if videos is None else items
+        if not all_items:
+            log(f"No videos found under {videos} (extensions: {', '.join(sorted(VIDEO_EXTS))}).")
+            return []
+        order = [s for s in pipeline.stages if stages is None or s in stages]
+        if stages:
+            unknown = set(stages) - set(pipeline.stages)
+            if unknown:
+                raise ValueError(f"--stages: unknown stage(s) {sorted(unknown)}; pipeline has {pipeline.stages}")
+        summaries = []
+        for name in order:
+            stage = get_stage(name)
+            params = stage.make_params(pipeline.params.get(name))
+            latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
+            summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline))
+        return summaries
+
+
+def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, jobs: int, progress: bool,
+               pipeline: Pipeline) -> StageSummary:
+    summ = StageSummary(stage.name)
+    t0 = time.time()
+    manifest = Manifest(out, stage.name)
+    if stage.kind == "global":
+        records = stage.run_global(out=out, items=items, params=params, latest=latest, progress=progress,
+                                   pipeline=pipeline)
+        for r in records:
+            manifest.append(r)
+            _count(summ, r)
+        summ.seconds = time.time() - t0
+        return summ
+    tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest)
+    for rec in _execute(tasks, jobs, stage, progress):
+        manifest.append(rec)
+        _count(summ, rec)
+    summ.seconds = time.time() - t0
+    return summ
+
+
+def _count(summ: StageSummary, r: Record) -> None:
+    if r.status == "done":
+        summ.done += 1
+    elif r.status == "skipped":
+        summ.skipped += 1
+    else:
+        summ.failed += 1
+        summ.failures.append((r.item, f"{r.error_class}: {r.message}"))
+
+
+def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool):
+    """Yield records as workers finish (any order). jobs == 1 runs in this process."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(tasks), desc=f"{stage.name:>10}", unit="video", disable=not progress or not tasks,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        if jobs == 1 or len(tasks) <= 1:
+            for t in tasks:
+                rec = run_task(t)
+                bar.update(1)
+                yield rec
+            return
+        from joblib import Parallel, delayed
+        par = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
+        for rec in par(delayed(run_task)(t) for t in tasks):
+            bar.update(1)
+            yield rec
+    finally:
+        bar.close()

@@ -1,0 +1,46 @@
+"""smooth: Gaussian smoothing along time of the fitted coefficients (paper §3, against EMOCA jitter).
+
+All 56 coefficients per frame ([exp 50, jaw 3, pose 3]) are filtered independently per segment
+(never across a segment boundary: frames between segments have no face). ``mode="nearest"`` keeps
+the first and last frames from being pulled toward zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from chorushead.stages.base import Context, Result, Stage
+
+
+@dataclass
+class SmoothParams:
+    sigma: float = 1.5   # frames
+
+
+def smooth_coeffs(coeffs: np.ndarray, sigma: float) -> np.ndarray:
+    """(..., T, C) -> same shape, smoothed along T."""
+    if sigma <= 0:
+        return coeffs.astype(np.float32)
+    return gaussian_filter1d(coeffs.astype(np.float64), sigma, axis=-2, mode="nearest").astype(np.float32)
+
+
+def process(ctx: Context, p: SmoothParams, _model) -> Result:
+    out, jitter_before, jitter_after = [], [], []
+    for i, rel in enumerate(ctx.value("fit", "segments")):
+        seg = np.load(ctx.out / rel)
+        c = seg["coeffs"]
+        s = smooth_coeffs(c, p.sigma)
+        np.savez(ctx.tmp / f"seg{i:03d}.npz", coeffs=s, raw=c)
+        out.append(f"seg{i:03d}.npz")
+        if c.shape[-2] > 2:
+            jitter_before.append(float(np.abs(np.diff(c, 2, axis=-2)).mean()))
+            jitter_after.append(float(np.abs(np.diff(s, 2, axis=-2)).mean()))
+    return Result(outputs={"segments": out},
+                  metrics={"segments": len(out), "accel_before": round(float(np.mean(jitter_before or [0])), 5),
+                           "accel_after": round(float(np.mean(jitter_after or [0])), 5)})
+
+
+STAGE = Stage(name="smooth", version="1", params=SmoothParams, process=process, needs=("fit",),
+              description="Gaussian smoothing of the 56 coefficients along time")

@@ -1,0 +1,80 @@
+"""`chorushead status`: per stage done / failed / pending, hours and frames, segments, failures."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chorushead.manifest import Manifest, Record
+from chorushead.runner import Pipeline, load_items
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    pending: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class BuildStatus:
+    items: int
+    stages: list[StageStatus]
+    hours: float
+    frames: int
+    segments: int
+    frames_in_segments: int
+    windows: dict[str, int]
+
+
+def collect(out: Path, pipeline: Pipeline) -> BuildStatus:
+    out = Path(out)
+    items = load_items(out)
+    latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
+    stages = []
+    for s in pipeline.stages:
+        st = StageStatus(s)
+        for iid in items:
+            r: Record | None = latest[s].get(iid)
+            if r is None:
+                st.pending += 1
+            elif r.status == "done":
+                st.done += 1
+            elif r.status == "skipped":
+                st.skipped += 1
+            else:
+                st.failed += 1
+                st.failures.append((iid, f"{r.error_class}: {r.message}"))
+        stages.append(st)
+    ing = [r for r in latest.get("ingest", {}).values() if r.ok]
+    seconds = sum(float(r.outputs.get("duration", 0)) for r in ing)
+    frames = sum(int(r.metrics.get("frames", 0)) for r in latest.get("crop", {}).values() if r.ok)
+    cont = [r for r in latest.get("contiguity", {}).values() if r.ok]
+    windows: dict[str, int] = {}
+    for r in latest.get("pack", {}).values():
+        if r.ok:
+            windows[r.outputs.get("split", "?")] = windows.get(r.outputs.get("split", "?"), 0) + int(r.outputs.get("windows", 0))
+    return BuildStatus(items=len(items), stages=stages, hours=seconds / 3600, frames=frames,
+                       segments=sum(len(r.outputs.get("segments", [])) for r in cont),
+                       frames_in_segments=sum(int(r.metrics.get("frames_kept", 0)) for r in cont), windows=windows)
+
+
+def format_status(bs: BuildStatus, max_failures: int = 20) -> str:
+    lines = [f"{bs.items} video(s), {bs.hours:.3f} h ingested, {bs.frames} frames cropped, "
+             f"{bs.segments} segment(s) kept ({bs.frames_in_segments} frames)"]
+    if bs.windows:
+        lines.append("windows packed: " + ", ".join(f"{k} {v}" for k, v in sorted(bs.windows.items())))
+    lines.append(f"{'stage':<12}{'done':>6}{'skipped':>9}{'failed':>8}{'pending':>9}")
+    for s in bs.stages:
+        lines.append(f"{s.stage:<12}{s.done:>6}{s.skipped:>9}{s.failed:>8}{s.pending:>9}")
+    fails = [(s.stage, i, m) for s in bs.stages for i, m in s.failures]
+    if fails:
+        lines.append("")
+        lines.append("failures:")
+        for stage, item, msg in fails[:max_failures]:
+            lines.append(f"  [{stage}] {item}: {msg}")
+        if len(fails) > max_failures:
+            lines.append(f"  ... and {len(fails) - max_failures} more (see manifests/*.jsonl)")
+    return "\n".join(lines)
