@@ -1,0 +1,43 @@
+"""Shared test helpers: JSON-Schema validation of manifest records, hand-built stage contexts."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def validate_record(rec: dict, stage: str | None = None) -> None:
+    """Validate a manifest record against manifests/record.schema.json (+ the stage's own schema)."""
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+    schemas = {p.name: json.loads(p.read_text()) for p in (ROOT / "manifests").glob("*.schema.json")}
+    registry = Registry().with_resources(
+        [(name, Resource.from_contents(s, default_specification=DRAFT202012))
+         for name, s in schemas.items()])
+    name = f"{stage or rec['stage']}.schema.json"
+    schema = schemas.get(name, schemas["record.schema.json"])
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(rec)
+
+
+def make_ctx(tmp_path: Path, stage: str, upstream: dict, item_id: str = "vid-000000", source: str = "/nonexistent"):
+    """A Context as the runner builds it, with upstream records made from plain output dicts."""
+    from chorushead.manifest import Record
+    from chorushead.stages.base import Context, Item
+    out = tmp_path / "out"
+    item = Item(id=item_id, source=source)
+    final = item.dir(out) / stage
+    tmp = final.parent / f".tmp-{stage}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    ups = {k: Record(item=item_id, stage=k, status="done", fingerprint="0" * 16, outputs=v) for k, v in upstream.items()}
+    return Context(item=item, out=out, tmp=tmp, final=final, upstream=ups)
+
+
+@pytest.fixture
+def ctx_factory(tmp_path):
+    return lambda stage, upstream, **kw: make_ctx(tmp_path, stage, upstream, **kw)
