@@ -92,6 +92,8 @@ def discover(videos: Path, stems: Path | None = None) -> list[Item]:
     for p in sorted(videos.rglob("*")):
         if p.suffix.lower() not in VIDEO_EXTS or p.name.startswith("."):
             continue
+        if p.is_dir():
+            continue  # a folder named like a video; a dangling symlink is kept and fails in ingest
         rel = p.relative_to(videos).as_posix()
         vid = f"{slug(p.stem)}-{hashlib.sha1(rel.encode()).hexdigest()[:6]}"
         st = None

@@ -1,0 +1,142 @@
+"""The build end to end on generated videos: bad inputs, resume after kill -9, status.
+
+Real MTCNN and real webrtcvad; stems are supplied (``--stems``) so the Spleeter/MossFormer2 stages are
+skipped here (they have their own tests). Fitting uses the EMOCA stand-in package (tests/stand_ins).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chorushead import media
+from chorushead.demo import face_images, write_sample
+from chorushead.manifest import Manifest
+from chorushead.runner import Pipeline, build
+from chorushead.status import collect, format_status
+from conftest import ROOT, validate_record
+from packfixture import lmdb_content
+
+pytestmark = pytest.mark.slow
+SIZE = (192, 384)
+UPTO = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
+
+
+def _ffmpeg(*args):
+    subprocess.run([media.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def _three_faces(path: Path, seconds: float, stems_dir: Path):
+    """Two faces in the left half, one in the right: not one singer per strip."""
+    import cv2
+    h, w = SIZE
+    fs = 84
+    faces = face_images(fs)
+    n = int(seconds * 30)
+    fr = np.full((n, h, w, 3), 60, np.uint8)
+    for t in range(n):
+        dy = int(6 * np.sin(t / 15))
+        for x0, f in [(8, faces[0]), (100, faces[1]), (250, faces[0][:, ::-1])]:
+            fr[t, 50 + dy:50 + dy + fs, x0:x0 + fs] = f
+    # reuse the sample's audio and stems
+    media.encode_video(path, fr, audio=stems_dir / "mix.wav")
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """A batch of good and bad videos, with stems for the ones that have songs."""
+    d = tmp_path_factory.mktemp("raw")
+    vids, stems = d / "videos", d / "stems"
+    good, stems_good, _ = write_sample(d, seconds=7.0, size=SIZE, name="duet one", absent_s=None)
+    # non-ASCII name, 25 fps source
+    write_sample(d, seconds=7.0, size=SIZE, name="デュエット 25fps", absent_s=None, seed=1)
+    src25 = vids / "デュエット 25fps.mp4"
+    _ffmpeg("-i", str(src25), "-vf", "fps=25", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy",
+            str(vids / "tmp25.mp4"))
+    os.replace(vids / "tmp25.mp4", src25)
+    # variable frame rate: drop every 3rd frame in the first 3 s, keep the original timestamps
+    write_sample(d, seconds=7.0, size=SIZE, name="vfr", absent_s=None, seed=2)
+    _ffmpeg("-i", str(vids / "vfr.mp4"), "-vf", "select='gt(n\\,90)+not(eq(mod(n\\,3)\\,0))'", "-fps_mode", "vfr",
+            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy", str(vids / "vfr_tmp.mp4"))
+    os.replace(vids / "vfr_tmp.mp4", vids / "vfr.mp4")
+    # one face only: the second singer never shows up
+    write_sample(d, seconds=7.0, size=SIZE, name="one face", absent_s=(0.0, 7.0), seed=3)
+    # three faces in two strips
+    shutil.copytree(stems / "duet one", stems / "three faces")
+    _three_faces(vids / "three faces.mp4", 7.0, stems / "three faces")
+    # broken ones
+    data = good.read_bytes()
+    (vids / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (vids / "notes.mp4").write_text("this is not a video\n")
+    media.encode_video(vids / "silent.mp4", np.zeros((200, 64, 64, 3), np.uint8))
+    media.encode_video(vids / "one_frame.mp4", np.zeros((1, 64, 64, 3), np.uint8), audio=stems / "duet one" / "mix.wav")
+    os.symlink(d / "does-not-exist.mp4", vids / "gone.mp4")
+    return d
+
+
+def _by_source(out: Path) -> dict[str, dict[str, object]]:
+    """source file name -> {stage: record} (newest)."""
+    import json
+    items = json.loads((out / "items.json").read_text())
+    name = {iid: Path(v["source"]).name for iid, v in items.items()}
+    res: dict[str, dict] = {n: {} for n in name.values()}
+    for stage in UPTO:
+        for iid, r in Manifest(out, stage).latest().items():
+            res[name[iid]][stage] = r
+    return res
+
+
+def test_bad_inputs_fail_clearly_and_the_batch_finishes(raw, tmp_path):
+    out = tmp_path / "out"
+    build(raw / "videos", out, Pipeline.load(), stages=UPTO, stems=raw / "stems", jobs=2, progress=False)
+    res = _by_source(out)
+    for good in ("duet one.mp4", "デュエット 25fps.mp4", "vfr.mp4"):
+        assert res[good]["contiguity"].status == "done", (good, {s: r.message for s, r in res[good].items()})
+        segs = res[good]["contiguity"].outputs["segments"]
+        assert segs and segs[0][1] - segs[0][0] >= 150
+    expect = {
+        "truncated.mp4": ("ingest", "damaged|no video stream|cannot decode|decoding failed"),
+        "notes.mp4": ("ingest", "no video stream"),
+        "silent.mp4": ("ingest", "no audio stream"),
+        "one_frame.mp4": ("ingest", "needs at least 5 s"),
+        "gone.mp4": ("ingest", "does not exist"),
+        "one face.mp4": ("contiguity", "strip 1: face in 0/"),
+        "three faces.mp4": ("contiguity", "two or more faces"),
+    }
+    import re
+    for name, (stage, pattern) in expect.items():
+        r = res[name][stage]
+        assert r.status == "failed", (name, r)
+        assert re.search(pattern, r.message), (name, r.message)
+        validate_record(r.to_dict())
+    # the 25 fps and VFR sources land on the 30 fps timeline: 7 s -> about 210 frames before trimming
+    assert res["vfr.mp4"]["ingest"].outputs["n_frames"] == 210
+    assert res["デュエット 25fps.mp4"]["ingest"].outputs["n_frames"] == 210
+    crop = res["デュエット 25fps.mp4"]["crop"]
+    n = crop.metrics["frames"]
+    vad = res["デュエット 25fps.mp4"]["vad"].outputs
+    assert n == vad["end_frame"] - vad["start_frame"]
+    for stage in UPTO:
+        for rec in Manifest(out, stage).read_all():
+            validate_record(rec.to_dict())
+    text = format_status(collect(out, Pipeline.load()))
+    assert "failures:" in text and "notes.mp4" not in text  # ids, not raw names, with messages
+    # a rerun redoes only the failed items (and finds them failing again), reusing the good ones
+    summ = build(raw / "videos", out, Pipeline.load(), stages=UPTO, stems=raw / "stems", jobs=1, progress=False)
+    ingest = next(s for s in summ if s.stage == "ingest")
+    assert ingest.reused == 5 and ingest.failed == 5
+
+
+def test_second_build_on_same_folder_is_refused(tmp_path):
+    from chorushead.runner import BuildLock
+    with BuildLock(tmp_path):
+        with pytest.raises(RuntimeError, match="Another build is running"):
+            with BuildLock(tmp_path):
+                pass
