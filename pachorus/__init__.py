@@ -1,0 +1,1 @@
+"""PaChorus: partner-aware chorus head animation (model, data, training, evaluation, inference)."""

@@ -1,0 +1,58 @@
+"""Torch dataset over packed windows: one sample per (window, singer-as-host)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from chorushead.windows import WindowReader
+
+
+class SharedEnvReader(WindowReader):
+    """A WindowReader whose LMDB environment is shared per (process, path).
+
+    py-lmdb refuses to open the same environment twice in one process, so a train reader and a val
+    reader of one LMDB (what the trainer needs) cannot coexist with plain WindowReaders. Keyed by pid,
+    so a forked DataLoader worker opens its own environment (LMDB handles must not cross fork).
+    """
+    _envs: dict = {}
+
+    def _open(self):
+        key = (os.getpid(), str(self.path.resolve()))
+        env = self._envs.get(key)
+        if env is None:
+            import lmdb
+            env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=True, meminit=False,
+                            max_readers=512, subdir=True)
+            self._envs[key] = env
+        self._env = env
+        return env
+
+    def _close(self):
+        self._env = None  # the shared environment stays open for the other readers
+
+
+class HostWindowDataset(Dataset):
+    """Sample j of a split = window j // S with singer j % S as host (``WindowReader.host_sample``).
+
+    Returns float32 tensors: ``host``/``partner``/``bgm`` (N,) audio at the LMDB's sample rate,
+    ``coeffs`` (W, 56), ``pose0`` (3,); plus ``key`` (str) and ``singer`` (int) for bookkeeping.
+    The partner is the sum of all other singers (paper Eq. 3), derived by the reader.
+    """
+
+    def __init__(self, path: str | Path, split: str = "train"):
+        self.reader = SharedEnvReader(path, split)
+        self.meta = self.reader.meta
+
+    def __len__(self) -> int:
+        return self.reader.n_host_samples()
+
+    def __getitem__(self, j: int) -> dict:
+        s = self.reader.host_sample(j)
+        out = {k: torch.from_numpy(np.ascontiguousarray(s[k], dtype=np.float32))
+               for k in ("host", "partner", "bgm", "coeffs", "pose0")}
+        out["key"], out["singer"] = s["key"], int(s["singer"])
+        return out

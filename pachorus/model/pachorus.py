@@ -1,0 +1,203 @@
+"""PaChorus (paper §4): Host Animator + Partner-aware Motion Prior, its ablations and a mono baseline.
+
+How the two branches' poses combine (the paper leaves it open; our choice):
+
+    exp, jaw        = Host Animator (host vocal only)
+    pose            = pose0 + Δ_prior + Δ_host
+    Δ_prior         = CVAE decoder(z, partner, BGM, pose0), anchored: Δ_prior[0] = 0
+    Δ_host          = the animator's pose residual (host vocal), anchored: Δ_host[0] = 0
+
+Anchoring makes the predicted first frame equal the given frame-0 pose exactly (paper Eq. 6:
+β = F0 + Δβ), so every variant predicts motion *relative to* frame 0 and gets the same pose0 input.
+The host residual lets the host's own singing move the head; the prior adds partner/BGM-driven motion.
+
+Variants (``ModelConfig.variant``):
+- ``full``: both branches; KL weight from the loss config.
+- ``no_kl``: same network, trained with KL weight 0 (the trainer zeroes it).
+- ``no_bgm``: the prior is conditioned on the partner only.
+- ``no_prior``: Host Animator alone (pose = pose0 + Δ_host).
+- ``mono``: FaceFormer-style baseline on host audio only (+ pose0): causal self-attention and
+  a diagonal alignment mask for audio cross-attention (FaceFormer's two masks), one decoder for
+  all 56 coefficients. Unlike FaceFormer it is not autoregressive on its own past motion.
+
+Latent at test time: ``z = 0`` (the prior's mean) for evaluation, ``z ~ N(0, I)`` for K samples.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .audio import SinusoidalPE, build_audio_encoder, to_frames
+
+VARIANTS = ("full", "no_bgm", "no_kl", "no_prior", "mono")
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "full"
+    audio_encoder: str = "logmel"   # or "wav2vec2:<hub id or local folder>"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ff_mult: int = 2
+    latent: int = 16
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelOutput:
+    coeffs: torch.Tensor                 # (B, T, 56)
+    mu: torch.Tensor | None = None       # (B, latent) posterior mean (training only)
+    logvar: torch.Tensor | None = None
+
+
+def _encoder(cfg: ModelConfig) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ff_mult * cfg.d_model, cfg.dropout,
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+
+
+def _anchor(x: torch.Tensor) -> torch.Tensor:
+    """Make a residual sequence zero at frame 0."""
+    return x - x[:, :1]
+
+
+class HostAnimator(nn.Module):
+    """Host vocal -> linear -> interpolate to 30 fps -> transformer decoder -> 56 coefficients.
+
+    The decoder's queries are the frame-rate audio features + position + a pose0 embedding; it
+    cross-attends to the same features. ``causal=True`` gives the FaceFormer-style masks.
+    """
+
+    def __init__(self, cfg: ModelConfig, audio_dim: int, causal: bool = False):
+        super().__init__()
+        d = cfg.d_model
+        self.causal = causal
+        self.proj = nn.Linear(audio_dim, d)
+        self.pe = SinusoidalPE(d)
+        self.pose0 = nn.Linear(3, d)
+        layer = nn.TransformerDecoderLayer(d, cfg.n_heads, cfg.ff_mult * d, cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.n_layers)
+        self.out = nn.Linear(d, 56)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, host_feat: torch.Tensor, pose0: torch.Tensor, n_frames: int) -> torch.Tensor:
+        mem = to_frames(self.proj(host_feat), n_frames)
+        q = self.pe(mem) + self.pose0(pose0)[:, None]
+        tgt_mask = mem_mask = None
+        if self.causal:
+            full = torch.ones(n_frames, n_frames, dtype=torch.bool, device=mem.device)
+            tgt_mask = torch.triu(full, diagonal=1)          # True = not allowed
+            mem_mask = ~torch.eye(n_frames, dtype=torch.bool, device=mem.device)
+        h = self.decoder(q, mem, tgt_mask=tgt_mask, memory_mask=mem_mask)
+        return self.out(h)
+
+
+class MotionPrior(nn.Module):
+    """Transformer CVAE over the head-pose residual Δpose = pose - pose0 (B, T, 3).
+
+    Encoder: Δpose tokens + two learned tokens -> (μ, log σ²). Decoder: partner (+ BGM) frame features
+    + position + pose0 embedding + projected z -> Δpose, anchored at frame 0.
+    """
+
+    def __init__(self, cfg: ModelConfig, audio_dim: int, use_bgm: bool):
+        super().__init__()
+        d = cfg.d_model
+        self.use_bgm, self.latent = use_bgm, cfg.latent
+        self.pe = SinusoidalPE(d)
+        self.pose_in = nn.Linear(3, d)
+        self.dist_tokens = nn.Parameter(torch.randn(2, d) * 0.02)
+        self.enc = _encoder(cfg)
+        self.to_mu, self.to_logvar = nn.Linear(d, cfg.latent), nn.Linear(d, cfg.latent)
+        self.partner_proj = nn.Linear(audio_dim, d)
+        self.bgm_proj = nn.Linear(audio_dim, d) if use_bgm else None
+        self.pose0 = nn.Linear(3, d)
+        self.z_proj = nn.Linear(cfg.latent, d)
+        self.dec = _encoder(cfg)
+        self.out = nn.Linear(d, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def encode(self, dpose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pe(self.pose_in(dpose))
+        x = torch.cat([self.dist_tokens.expand(x.shape[0], -1, -1), x], dim=1)
+        h = self.enc(x)
+        return self.to_mu(h[:, 0]), self.to_logvar(h[:, 1]).clamp(-10, 10)
+
+    def decode(self, z: torch.Tensor, partner_feat: torch.Tensor, bgm_feat: torch.Tensor | None,
+               pose0: torch.Tensor, n_frames: int) -> torch.Tensor:
+        c = to_frames(self.partner_proj(partner_feat), n_frames)
+        if self.use_bgm:
+            c = c + to_frames(self.bgm_proj(bgm_feat), n_frames)
+        h = self.dec(self.pe(c) + self.pose0(pose0)[:, None] + self.z_proj(z)[:, None])
+        return _anchor(self.out(h))
+
+
+class PaChorus(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # One audio encoder shared by host, partner and BGM streams (one wav2vec2 in memory);
+        # each stream has its own projection in the branch that reads it.
+        self.audio = build_audio_encoder(cfg.audio_encoder, cfg.d_model)
+        adim = self.audio.out_dim
+        self.animator = HostAnimator(cfg, adim, causal=cfg.variant == "mono")
+        self.prior = MotionPrior(cfg, adim, use_bgm=cfg.variant != "no_bgm") \
+            if cfg.variant in ("full", "no_kl", "no_bgm") else None
+
+    def forward(self, host: torch.Tensor, partner: torch.Tensor, bgm: torch.Tensor, pose0: torch.Tensor,
+                n_frames: int, target: torch.Tensor | None = None, z_mode: str = "posterior",
+                generator: torch.Generator | None = None) -> ModelOutput:
+        """``z_mode``: ``posterior`` (training; needs ``target``), ``mean`` (z = 0) or ``sample`` (z ~ N(0, I))."""
+        a = self.animator(self.audio(host), pose0, n_frames)
+        exp_jaw, d_host = a[..., :53], _anchor(a[..., 53:])
+        mu = logvar = None
+        d_prior = torch.zeros_like(d_host)
+        if self.prior is not None:
+            b = host.shape[0]
+            if z_mode == "posterior":
+                if target is None:
+                    raise ValueError("z_mode='posterior' needs the target coefficients")
+                mu, logvar = self.prior.encode(target[..., 53:56] - pose0[:, None])
+                eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+                z = mu + torch.exp(0.5 * logvar) * eps
+            elif z_mode == "mean":
+                z = torch.zeros(b, self.cfg.latent, device=host.device)
+            elif z_mode == "sample":
+                z = torch.randn(b, self.cfg.latent, device=host.device, generator=generator)
+            else:
+                raise ValueError(f"unknown z_mode {z_mode!r}")
+            # Partner and BGM go through the encoder as one batch (one pass of wav2vec2).
+            feats = self.audio(torch.cat([partner, bgm]) if self.prior.use_bgm else partner)
+            p_feat, b_feat = (feats[:b], feats[b:]) if self.prior.use_bgm else (feats, None)
+            d_prior = self.prior.decode(z, p_feat, b_feat, pose0, n_frames)
+        pose = pose0[:, None] + d_prior + d_host
+        return ModelOutput(coeffs=torch.cat([exp_jaw, pose], dim=-1), mu=mu, logvar=logvar)
+
+
+def build_model(cfg: ModelConfig | dict) -> PaChorus:
+    return PaChorus(cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_dict(cfg))
+
+
+def load_model(path, map_location="cpu") -> tuple[PaChorus, dict]:
+    """Load any checkpoint this package writes (last.pt, best.pt, model.pt): needs ``model`` + ``model_config``."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,212 @@
+"""Synthetic chorus data with KNOWN motion rules, packed in the chorushead window format.
+
+Each "video" is a song of ``seconds`` with ``n_singers`` singers and a BGM. Singers sing phrases
+(0.5–2 s, separated by 0.5–2.5 s rests) of harmonic tones whose vowel (formant) changes every
+syllable. The FLAME coefficients of each singer follow these rules (strong on purpose: a
+throwaway prototype showed 0.05-rad nods drown in seed noise):
+
+- jaw:  jaw[0] = 0.3 · (host RMS envelope at 30 fps, centred 3-frame smoothing, ÷0.15, clipped at 1.5);
+- exp:  exp = M · b, with M a fixed (50×8) matrix (same for every song) and b the host's 8 log-band
+        energies (100 Hz–4 kHz) squashed to [0, 1];
+- yaw:  0.3 rad turn TOWARD the partner(s), a 1.2 s raised-cosine bump starting 0.2 s after each
+        partner phrase onset (direction from the singer's place: left singers turn right);
+- pitch: 0.12 rad nod, a 0.35 s raised-cosine bump on every BGM beat (tempo 80–130 bpm);
+- a place-dependent yaw bias (±0.15), slow smoothed drift (~0.03), per-frame noise, and a random
+  per-WINDOW pose offset (σ 0.08 per axis), so only motion relative to frame 0 is predictable.
+
+Which singer's place a model is looking at is visible in ``pose0`` (the yaw bias sign), which every
+model variant receives.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from chorushead.windows import SPLITS, encode_arrays, rebuild_index, window_key, write_meta
+
+N_BANDS = 8
+
+
+@dataclass
+class SynthConfig:
+    videos: int = 12
+    seconds: float = 20.0
+    n_singers: int = 2
+    fps: int = 30
+    sr: int = 16000
+    window: int = 150          # frames per window (5 s, as packed)
+    stride: int = 15           # frames between window starts (0.5 s)
+    seed: int = 0
+    noise: float = 1.0         # multiplies the per-frame noise levels
+    turn: float = 0.3          # yaw turn amplitude (rad)
+    nod: float = 0.12          # pitch nod amplitude (rad)
+    window_offset: float = 0.08  # per-window pose offset std (rad)
+
+
+@dataclass
+class Song:
+    vocals: np.ndarray   # (S, N) float32 at sr
+    bgm: np.ndarray      # (N,)
+    coeffs: np.ndarray   # (S, T, 56) before per-window offsets
+    beats: np.ndarray    # beat times (s)
+    onsets: list[np.ndarray]  # per singer phrase onset times (s)
+
+
+def _expression_map() -> np.ndarray:
+    """The fixed band-energy -> expression matrix (same for every song and every call)."""
+    m = np.random.default_rng(1234).normal(0, 1, (50, N_BANDS))
+    return m * (1.5 / np.sqrt(N_BANDS)) * np.exp(-np.arange(50) / 15.0)[:, None]
+
+
+def _bump(t: np.ndarray, events: np.ndarray, delay: float, width: float) -> np.ndarray:
+    """Sum of raised-cosine bumps of ``width`` s starting ``delay`` s after each event."""
+    out = np.zeros_like(t)
+    for e in events:
+        u = (t - e - delay) / width
+        m = (u >= 0) & (u <= 1)
+        out[m] += 0.5 - 0.5 * np.cos(2 * np.pi * u[m])
+    return out
+
+
+def _sing(rng: np.random.Generator, n: int, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """One singer's track: phrases of syllables with changing vowels. Returns (audio, onsets s)."""
+    out = np.zeros(n, np.float32)
+    onsets = []
+    t = rng.uniform(0.0, 1.5)
+    formants = np.array([300, 600, 900, 1500, 2500])
+    while t < n / sr - 0.5:
+        dur = rng.uniform(0.5, 2.0)
+        a, b = int(t * sr), min(n, int((t + dur) * sr))
+        onsets.append(t)
+        ts = np.arange(b - a) / sr
+        f0 = rng.uniform(150, 350) * (1 + 0.01 * np.sin(2 * np.pi * 5.5 * ts))  # vibrato
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        # Syllables: each 0.15–0.35 s, its own vowel formant and a loudness bump.
+        bounds = np.cumsum(rng.uniform(0.15, 0.35, 20))
+        syl = np.searchsorted(bounds, ts)
+        formant = rng.choice(formants, size=syl.max() + 1)[syl]
+        starts = np.concatenate([[0.0], bounds])[syl]
+        ends = bounds[np.minimum(syl, len(bounds) - 1)]
+        u = np.clip((ts - starts) / np.maximum(ends - starts, 1e-3), 0, 1)
+        env = np.sin(np.pi * u) ** 0.5 * rng.uniform(0.5, 1.0, syl.max() + 1)[syl]
+        sig = np.zeros_like(ts)
+        for h in range(1, 13):
+            fh = h * f0
+            sig += np.exp(-((fh - formant) / 300.0) ** 2) * np.sin(h * phase) + 0.05 * np.sin(h * phase) / h
+        out[a:b] += (0.25 * env * sig / 2.0).astype(np.float32)
+        t += dur + rng.uniform(0.5, 2.5)
+    return out, np.asarray(onsets)
+
+
+def _bgm(rng: np.random.Generator, n: int, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    bpm = rng.uniform(80, 130)
+    period = 60.0 / bpm
+    beats = np.arange(rng.uniform(0, period), n / sr, period)
+    ts = np.arange(n) / sr
+    out = 0.03 * np.sin(2 * np.pi * rng.uniform(80, 160) * ts)  # a quiet drone
+    k = np.arange(int(0.15 * sr)) / sr
+    kick = 0.6 * np.exp(-k / 0.04) * np.sin(2 * np.pi * (50 + 80 * np.exp(-k / 0.02)) * k)
+    hat = 0.1 * rng.normal(0, 1, int(0.03 * sr)) * np.exp(-np.arange(int(0.03 * sr)) / (0.008 * sr))
+    for b in beats:
+        i = int(b * sr)
+        out[i:i + len(kick)] += kick[:n - i]
+        j = int((b + period / 2) * sr)
+        if j < n:
+            out[j:j + len(hat)] += hat[:n - j]
+    return out.astype(np.float32), beats
+
+
+def _frame_features(audio: np.ndarray, sr: int, fps: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """RMS envelope (T,) and 8 log-band energies squashed to [0, 1] (T, 8), one per video frame."""
+    n_fft = 1024
+    pad = np.pad(audio, (n_fft // 2, n_fft))
+    idx = np.round(np.arange(n_frames) * sr / fps).astype(int)[:, None] + np.arange(n_fft)[None]
+    frames = pad[idx] * np.hanning(n_fft)
+    rms = np.sqrt((pad[idx[:, n_fft // 4: 3 * n_fft // 4]] ** 2).mean(1))
+    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
+    edges = np.geomspace(100, 4000, N_BANDS + 1)
+    bands = np.stack([spec[:, (freqs >= lo) & (freqs < hi)].sum(1) for lo, hi in zip(edges[:-1], edges[1:])], 1)
+    bands = np.clip((np.log10(bands + 1e-6) + 2.0) / 5.0, 0, 1)
+    return rms, bands
+
+
+def synthesize_song(cfg: SynthConfig, rng: np.random.Generator) -> Song:
+    n = int(round(cfg.seconds * cfg.sr))
+    n_frames = int(cfg.seconds * cfg.fps)
+    t = np.arange(n_frames) / cfg.fps
+    tracks, onsets = zip(*[_sing(rng, n, cfg.sr) for _ in range(cfg.n_singers)])
+    bgm, beats = _bgm(rng, n, cfg.sr)
+    m = _expression_map()
+    coeffs = np.zeros((cfg.n_singers, n_frames, 56), np.float32)
+    nod = cfg.nod * _bump(t, beats, 0.0, 0.35)
+    for s in range(cfg.n_singers):
+        rms, bands = _frame_features(tracks[s], cfg.sr, cfg.fps, n_frames)
+        env = np.clip(np.convolve(rms, np.ones(3) / 3, mode="same") / 0.15, 0, 1.5)
+        direction = 1.0 if s < (cfg.n_singers - 1) / 2 or cfg.n_singers == 1 else -1.0
+        partner_onsets = np.concatenate([onsets[p] for p in range(cfg.n_singers) if p != s] or [np.zeros(0)])
+        turn = cfg.turn * np.tanh(_bump(t, partner_onsets, 0.2, 1.2))
+        drift = gaussian_filter1d(rng.normal(0, 1, (n_frames, 3)), sigma=45, axis=0) * 0.03 * np.sqrt(45)
+        f = coeffs[s]
+        f[:, :50] = bands @ m.T + rng.normal(0, 0.05 * cfg.noise, (n_frames, 50))
+        f[:, 50] = 0.3 * env
+        f[:, 51] = 0.02 * env
+        f[:, 50:53] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
+        f[:, 53] = nod
+        f[:, 54] = direction * (0.15 + turn)
+        f[:, 53:56] += drift + rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
+    return Song(vocals=np.stack(tracks), bgm=bgm, coeffs=coeffs, beats=beats, onsets=list(onsets))
+
+
+def video_splits(n_videos: int, seed: int) -> list[str]:
+    """60/10/30 split by video (no song leaks across splits); at least one val/test video when n ≥ 3."""
+    order = np.random.default_rng(seed + 7).permutation(n_videos)
+    n_val = max(1, round(0.1 * n_videos)) if n_videos >= 3 else 0
+    n_test = max(1, round(0.3 * n_videos)) if n_videos >= 3 else 0
+    split = ["train"] * n_videos
+    for i in order[:n_val]:
+        split[i] = "val"
+    for i in order[n_val:n_val + n_test]:
+        split[i] = "test"
+    return split
+
+
+def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
+    """Write ``cfg.videos`` synthetic songs as packed windows; returns window counts per split."""
+    import lmdb
+    if (cfg.window * cfg.sr) % cfg.fps:
+        raise ValueError("window * sr must be divisible by fps (whole audio samples per window)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spw = cfg.window * cfg.sr // cfg.fps
+    per_window = cfg.n_singers * (cfg.window * 56 * 4 + spw * 2) + spw * 2 + 4096
+    n_win = max(1, int((cfg.seconds * cfg.fps - cfg.window) // cfg.stride) + 1)
+    env = lmdb.open(str(out), map_size=max(1 << 26, int(per_window * n_win * cfg.videos * 1.5)), subdir=True)
+    splits = video_splits(cfg.videos, cfg.seed)
+    with env.begin(write=True) as txn:
+        write_meta(txn, fps=cfg.fps, sr=cfg.sr, window=cfg.window, stride=cfg.stride, n_singers=cfg.n_singers,
+                   extra={"synthetic": True, "synth_config": asdict(cfg)})
+    for v in range(cfg.videos):
+        rng = np.random.default_rng([cfg.seed, v])
+        song = synthesize_song(cfg, rng)
+        name = f"synth{v:04d}"
+        with env.begin(write=True) as txn:
+            for start in range(0, song.coeffs.shape[1] - cfg.window + 1, cfg.stride):
+                c = song.coeffs[:, start:start + cfg.window].copy()
+                c[:, :, 53:56] += rng.normal(0, cfg.window_offset, (cfg.n_singers, 1, 3)).astype(np.float32)
+                a = int(round(start * cfg.sr / cfg.fps))
+                arrays = {"coeffs": c.astype(np.float32), "vocals": song.vocals[:, a:a + spw].astype(np.float16),
+                          "bgm": song.bgm[a:a + spw].astype(np.float16), "pose0": c[:, 0, 53:56].copy()}
+                header = {"video": name, "segment": 0, "start": start, "split": splits[v]}
+                txn.put(window_key(name, 0, start), encode_arrays(arrays, header))
+    with env.begin(write=True) as txn:
+        index = rebuild_index(txn)
+    env.sync()
+    env.close()
+    counts = {s: len(index[s]) for s in SPLITS}
+    (out / "synth_config.json").write_text(json.dumps({"config": asdict(cfg), "windows": counts}, indent=2))
+    return counts
