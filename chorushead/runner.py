@@ -274,7 +274,8 @@ def plan_stage(stage: Stage, params: Any, items: list[Item], out: Path,
 
 def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] | None = None,
           jobs: int = 1, stems: Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> list[StageSummary]:
+          log: Callable[[str], None] = print, backend: str = "local",
+          scheduler: str | None = None) -> list[StageSummary]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with BuildLock(out):
@@ -295,12 +296,13 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
             stage = get_stage(name)
             params = stage.make_params(pipeline.params.get(name))
             latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
-            summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline))
+            summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline,
+                                        backend, scheduler))
         return summaries
 
 
 def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, jobs: int, progress: bool,
-               pipeline: Pipeline) -> StageSummary:
+               pipeline: Pipeline, backend: str = "local", scheduler: str | None = None) -> StageSummary:
     summ = StageSummary(stage.name)
     t0 = time.time()
     manifest = Manifest(out, stage.name)
@@ -313,7 +315,7 @@ def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, 
         summ.seconds = time.time() - t0
         return summ
     tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest)
-    for rec in _execute(tasks, jobs, stage, progress):
+    for rec in _execute(tasks, jobs, stage, progress, backend, scheduler):
         manifest.append(rec)
         _count(summ, rec)
     summ.seconds = time.time() - t0
@@ -330,21 +332,19 @@ def _count(summ: StageSummary, r: Record) -> None:
         summ.failures.append((r.item, f"{r.error_class}: {r.message}"))
 
 
-def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool):
-    """Yield records as workers finish (any order). jobs == 1 runs in this process."""
+def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool, backend: str = "local",
+             scheduler: str | None = None):
+    """Yield records as workers finish (any order). jobs == 1 on the local backend runs in this process."""
     from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), desc=f"{stage.name:>10}", unit="video", disable=not progress or not tasks,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        if jobs == 1 or len(tasks) <= 1:
-            for t in tasks:
-                rec = run_task(t)
-                bar.update(1)
-                yield rec
-            return
-        from joblib import Parallel, delayed
-        par = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
-        for rec in par(delayed(run_task)(t) for t in tasks):
+        if backend == "local" and (jobs == 1 or len(tasks) <= 1):
+            results = map(run_task, tasks)
+        else:
+            from chorushead.executors import parallel_map
+            results = parallel_map(run_task, tasks, jobs=jobs, backend=backend, address=scheduler, gpu=stage.gpu)
+        for rec in results:
             bar.update(1)
             yield rec
     finally:
