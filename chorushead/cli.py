@@ -28,13 +28,17 @@ def build(
     pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline TOML (default: pipelines/chorushead.toml)."),
     sets: List[str] = typer.Option([], "--set", help="Override a parameter: stage.param=value (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    backend: str = typer.Option("local", "--backend", help="Where items run: local (joblib processes), dask, ray."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", "--address",
+                                            help="Dask scheduler / Ray cluster address (default: start a local one)."),
 ):
     """Run (or resume) the staged build. Rerun the same command after a crash: done work is kept."""
     from chorushead.runner import build as run_build
     pl = _pipeline(pipeline, sets)
     chosen = [s.strip() for s in stages.split(",")] if stages else None
     try:
-        summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet)
+        summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet,
+                              backend=backend, scheduler=scheduler)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2)
