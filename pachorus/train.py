@@ -281,7 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
     def checkpoint():
         if d.main:
-            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "optimizer": opt.state_dict(),
+            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "optimizer": opt.state_dict(),
                          "scaler": scaler.state_dict(), "rng": rng_state(), "train_config": cfg.to_dict(), **state},
                         out / "last.pt")
 
@@ -354,19 +354,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 log.flush()
                 if v["val_loss"] < state["best_val"]:
                     state["best_val"] = v["val_loss"]
-                    atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(),
+                    atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames,
                                  "step": state["step"], "epoch": epoch, "val": v}, out / "best.pt")
-            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "step": state["step"],
+            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "step": state["step"],
                          "train_config": cfg.to_dict()}, out / "model.pt")
             plot_curves(log_path, out / "curves.png")
         checkpoint()
         if d.enabled:
             torch.distributed.barrier()
     if d.main:
-        atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "step": state["step"],
+        atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "step": state["step"],
                      "train_config": cfg.to_dict()}, out / "model.pt")
         if not (out / "best.pt").exists():  # no validation split: the last weights are the best we know
-            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "step": state["step"]},
+            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "step": state["step"]},
                         out / "best.pt")
         plot_curves(log_path, out / "curves.png")
         log.close()

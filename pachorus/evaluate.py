@@ -1,0 +1,117 @@
+"""``pachorus eval``: metrics of a trained model on a split, next to a mean-motion baseline.
+
+Predictions use z = 0 (the prior's mean): one deterministic answer per window. Vertex metrics need
+FLAME; they are computed with the global head rotation zeroed (paper §5.3), in millimetres
+(squared LVE in mm²). Without FLAME, PPE and coefficient errors are still reported.
+
+Mean-motion baseline: expression and jaw = their mean over the training split, pose = frame-0 pose
+held constant (it gets the same pose0 the models get).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import metrics as M
+from .data import HostWindowDataset
+from .model.pachorus import PaChorus, load_model
+
+MM = 1000.0  # FLAME is in metres
+COLUMNS = [("LVE_sq", "LVE sq (CodeTalker) mm²"), ("LVE_l2", "LVE L2 (SingingHead) mm"),
+           ("FVE_max", "FVE max-L2 mm"), ("FVE_mean", "FVE mean-L2 (SingingHead) mm"),
+           ("FDD", "FDD (CodeTalker) mm²"), ("PPE", "PPE rad"), ("exp_mse", "exp MSE"), ("jaw_mse", "jaw MSE")]
+
+
+def train_mean_coeffs(data: str | Path, max_windows: int = 2000) -> np.ndarray:
+    """Mean coefficient vector over (up to ``max_windows`` evenly spaced) training windows."""
+    ds = HostWindowDataset(data, "train")
+    r = ds.reader
+    idx = np.linspace(0, len(r) - 1, min(len(r), max_windows)).astype(int) if len(r) else []
+    return np.mean([r[int(i)].coeffs.reshape(-1, 56).mean(0) for i in idx], axis=0).astype(np.float32)
+
+
+def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None) -> dict[str, float]:
+    """All metrics for one (T, 56) prediction/GT pair."""
+    out = {"PPE": M.ppe(pred[:, 53:56], gt[:, 53:56]), **M.coeff_mse(pred, gt)}
+    if flame is not None:
+        vp = flame.vertices_np(pred, zero_pose=True) * MM
+        vg = flame.vertices_np(gt, zero_pose=True) * MM
+        tmpl = flame.v_template.cpu().numpy() * MM
+        lips, face = flame.masks["lips"], flame.masks["face"]
+        out.update(LVE_sq=M.lve_squared(vp, vg, lips), LVE_l2=M.lve_l2(vp, vg, lips),
+                   FVE_max=M.fve_max_l2(vp, vg, face), FVE_mean=M.fve_mean_l2(vp, vg, face),
+                   FDD=M.fdd(vp, vg, tmpl, flame.upper_face()))
+    return out
+
+
+@torch.no_grad()
+def predict(model: PaChorus, ds: HostWindowDataset, batch_size: int = 16, device: str = "cpu"):
+    """Yield (pred, gt) numpy batches (B, T, 56) with z = 0."""
+    model.eval().to(device)
+    n_frames = int(ds.meta["window"])
+    for b in DataLoader(ds, batch_size=batch_size):
+        o = model(b["host"].to(device), b["partner"].to(device), b["bgm"].to(device), b["pose0"].to(device),
+                  n_frames, z_mode="mean")
+        yield o.coeffs.float().cpu().numpy(), b["coeffs"].numpy()
+
+
+def _summarise(rows: list[dict]) -> dict[str, float]:
+    keys = rows[0].keys() if rows else []
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def evaluate_model(model: PaChorus, data: str | Path, split: str = "test", flame=None, batch_size: int = 16,
+                   device: str = "cpu", mean_coeffs: np.ndarray | None = None) -> dict:
+    """Metrics for the model and the mean-motion baseline (means over host samples)."""
+    ds = HostWindowDataset(data, split)
+    if len(ds) == 0:
+        raise ValueError(f"{data}: the {split!r} split is empty")
+    if mean_coeffs is None:
+        mean_coeffs = train_mean_coeffs(data)
+    rows, base_rows = [], []
+    for pred, gt in predict(model, ds, batch_size, device):
+        for p, g in zip(pred, gt):
+            rows.append(sequence_metrics(p, g, flame))
+            base = np.broadcast_to(mean_coeffs, g.shape).copy()
+            base[:, 53:56] = g[0, 53:56]  # pose0 held constant
+            base_rows.append(sequence_metrics(base, g, flame))
+    return {"split": split, "n_samples": len(rows), "z": "mean (z = 0)", "vertex_metrics": flame is not None,
+            "units": "vertex metrics in mm (LVE_sq, FDD in mm²), PPE in rad, lip/face metrics with head pose zeroed",
+            "model": _summarise(rows), "mean_motion_baseline": _summarise(base_rows)}
+
+
+def format_table(results: dict[str, dict], spread: dict[str, dict] | None = None) -> str:
+    """Rows = named metric dicts; columns = the metrics present. ``spread`` adds ± values."""
+    present = [(k, label) for k, label in COLUMNS if any(k in r for r in results.values())]
+    head = ["method"] + [label for _, label in present]
+    lines = [head]
+    for name, r in results.items():
+        cells = [name]
+        for k, _ in present:
+            v = r.get(k)
+            s = "-" if v is None else f"{v:.4g}"
+            if spread and name in spread and k in spread[name]:
+                s += f" ± {spread[name][k]:.2g}"
+            cells.append(s)
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    fmt = lambda row: " | ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(lines[0]), "-+-".join("-" * w for w in widths)] + [fmt(r) for r in lines[1:]])
+
+
+def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir: str | Path | None = None,
+             out_json: str | Path | None = None, batch_size: int = 16, device: str = "cpu") -> dict:
+    model, meta = load_model(ckpt, map_location=device)
+    flame = None
+    if flame_dir:
+        from .flame import FlameModel
+        flame = FlameModel.load(flame_dir)
+    res = evaluate_model(model, data, split, flame, batch_size, device)
+    res.update(ckpt=str(ckpt), data=str(data), variant=model.cfg.variant, step=meta.get("step"))
+    if out_json:
+        Path(out_json).write_text(json.dumps(res, indent=2))
+    return res
