@@ -1,0 +1,147 @@
+"""A build output folder for review tests, written directly (the real build needs EMOCA for `fit`).
+
+Two videos. ``duetA`` has a real (generated) source video with audio and three segments whose flags
+are known by construction; ``duetB`` has one segment and a source file that no longer exists (the
+page must still work from the crops). Coefficients carry known jaw motion:
+
+    duetA:0  [0, 240)    both singers sing (jaw swings 0..0.24 rad)        -> no flags
+    duetA:1  [250, 410)  singer 1's jaw barely moves                       -> still_mouth, short
+    duetA:2  [420, 570)  raw coefficients tremble; MTCNN unsure (p=0.93)   -> jitter, low_detection, short
+    duetB:0  [0, 180)    fine motion, but assign says low confidence       -> low_assign, short
+
+Expected suspicion order: duetA:2, duetA:1, duetB:0, duetA:0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chorushead import media
+from chorushead.demo import make_duet_frames, sing
+from chorushead.manifest import Manifest, Record, fingerprint
+from chorushead.runner import save_items
+from chorushead.stages.base import Item
+
+FPS = 30
+SR = 16000
+EXPECTED_ORDER = ["duetA:2", "duetA:1", "duetB:0", "duetA:0"]
+EXPECTED_FLAGS = {"duetA:0": set(), "duetA:1": {"still_mouth", "short"},
+                  "duetA:2": {"jitter", "low_detection", "short"}, "duetB:0": {"low_assign", "short"}}
+
+
+@dataclass
+class ReviewBuild:
+    out: Path
+    source: Path           # duetA's video
+    segments: dict[str, tuple[int, int]]
+
+
+def _record(out: Path, stage: str, item: str, outputs: dict) -> None:
+    Manifest(out, stage).append(Record(item=item, stage=stage, status="done",
+                                       fingerprint=fingerprint(stage, item), outputs=outputs))
+
+
+def _coeffs(n: int, rng: np.random.Generator, still: tuple[int, ...] = (), noise: float = 0.001):
+    """(smoothed, raw) coefficients (2, n, 56): jaw opening swings at a singing syllable rate."""
+    t = np.arange(n) / FPS
+    c = np.zeros((2, n, 56), np.float32)
+    c[:, :, :10] = 0.3 * np.sin(2 * np.pi * 0.4 * t + np.arange(10)[:, None]).T[None]
+    for k in range(2):
+        c[k, :, 50] = 0.12 * (1 + np.sin(2 * np.pi * (1.3 + 0.4 * k) * t))
+        c[k, :, 53] = 0.08 * np.sin(2 * np.pi * 0.3 * t + k)         # nodding
+        c[k, :, 54] = 0.15 * np.sin(2 * np.pi * 0.2 * t + 2 * k)     # turning
+        c[k, :, 55] = 0.04 * np.sin(2 * np.pi * 0.5 * t)
+    for k in still:
+        c[k, :, 50] = 0.02
+    raw = c + rng.normal(0, noise, c.shape).astype(np.float32)
+    return c, raw
+
+
+def _video(out: Path, root: Path, vid: str, seconds: float, start: int, end: int,
+           segments: list[tuple[int, int]], coeffs: list[tuple[np.ndarray, np.ndarray]],
+           probs_low: list[tuple[int, int]], assign: dict, with_source: bool, seed: int) -> Path:
+    n_total = int(seconds * FPS)
+    frames = make_duet_frames(n_total, size=(192, 384), seed=seed)
+    d = Item(id=vid, source="").dir(out)
+    source = root / "videos" / f"{vid}.mp4"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    # voices: singer 0 and 1 take turns, so the waveforms differ visibly
+    voices = [sing(seconds, SR, [(0.5, seconds / 2), (seconds / 2 + 1, seconds - 0.3)], 220.0, seed + 1),
+              sing(seconds, SR, [(1.5, seconds - 0.5)], 165.0, seed + 2)]
+    if with_source:
+        mix = root / f"{vid}_mix.wav"
+        media.write_wav(mix, np.sum(voices, axis=0), SR)
+        media.encode_video(source, frames.frames, fps=FPS, audio=mix)
+    _record(out, "ingest", vid, {"source": str(source), "fps": FPS, "width": 384, "height": 192,
+                                 "n_frames": n_total})
+    # vad: trimmed 16 kHz tracks
+    (d / "vad").mkdir(parents=True, exist_ok=True)
+    a, b = start * SR // FPS, end * SR // FPS
+    singers = []
+    for k, v in enumerate(voices):
+        media.write_wav(d / "vad" / f"singer{k}_16k.wav", v[a:b], SR)
+        singers.append(f"items/{vid}/vad/singer{k}_16k.wav")
+    media.write_wav(d / "vad" / "vocals_16k.wav", np.sum(voices, axis=0)[a:b], SR)
+    media.write_wav(d / "vad" / "bgm_16k.wav", np.zeros(b - a, np.float32), SR)
+    _record(out, "vad", vid, {"start_frame": start, "end_frame": end, "start_s": start / FPS, "end_s": end / FPS,
+                              "sr": SR, "vocals_16k": f"items/{vid}/vad/vocals_16k.wav",
+                              "bgm_16k": f"items/{vid}/vad/bgm_16k.wav", "singers_16k": singers})
+    # crop: detections over the trimmed timeline + 224x224 crops per strip
+    import cv2
+    T = end - start
+    boxes = frames.boxes[:, start:end]
+    probs = np.where(np.isnan(boxes[..., 0]), 0.0, 0.9995).astype(np.float32)
+    for lo, hi in probs_low:
+        probs[:, lo:hi] = np.minimum(probs[:, lo:hi], 0.93)
+    (d / "crop").mkdir(parents=True, exist_ok=True)
+    np.savez(d / "crop" / "detections.npz", boxes=boxes, probs=probs,
+             landmarks=np.full((2, T, 5, 2), np.nan, np.float32), n_faces=(probs > 0).astype(np.int32),
+             crop_boxes=boxes)
+    strips = []
+    sw = 384 // 2
+    for k in range(2):
+        folder = d / "crop" / f"strip{k}"
+        folder.mkdir(exist_ok=True)
+        for f in range(T):
+            x0, y0, x1, y1 = boxes[k, f].astype(int)
+            crop = frames.frames[start + f, y0:y1, k * sw + x0:k * sw + x1]
+            cv2.imwrite(str(folder / f"{f:06d}.jpg"), cv2.resize(crop[..., ::-1], (224, 224)),
+                        [cv2.IMWRITE_JPEG_QUALITY, 80])
+        strips.append(f"items/{vid}/crop/strip{k}")
+    _record(out, "crop", vid, {"detections": f"items/{vid}/crop/detections.npz", "strips": strips})
+    _record(out, "contiguity", vid, {"segments": [list(s) for s in segments], "strip_runs": [], "n_frames": T})
+    (d / "smooth").mkdir(parents=True, exist_ok=True)
+    rels = []
+    for i, (c, raw) in enumerate(coeffs):
+        np.savez(d / "smooth" / f"seg{i:03d}.npz", coeffs=c, raw=raw)
+        rels.append(f"items/{vid}/smooth/seg{i:03d}.npz")
+    _record(out, "smooth", vid, {"segments": rels})
+    _record(out, "assign", vid, assign)
+    return source
+
+
+def make_review_build(root: Path) -> ReviewBuild:
+    """Write the two-video build under ``root/out`` (about 3 s on two cores)."""
+    root = Path(root)
+    out = root / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    seg_a = [(0, 240), (250, 410), (420, 570)]
+    coeffs_a = [_coeffs(240, rng), _coeffs(160, rng, still=(1,)), _coeffs(150, rng, noise=0.03)]
+    source = _video(out, root, "duetA", 20.0, 15, 585, seg_a, coeffs_a, probs_low=[(420, 570)],
+                    assign={"order": [0, 1], "confidence": 0.9, "low_confidence": False}, with_source=True, seed=0)
+    seg_b = [(0, 180)]
+    _video(out, root, "duetB", 7.0, 10, 200, seg_b, [_coeffs(180, rng)], probs_low=[],
+           assign={"order": [1, 0], "confidence": 0.05, "low_confidence": True}, with_source=False, seed=3)
+    save_items(out, [Item(id="duetA", source=str(source)),
+                     Item(id="duetB", source=str(root / "videos" / "duetB.mp4"))])
+    segs = {f"duetA:{i}": s for i, s in enumerate(seg_a)} | {"duetB:0": seg_b[0]}
+    return ReviewBuild(out=out, source=source, segments=segs)
+
+
+if __name__ == "__main__":   # python tests/review_fixture.py /tmp/rv  -> then: chorushead review --out /tmp/rv/out
+    import sys
+    b = make_review_build(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/review_demo"))
+    print(b.out)
