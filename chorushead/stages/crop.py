@@ -1,0 +1,222 @@
+"""crop: one square face crop per strip and frame, ready for EMOCA (paper §3).
+
+Each frame of the trimmed range (vad's start_frame..end_frame on the 30 fps timeline) is split into
+``strips`` equal vertical strips, one singer each. MTCNN finds the most probable face per strip (on
+keyframes, see :mod:`chorushead.backends.mtcnn`), and we save
+
+  strip{k}/{t:06d}.jpg   224×224 crop, t = frame index in the trimmed video (no file: no face)
+  detections.npz         boxes (S,T,4) NaN where missing, probs (S,T) 0 where missing,
+                         landmarks (S,T,5,2), n_faces (S,T), crop_boxes (S,T,4), detected (S,T)
+                         (False = interpolated between keyframes), strip_x0 (S,), fps, start_frame
+All coordinates are in STRIP pixels of the full-resolution frame (add strip_x0 for frame pixels).
+
+The crop follows EMOCA's own test-time crop for detector boxes, so the fit stage feeds these files
+straight to EMOCA without decoding the video again: side = (w + h) / 2, centre moved down by
+0.12·side, side × 1.25, warped to 224×224. Pixels outside the strip are black (EMOCA pads with black
+too), never the neighbouring singer's half.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from chorushead.stages.base import BadInput, Context, Result, Stage
+
+FPS = 30
+
+
+@dataclass
+class CropParams:
+    strips: int = 2                 # equal vertical strips per frame: one singer each
+    min_face: float = 80.0          # smallest face side (px of the full frame) that must be found
+    detect_scale: float = 0.0       # strip resize before MTCNN; 0 = auto (min_face lands at 40 px)
+    keyframe_every: int = 3         # detect every k-th frame; between them only where keyframes disagree
+    agree_iou: float = 0.7          # keyframes "agree" (interpolate between) above this box IoU
+    batch_size: int = 16            # strips per MTCNN call
+    prob_threshold: float = 0.9     # a face counts from this MTCNN probability on
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    torch_threads: int = 1          # CPU only; 0 = torch's default. 1 leaves a core to ffmpeg's decoder
+    jpeg_quality: int = 95
+    crop_size: int = 224            # EMOCA's input size
+    crop_scale: float = 1.25        # EMOCA's scaling_factor
+    crop_shift: float = 0.12        # EMOCA's downward centre shift for detector boxes, × side
+
+
+def setup(p: CropParams):
+    """One detector per worker process (loads MTCNN's three small networks)."""
+    from chorushead.backends.mtcnn import MtcnnDetector, resolve_device
+    import torch
+    device = resolve_device(p.device)
+    if device == "cpu" and p.torch_threads > 0:
+        # Under load (ffmpeg decoding, other workers) torch's 2 OpenMP threads spin against each other:
+        # measured up to 8x slower per strip than a single thread on this 2-core machine.
+        torch.set_num_threads(p.torch_threads)
+    return MtcnnDetector(min_face=p.min_face, detect_scale=p.detect_scale, prob_threshold=p.prob_threshold,
+                         device=device, batch_size=p.batch_size)
+
+
+def emoca_crop_box(box: np.ndarray, scale: float = 1.25, shift: float = 0.12) -> np.ndarray:
+    """EMOCA's square crop around a detector box (x1, y1, x2, y2); works on (..., 4) arrays."""
+    box = np.asarray(box, np.float64)
+    side = ((box[..., 2] - box[..., 0]) + (box[..., 3] - box[..., 1])) / 2
+    cx = (box[..., 0] + box[..., 2]) / 2
+    cy = (box[..., 1] + box[..., 3]) / 2 + shift * side
+    half = side * scale / 2
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
+
+
+def warp_crop(image: np.ndarray, crop_box: np.ndarray, size: int = 224) -> np.ndarray:
+    """Warp the square ``crop_box`` of ``image`` to size×size: its corners map to 0 and size-1, as in
+    EMOCA's similarity transform (src square -> DST_PTS (0,0), (0,size-1), (size-1,0)). Black outside."""
+    x1, y1, x2, _ = (float(v) for v in crop_box)
+    a = (size - 1) / (x2 - x1)
+    m = np.array([[a, 0, -a * x1], [0, a, -a * y1]], np.float64)
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+class _Prefetch:
+    """Pull chunks from a generator in a thread, so ffmpeg decodes while MTCNN runs (reading a pipe
+    releases the GIL). ``wait_s`` = time the consumer sat idle waiting for frames."""
+
+    def __init__(self, it: Iterator[np.ndarray], depth: int = 2):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.wait_s = 0.0
+        self.thread = threading.Thread(target=self._run, args=(it,), daemon=True)
+        self.thread.start()
+
+    def _run(self, it):
+        try:
+            for x in it:
+                self.q.put(("item", x))
+                if self.stop.is_set():
+                    break
+            self.q.put(("end", None))
+        except BaseException as e:    # re-raised in the consumer (e.g. BadInput from the decoder)
+            self.q.put(("error", e))
+        finally:
+            it.close()                # stops ffmpeg when the consumer quit early
+
+    def __iter__(self):
+        while True:
+            t0 = time.perf_counter()
+            kind, x = self.q.get()
+            self.wait_s += time.perf_counter() - t0
+            if kind == "end":
+                return
+            if kind == "error":
+                raise x
+            yield x
+
+    def close(self):
+        """Let the producer finish (it may be blocked on a full queue) and wait for it."""
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+
+def process(ctx: Context, p: CropParams, detector) -> Result:
+    from chorushead.backends.mtcnn import strip_bounds, track_strips
+    from chorushead.media import iter_frames
+    from tqdm import tqdm
+
+    source = ctx.upstream["ingest"].outputs["source"]
+    start = int(ctx.upstream["vad"].outputs["start_frame"])
+    end = int(ctx.upstream["vad"].outputs["end_frame"])
+    if end <= start:
+        raise BadInput(f"empty trimmed range [{start}, {end}) from vad: nothing to crop")
+    if p.strips < 1:
+        raise BadInput(f"crop.strips must be >= 1, got {p.strips}")
+    n = end - start
+    S = p.strips
+    t_start = time.perf_counter()
+    det_s0, det_n0 = detector.seconds, detector.images
+
+    out_dir = Path(ctx.tmp)
+    strip_dirs = [out_dir / f"strip{k}" for k in range(S)]
+    for d in strip_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+
+    boxes = np.full((S, n, 4), np.nan, np.float32)
+    crop_boxes = np.full((S, n, 4), np.nan, np.float32)
+    landmarks = np.full((S, n, 5, 2), np.nan, np.float32)
+    probs = np.zeros((S, n), np.float32)
+    n_faces = np.zeros((S, n), np.int16)
+    detected = np.zeros((S, n), bool)
+    bounds: list[tuple[int, int]] = []
+    jpeg = [int(cv2.IMWRITE_JPEG_QUALITY), int(p.jpeg_quality)]
+
+    frames = _Prefetch(iter_frames(source, fps=FPS, start_frame=start, n_frames=n, chunk=32))
+    bar = tqdm(total=n, desc=f"crop {ctx.item.id}", unit="frame", leave=False, disable=not sys.stderr.isatty())
+    save_s = 0.0
+    count = 0
+    try:
+        for t, frame, faces in track_strips(frames, detector, S, p.keyframe_every, p.agree_iou):
+            if t >= n:      # the decoder gave more than asked for (should not happen with trim)
+                break
+            if not bounds:
+                bounds = strip_bounds(frame.shape[1], S)
+                if bounds[0][1] - bounds[0][0] < 16:
+                    raise BadInput(f"frame width {frame.shape[1]} is too narrow for {S} strips")
+            t0 = time.perf_counter()
+            boxes[:, t], probs[:, t], landmarks[:, t] = faces.boxes, faces.probs, faces.landmarks
+            n_faces[:, t], detected[:, t] = faces.n_faces, faces.detected
+            for k in range(S):
+                if not faces.found[k]:
+                    continue
+                cb = emoca_crop_box(faces.boxes[k], p.crop_scale, p.crop_shift)
+                crop_boxes[k, t] = cb
+                crop = warp_crop(frame[:, bounds[k][0]:bounds[k][1]], cb, p.crop_size)
+                cv2.imwrite(str(strip_dirs[k] / f"{t:06d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), jpeg)
+            save_s += time.perf_counter() - t0
+            count = t + 1
+            bar.update(1)
+    finally:
+        frames.close()
+        bar.close()
+    if count == 0:
+        raise BadInput(f"{Path(source).name}: decoding frames {start}..{end} produced no frames")
+
+    # A decoder that stops early (truncated file) leaves T < end - start: keep what we have.
+    T = count
+    np.savez(out_dir / "detections.npz", boxes=boxes[:, :T], probs=probs[:, :T], landmarks=landmarks[:, :T],
+             n_faces=n_faces[:, :T], crop_boxes=crop_boxes[:, :T], detected=detected[:, :T],
+             strip_x0=np.array([b[0] for b in bounds], np.int32), strip_width=np.int32(bounds[0][1] - bounds[0][0]),
+             fps=np.int32(FPS), start_frame=np.int32(start), crop_size=np.int32(p.crop_size))
+
+    total = time.perf_counter() - t_start
+    found = (probs[:, :T] > 0).sum(axis=1)
+    metrics = {
+        "frames": T,
+        "frames_expected": n,
+        **{f"faces_strip{k}": int(found[k]) for k in range(S)},
+        "multi_face_frames": int((n_faces[:, :T] >= 2).sum()),
+        "detected_fraction": round(float(detected[:, :T].mean()), 3),   # strips the detector ran on
+        "decode_wait_s": round(frames.wait_s, 2),                        # decoding not hidden behind MTCNN
+        "detect_s": round(detector.seconds - det_s0, 2),
+        "save_s": round(save_s, 2),
+        "seconds": round(total, 2),
+        "frames_per_s": round(T / max(total, 1e-9), 1),
+        "detector_images": detector.images - det_n0,
+    }
+    outputs = {"detections": "detections.npz", "strips": [f"strip{k}" for k in range(S)], "n_strips": S,
+               "frames": T, "start_frame": start, "crop_size": p.crop_size}
+    return Result(outputs=outputs, metrics=metrics)
+
+
+STAGE = Stage(name="crop", version="1", params=CropParams, setup=setup, process=process,
+              needs=("ingest", "vad"), gpu=True,
+              description="MTCNN per strip on keyframes; EMOCA-style 224×224 face crops + detections.npz")
