@@ -43,9 +43,10 @@ class LogMelEncoder(nn.Module):
                                   nn.Conv1d(out_dim, out_dim, 3, padding=1), nn.GELU())
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, center=True,
-                          return_complex=True).abs() ** 2                     # (B, F, T)
-        logmel = torch.log(torch.einsum("mf,bft->btm", self.fb, spec) + 1e-6)
+        with torch.no_grad():  # nothing learnable before the log-mel: skip its autograd graph
+            spec = torch.view_as_real(torch.stft(wave.float(), self.n_fft, self.hop, window=self.window,
+                                                 center=True, return_complex=True)).pow(2).sum(-1)  # (B, F, T)
+            logmel = torch.log(torch.einsum("mf,bft->btm", self.fb, spec) + 1e-6)
         return self.conv(self.norm(logmel).transpose(1, 2)).transpose(1, 2)
 
 
