@@ -1,0 +1,76 @@
+"""bgm_split: the mix -> vocals + accompaniment with Spleeter 2stems (paper §3, "audio track separation").
+
+Input: ingest's ``audio_44k`` (stereo float wav). Output: ``vocals.wav`` and ``accompaniment.wav``,
+stereo float32 at 44.1 kHz, exactly as long as the input (no 600 s cut; see spleeter_worker.py).
+When the user supplied stems, nothing is separated: the stage is "skipped" and points at them.
+
+Spleeter runs in its own venv through a long-lived worker started once per runner worker
+(``setup``), so TensorFlow is imported once, not once per song.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chorushead.backends.spleeter import SpleeterBackend
+from chorushead.media import read_wav, resample, write_wav
+from chorushead.stages.base import BadInput, Context, Result, Stage
+
+SR = 44100
+
+
+@dataclass
+class Params:
+    model: str = "2stems"             # Spleeter model name, looked up at <model_path>/<model>
+    model_path: str = ""              # default: $MODEL_PATH, else ./pretrained_models (Spleeter's rule)
+    python: str = ""                  # Spleeter venv python; default $CHORUSHEAD_SPLEETER_PYTHON, envs/spleeter
+    in_process: str = "auto"          # auto: in-process only if this interpreter imports spleeter; never; always
+    chunk_seconds: float = 60.0       # memory bound: ~1.3 GB per 60 s chunk instead of ~12 GB for 10 min
+    overlap_seconds: float = 4.0      # cross-faded between chunks
+    timeout_seconds: float = 7200.0   # per song
+
+
+def setup(params: Params) -> SpleeterBackend:
+    return SpleeterBackend.open(python=params.python, model_path_=params.model_path, model=params.model,
+                                in_process=params.in_process)
+
+
+def _as_stereo(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 1:
+        return np.stack([a, a], axis=1)
+    if a.shape[1] == 2:
+        return a
+    if a.shape[1] == 1:
+        return np.repeat(a, 2, axis=1)
+    return a[:, :2]                   # >2 channels: ingest should not produce these; keep front L/R
+
+
+def process(ctx: Context, params: Params, model: SpleeterBackend) -> Result:
+    ingest = ctx.upstream["ingest"].outputs
+    if ingest.get("stems_vocals") and ingest.get("stems_accompaniment"):
+        # Output values starting with "items/" are relative to the build root (runner convention).
+        return Result(status="skipped", reason="stems supplied",
+                      outputs={"vocals": ingest["stems_vocals"], "accompaniment": ingest["stems_accompaniment"]})
+    mix, sr = read_wav(ctx.input("ingest", "audio_44k"))
+    if mix.size == 0:
+        raise BadInput("the video's audio track is empty")
+    mix = _as_stereo(resample(mix, sr, SR) if sr != SR else mix)
+    stems = model.separate(mix, ctx.tmp, params.chunk_seconds, params.overlap_seconds,
+                           timeout=params.timeout_seconds)
+    outputs = {}
+    for name in ("vocals", "accompaniment"):
+        if name not in stems:
+            raise BadInput(f"Spleeter model {params.model} gave no '{name}' stem (got {sorted(stems)})")
+        write_wav(Path(ctx.tmp) / f"{name}.wav", stems[name], SR)
+        outputs[name] = f"{name}.wav"
+    rms = lambda a: float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))  # noqa: E731
+    return Result(outputs=outputs, metrics={"seconds_audio": mix.shape[0] / SR,
+                                            "vocals_rms": rms(stems["vocals"]),
+                                            "accompaniment_rms": rms(stems["accompaniment"]),
+                                            "spleeter": model.where})
+
+
+STAGE = Stage(name="bgm_split", version="1", params=Params, process=process, setup=setup, needs=("ingest",),
+              gpu=False, description="Spleeter 2stems: vocals + accompaniment at 44.1 kHz")
