@@ -150,13 +150,28 @@ class BuildLock:
 _MODELS: dict[tuple[str, str], Any] = {}  # per-process cache: models load once per worker
 
 
+class _LazyModel:
+    """Stands for a stage's model and loads it (once per worker process) on first use, so an item that
+    never needs the model (e.g. separation skipped because stems were supplied) never needs its assets."""
+
+    def __init__(self, stage: Stage, params: Any):
+        self._key = (stage.name, fingerprint(params_dict(params)))
+        self._setup = lambda: stage.setup(params)
+
+    def _get(self) -> Any:
+        if self._key not in _MODELS:
+            _MODELS[self._key] = self._setup()
+        return _MODELS[self._key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+
 def _model_for(stage: Stage, params: Any) -> Any:
-    if stage.setup is None:
-        return None
-    key = (stage.name, fingerprint(params_dict(params)))
-    if key not in _MODELS:
-        _MODELS[key] = stage.setup(params)
-    return _MODELS[key]
+    return None if stage.setup is None else _LazyModel(stage, params)
 
 
 @dataclass
