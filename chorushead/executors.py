@@ -1,17 +1,221 @@
 """Executors by name: where a stage's items run. Stages never know which one is used.
 
-``parallel_map(fn, tasks, jobs, backend)`` yields ``fn(task)`` results in completion order.
-Results come back to the calling process, which alone appends to the manifests.
+``parallel_map(fn, tasks, jobs, backend, address, gpu)`` yields ``fn(task)`` results in completion
+order, back in the calling process, which alone appends to the manifests (so records are neither lost
+nor duplicated, whatever order workers finish in).
+
+Backends:
+
+- ``local``: joblib's loky processes on this machine (always installed).
+- ``dask``: a ``distributed`` scheduler at ``address``, or a LocalCluster of ``jobs`` one-thread
+  worker processes started here and closed afterwards. ``pip install "dask[distributed]"``.
+- ``ray``: a Ray cluster at ``address``, or a local Ray instance with ``jobs`` CPUs started here and
+  shut down afterwards. Tasks of a GPU stage ask Ray for one GPU each when the cluster has GPUs.
+  ``pip install ray``.
+
+A worker process that dies mid-task (segfault, OOM killer, ``kill -9``) costs that task only: it is
+not yielded, a :class:`WorkerLost` warning names it, and every other task still completes. For the
+runner this means the item has no new record, so it stays pending and the next build redoes it. How
+each engine gets there:
+
+- local: a dead worker breaks the whole loky pool, and every task in flight fails with it, so the
+  culprit is not known. Tasks that were in flight are retried one at a time in a fresh pool; one that
+  kills its worker while running alone is the culprit and is dropped. (At most ``jobs`` tasks are in
+  flight, so at most ``jobs`` innocent tasks run twice.)
+- dask: on a cluster started here, each worker is given one task at a time, so a death implicates
+  nobody else, and ``allowed-failures=0`` drops that task the first time its worker dies. A cluster
+  at ``address`` gets every task at once and applies its own retry policy (Dask's default: a task
+  that was running on 4 workers that died is failed).
+- ray: each task has its own worker process. On an instance started here, ``max_retries=0`` drops a
+  task the first time its worker dies; on a cluster at ``address`` Ray's default retries apply (they
+  cover lost nodes).
+
+An exception raised by ``fn`` itself is not a crash and propagates, as it would in-process (the
+runner's ``run_task`` never raises; anything that does is a bug or a broken worker environment).
 """
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from collections import deque
+from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator
+
+BACKENDS = ("local", "dask", "ray")
+
+# Loky pool workers are kept this long when idle, so per-process model caches survive between stages.
+_LOCAL_IDLE_TIMEOUT_S = 300
+# Native thread pools each worker may use, so `jobs` workers do not each grab every core.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class WorkerLost(RuntimeWarning):
+    """A task's worker process died while running it; the task was not done and gives no result."""
 
 
 def parallel_map(fn: Callable[[Any], Any], tasks: Iterable[Any], jobs: int = 1, backend: str = "local",
                  address: str | None = None, gpu: bool = False) -> Iterator[Any]:
-    from joblib import Parallel, delayed
-    if backend != "local":
-        raise ValueError(f"unknown backend {backend!r}; available: local")
-    par = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
-    yield from par(delayed(fn)(t) for t in tasks)
+    """Yield ``fn(task)`` for each task, in completion order (see the module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    tasks = list(tasks)
+    if not tasks:
+        return iter(())
+    jobs = jobs if jobs > 0 else (os.cpu_count() or 1)   # jobs <= 0: one worker per core
+    if backend == "local":
+        return _local(fn, tasks, min(jobs, len(tasks)))
+    if backend == "dask":
+        return _dask(fn, tasks, jobs, address)
+    return _ray(fn, tasks, jobs, address, gpu)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _label(task: Any) -> str:
+    """How a warning names a task: the runner's ``Task`` as ``stage:item``, anything else by repr."""
+    item_id = getattr(getattr(task, "item", None), "id", None)
+    if item_id is not None:
+        stage = getattr(task, "stage", None)
+        return f"{stage}:{item_id}" if stage else str(item_id)
+    text = repr(task)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _lost(task: Any, how: str) -> None:
+    warnings.warn(f"{_label(task)}: {how}; it was not done and stays pending (a rerun retries it)",
+                  WorkerLost, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- local (loky)
+def _local(fn: Callable[[Any], Any], tasks: list[Any], jobs: int) -> Iterator[Any]:
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    from joblib.externals.loky import get_reusable_executor
+    # Raised for every task in flight when a worker dies; other pool errors (a task that cannot be
+    # unpickled in the worker...) are not crashes and propagate.
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
+    todo: deque[Any] = deque(tasks)
+    suspects: deque[Any] = deque()        # in flight when a pool broke: retried one at a time
+    running: dict[Future, tuple[Any, bool]] = {}   # future -> (task, ran alone)
+    try:
+        while todo or suspects or running:
+            # A broken pool is replaced by a fresh one here. While suspects remain, nothing runs beside
+            # them, so a suspect that breaks the pool again is certainly the culprit.
+            pool = get_reusable_executor(max_workers=jobs, timeout=_LOCAL_IDLE_TIMEOUT_S, env=env)
+            if suspects:
+                if not running:
+                    task = suspects.popleft()
+                    running[pool.submit(fn, task)] = (task, True)
+            else:
+                while todo and len(running) < jobs:   # bounded, so a crash implicates <= jobs tasks
+                    task = todo.popleft()
+                    running[pool.submit(fn, task)] = (task, jobs == 1)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task, alone = running.pop(fut)
+                try:
+                    result = fut.result()
+                except TerminatedWorkerError:
+                    if alone:
+                        _lost(task, "its worker process died while running it (local pool)")
+                    else:
+                        suspects.append(task)
+                    continue
+                yield result
+    finally:
+        for fut in running:   # the caller stopped early or fn raised: do not start what is queued
+            fut.cancel()
+
+
+# ----------------------------------------------------------------------------- dask
+def _dask(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | None) -> Iterator[Any]:
+    try:
+        import dask
+        from distributed import Client, KilledWorker, LocalCluster, as_completed
+    except ImportError as e:
+        raise ImportError('backend "dask" needs Dask\'s distributed scheduler: '
+                          'pip install "dask[distributed]"') from e
+    with ExitStack() as stack:
+        if address:
+            client = stack.enter_context(Client(address))
+            window = len(tasks)   # its scheduler queues them (and an adaptive cluster scales on the queue)
+        else:
+            # Read by the scheduler when it is created (it runs in this process): see module docstring.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                                           dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+            # One task per worker at a time: Dask would otherwise queue several on one worker, and a
+            # worker's death fails every task it holds.
+            window = jobs
+        name = getattr(fn, "__name__", "task")
+        todo = deque(enumerate(tasks))
+        in_flight: dict[Any, Any] = {}
+        finished = as_completed()
+
+        def submit_next() -> None:
+            i, task = todo.popleft()
+            # A key that names the item makes Dask's own logs ("task ... marked as failed") readable too.
+            fut = client.submit(fn, task, key=f"{name}-{i}-{_label(task)}", pure=False)
+            in_flight[fut] = task
+            finished.add(fut)
+
+        while todo and len(in_flight) < window:
+            submit_next()
+        for fut in finished:
+            task = in_flight.pop(fut)
+            if todo:
+                submit_next()
+            try:
+                result = fut.result()
+            except KilledWorker:
+                _lost(task, "its Dask worker died while running it")
+                continue
+            finally:
+                fut.release()   # drop the result from the worker's memory once we hold it
+            yield result
+
+
+# ----------------------------------------------------------------------------- ray
+def _ray(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | None, gpu: bool) -> Iterator[Any]:
+    try:
+        import ray
+        from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
+        from ray.job_config import JobConfig
+    except ImportError as e:
+        raise ImportError('backend "ray" needs Ray: pip install ray') from e
+    died = (WorkerCrashedError, OutOfMemoryError, NodeDiedError, ObjectLostError)
+    connected_here = not ray.is_initialized()   # someone else's ray.init() is theirs to shut down
+    if connected_here and address:
+        ray.init(address=address, logging_level="WARNING")
+    elif connected_here:
+        # Ray's workers do not inherit this process's sys.path (dask's and loky's do); hand it over so
+        # whatever imports here (a source checkout, test helpers) also imports in the workers.
+        ray.init(num_cpus=jobs, include_dashboard=False, logging_level="WARNING",
+                 job_config=JobConfig(code_search_path=[p for p in sys.path if p]))
+    try:
+        options: dict[str, Any] = {"num_cpus": 1}
+        if gpu and ray.cluster_resources().get("GPU", 0) >= 1:
+            options["num_gpus"] = 1   # a GPU stage batches inside its task, on a GPU of its own
+        if connected_here and not address:
+            options["max_retries"] = 0   # locally a crash is the item's doing; retrying only repeats it
+        remote = ray.remote(**options)(fn)
+        refs = {remote.remote(t): t for t in tasks}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                task = refs.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except died:
+                    _lost(task, "its Ray worker died while running it")
+                    continue
+                yield result
+    finally:
+        if connected_here:
+            ray.shutdown()

@@ -1,0 +1,127 @@
+"""Executors: every backend yields each task's result once, in completion order, back to the caller;
+a worker killed mid-task costs that task only; a build on Dask or Ray equals a local build.
+
+The Dask and Ray tests are skipped (with the reason) only when the package is not installed:
+CI installs both (`pip install "dask[distributed]" ray`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from chorushead.executors import WorkerLost, parallel_map
+
+HAVE_DASK = importlib.util.find_spec("distributed") is not None
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+BACKENDS = [
+    "local",
+    pytest.param("dask", marks=pytest.mark.skipif(not HAVE_DASK, reason='dask.distributed not installed '
+                                                  '(pip install "dask[distributed]")')),
+    # Ray needs ~10 s to start on 2 busy cores.
+    pytest.param("ray", marks=[pytest.mark.slow,
+                               pytest.mark.skipif(not HAVE_RAY, reason="ray not installed (pip install ray)")]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _ray_local_env(monkeypatch):
+    # A throwaway local Ray instance needs no token (and should not write one to ~/.ray).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+# Module-level, so every engine can pickle them by reference (workers import this module: loky and
+# Dask inherit sys.path, the Ray executor hands it over).
+def slow_first(x: int) -> int:
+    """Task 0 takes long, the rest are quick: with two workers task 0 must come out last."""
+    time.sleep(2.0 if x == 0 else 0.05)
+    return x * x
+
+
+def dies_on_three(x: int) -> int:
+    """Task 3 kills its own worker process, as a segfault or the OOM killer would."""
+    if x == 3:
+        time.sleep(0.3)   # let the other tasks get going, so some are in flight beside it
+        os._exit(13)
+    time.sleep(0.1)
+    return x * x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parallel_map_completion_order_and_completeness(backend):
+    results = list(parallel_map(slow_first, range(6), jobs=2, backend=backend))
+    assert sorted(results) == [x * x for x in range(6)]          # each exactly once
+    assert results[-1] == 0                                       # the slow one overtaken by all others
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_killed_worker_costs_only_its_task(backend):
+    with pytest.warns(WorkerLost, match=r"^3: its .*worker.* died") as caught:
+        results = list(parallel_map(dies_on_three, range(8), jobs=2, backend=backend))
+    assert sorted(results) == [x * x for x in range(8) if x != 3]
+    assert len([w for w in caught if issubclass(w.category, WorkerLost)]) == 1
+
+
+def test_local_single_worker_crash_is_dropped_at_once():
+    # With one worker the task was alone when it died: no retry needed to name the culprit.
+    with pytest.warns(WorkerLost, match="^3:"):
+        results = list(parallel_map(dies_on_three, [1, 3, 5], jobs=1, backend="local"))
+    assert sorted(results) == [1, 25]
+
+
+def test_unknown_backend_and_missing_packages(monkeypatch):
+    with pytest.raises(ValueError, match="available: local, dask, ray"):
+        parallel_map(slow_first, [1], backend="spark")
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)   # import now fails
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)
+    with pytest.raises(ImportError, match=r'pip install "dask\[distributed\]"'):
+        list(parallel_map(slow_first, [1], backend="dask"))
+    with pytest.raises(ImportError, match="pip install ray"):
+        list(parallel_map(slow_first, [1], backend="ray"))
+
+
+# ----------------------------------------------------------------------------- a build per backend
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    from chorushead.demo import write_sample
+    root = tmp_path_factory.mktemp("raw")
+    for k in range(3):
+        write_sample(root, seconds=6, size=(96, 192), name=f"clip{k}", seed=k)
+    return root / "videos"
+
+
+def _ingest(videos: Path, out: Path, backend: str, jobs: int) -> tuple[dict, dict]:
+    """Build the ingest stage; return {item: comparable record} and {relative path: bytes}."""
+    from chorushead.manifest import Manifest
+    from chorushead.runner import Pipeline, build
+    [summary] = build(videos, out, Pipeline.load(), stages=["ingest"], jobs=jobs, backend=backend,
+                      progress=False, log=lambda _: None)
+    assert summary.done == 3 and summary.failed == 0, summary.failures
+    records = {}
+    for rec in Manifest(out, "ingest").read_all():
+        outputs = {k: v for k, v in rec.outputs.items() if not (isinstance(v, str) and os.path.isabs(v))}
+        records[rec.item] = {"status": rec.status, "fingerprint": rec.fingerprint, "outputs": outputs,
+                             "metrics": rec.metrics}
+    files = {p.relative_to(out).as_posix(): p.read_bytes()
+             for p in sorted((out / "items").rglob("*")) if p.is_file()}
+    return records, files
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory):
+    """The in-process build (local, jobs=1) everything else must equal."""
+    return _ingest(videos, tmp_path_factory.mktemp("ref"), "local", 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_build_matches_in_process_build(backend, videos, reference, tmp_path):
+    records, files = _ingest(videos, tmp_path / "out", backend, jobs=2)
+    ref_records, ref_files = reference
+    assert len(records) == 3 and json.dumps(records, sort_keys=True) == json.dumps(ref_records, sort_keys=True)
+    assert files.keys() == ref_files.keys() and any(k.endswith("mix_44k.wav") for k in files)
+    assert all(files[k] == ref_files[k] for k in files), [k for k in files if files[k] != ref_files[k]]
