@@ -108,3 +108,53 @@ def test_emoca_crop_geometry():
     assert crop[112, 112].min() > 200 and crop[5, 5].max() == 0
     edge = warp_crop(img, np.array([-50.0, -50.0, 50.0, 50.0]), 64)    # outside the image -> black
     assert edge[:20, :20].max() == 0
+
+
+class _FakeDetector:
+    """Reads the face from pixel (0, 0): channel 0 = present, channel 1 = box x1 (100×100 box)."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def detect(self, images):
+        from chorushead.backends.mtcnn import Faces
+        out = Faces.empty((len(images),))
+        out.detected[:] = True
+        for i, im in enumerate(images):
+            if im[0, 0, 0]:
+                x = float(im[0, 0, 1])
+                out.boxes[i] = [x, 0, x + 100, 100]
+                out.landmarks[i] = x
+                out.probs[i], out.n_faces[i] = 0.99, 1
+        self.calls.append(len(images))
+        return out
+
+
+@pytest.mark.parametrize("k,chunk", [(1, 5), (3, 7), (4, 4), (5, 32)])
+def test_keyframe_schedule(k, chunk):
+    """Interpolation only between agreeing keyframes, re-detection elsewhere, across chunk edges."""
+    from chorushead.backends.mtcnn import track_strips
+    T = 40
+    frames = np.zeros((T, 1, 2, 3), np.uint8)                  # 2 strips of 1 pixel
+    x0 = np.arange(T) + np.where(np.arange(T) >= 21, 120, 0)   # strip 0 moves, then jumps at t=21
+    frames[:, 0, 0, 0], frames[:, 0, 0, 1] = 1, x0
+    absent = (np.arange(T) >= 10) & (np.arange(T) < 17)         # strip 1 gone for t in [10, 17)
+    frames[:, 0, 1, 0], frames[:, 0, 1, 1] = ~absent, 50
+    det = _FakeDetector()
+    out = list(track_strips((frames[i:i + chunk] for i in range(0, T, chunk)), det, strips=2, keyframe_every=k))
+    assert [t for t, _, _ in out] == list(range(T))
+    boxes = np.stack([f.boxes for _, _, f in out], axis=1)       # (2, T, 4)
+    detected = np.stack([f.detected for _, _, f in out], axis=1)
+    np.testing.assert_allclose(boxes[0, :, 0], x0, atol=1e-4)   # linear motion: interpolation is exact
+    assert np.isnan(boxes[1, absent, 0]).all() and (boxes[1, ~absent, 0] == 50).all()
+    # Expected: detector on keyframes, and between two keyframes that disagree (jump, face gone).
+    keys = np.flatnonzero((np.arange(T) % k == 0) | (np.arange(T) == T - 1))
+    expect = np.zeros((2, T), bool)
+    expect[:, keys] = True
+    for a, b in zip(keys[:-1], keys[1:]):
+        expect[0, a + 1:b] = a < 21 <= b
+        expect[1, a + 1:b] = absent[a] != absent[b]
+    np.testing.assert_array_equal(detected, expect)
+    if k > 1:
+        assert detected.sum() < 2 * T                            # something was interpolated
+    assert sum(det.calls) == detected.sum()

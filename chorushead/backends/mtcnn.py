@@ -199,8 +199,8 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
                 if _agree(src, si, faces, (s, b), agree_iou):
                     for i in range(a + 1, b):
                         w = (i - a) / (b - a)
-                        faces.boxes[s, i] = (1 - w) * src.boxes[si] + w * faces.boxes[s, b]
-                        faces.landmarks[s, i] = (1 - w) * src.landmarks[si] + w * faces.landmarks[s, b]
+                        faces.boxes[s, i] = src.boxes[si] + w * (faces.boxes[s, b] - src.boxes[si])
+                        faces.landmarks[s, i] = src.landmarks[si] + w * (faces.landmarks[s, b] - src.landmarks[si])
                         faces.probs[s, i] = min(src.probs[si], faces.probs[s, b])
                         faces.n_faces[s, i] = faces.n_faces[s, b]
                 else:

@@ -69,7 +69,7 @@ def emoca_crop_box(box: np.ndarray, scale: float = 1.25, shift: float = 0.12) ->
     side = ((box[..., 2] - box[..., 0]) + (box[..., 3] - box[..., 1])) / 2
     cx = (box[..., 0] + box[..., 2]) / 2
     cy = (box[..., 1] + box[..., 3]) / 2 + shift * side
-    half = side * scale / 2
+    half = np.floor(side * scale) / 2          # EMOCA: size = int(old_size * scale)
     return np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
 
 
