@@ -1,0 +1,175 @@
+"""duet_split: vocals -> one track per singer with MossFormer2 (paper §3; 8 kHz model).
+
+Long songs are separated in overlapping chunks, because MossFormer2 on a whole 4-minute song needs
+memory that grows with the song (see benchmarks/bench_duet_split.py). Chunking brings two problems
+that this module solves:
+
+1. Speaker order is arbitrary in every chunk (permutation-invariant training). We align chunk c to
+   what is already stitched by correlating the tracks over their overlap and picking the best
+   assignment. (ClearerVoice's chunking skips this, so singers swap tracks mid-song.)
+2. Output scale is arbitrary per chunk (and modelscope's pipeline peak-normalises each output to
+   0.5). Per chunk we fit least-squares gains so the tracks add back up to the vocal mixture; this
+   also fixes a sign flip, and it makes the cross-fade sum-preserving.
+
+Outputs: ``singers`` (one wav per singer at the vocals' rate, 44.1 kHz) and ``singers_16k``. The
+8 kHz model cannot give back content above 4 kHz: the full-rate tracks are the 8 kHz tracks
+resampled, which is what the rest of the pipeline (VAD, loudness, wav2vec at 16 kHz) needs.
+With user stems the stage is "skipped": ``singers`` points at them and only 16 kHz copies are made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from chorushead.backends.spleeter_worker import chunk_starts
+from chorushead.media import read_wav, resample, write_wav
+from chorushead.stages.base import BadInput, Context, Result, Stage, StageError
+
+MODEL_SR = 8000
+OUT_SR = 16000
+
+
+@dataclass
+class Params:
+    n_singers: int = 2
+    model: str = "damo/speech_mossformer2_separation_temporal_8k"  # hub id or a local model folder
+    model_3: str = ""               # model for 3 singers (hub id or folder); none is published for MossFormer2
+    allow_download: bool = False    # fetch a hub id missing from the cache at set-up (needs internet)
+    device: str = "auto"            # auto | cpu | cuda | cuda:1 ...
+    batch_size: int = 4             # chunks per forward pass
+    chunk_seconds: float = 16.0
+    overlap_seconds: float = 4.0
+
+
+def setup(params: Params):
+    from chorushead.backends.mossformer2 import MossFormer2Separator
+    model = params.model if params.n_singers == 2 else params.model_3
+    if not model:
+        raise StageError(f"duet_split: no MossFormer2 model configured for {params.n_singers} singers "
+                         f"(set duet_split.model_3 to a hub id or a folder)")
+    sep = MossFormer2Separator.load(model, params.device, params.batch_size, params.allow_download)
+    if sep.num_spks != params.n_singers:
+        raise StageError(f"duet_split: model {sep.model_dir} separates {sep.num_spks} voices, "
+                         f"but n_singers = {params.n_singers}")
+    return sep
+
+
+# ------------------------------------------------------------------ chunked separation (pure numpy)
+
+@dataclass
+class Stitched:
+    tracks: np.ndarray                                   # (S, n): sums to the mix as well as it can
+    starts: list[int]
+    gains: list[list[float]] = field(default_factory=list)
+    overlap_corr: list[float] = field(default_factory=list)   # mean matched correlation per seam
+    overlap_margin: list[float] = field(default_factory=list)  # best minus second-best assignment
+
+
+def lsq_gains(mix: np.ndarray, est: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Gains g minimising ||mix - sum_s g_s est_s||² (a tiny ridge keeps a silent track at ~0)."""
+    a = est.astype(np.float64) @ est.T.astype(np.float64)
+    a += ridge * (np.trace(a) / len(a) + 1e-12) * np.eye(len(a))
+    return np.linalg.solve(a, est.astype(np.float64) @ mix.astype(np.float64))
+
+
+def best_order(prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Permutation p so that cur[p[k]] continues prev[k]; with the mean matched correlation and the
+    margin over the best assignment that differs (small margin: the seam was ambiguous, e.g. silence)."""
+    def unit(x):
+        x = x - x.mean(axis=1, keepdims=True)
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
+    corr = unit(prev) @ unit(cur).T                       # (S, S)
+    rows, cols = linear_sum_assignment(-corr)
+    best = corr[rows, cols].sum()
+    second = -np.inf
+    for k in range(len(rows)):                            # best assignment that avoids one matched pair
+        c = corr.copy()
+        c[rows[k], cols[k]] = -1e6
+        r2, c2 = linear_sum_assignment(-c)
+        second = max(second, c[r2, c2].sum())
+    n = len(rows)
+    margin = float((best - second) / n) if n > 1 else 1.0
+    return cols, float(best / n), margin
+
+
+def separate_long(mix: np.ndarray, separate: Callable[[np.ndarray], np.ndarray], chunk: int,
+                  overlap: int) -> Stitched:
+    """Separate a 1-D ``mix`` with ``separate((B, L)) -> (B, S, L)`` on overlapping chunks."""
+    n = len(mix)
+    chunk = min(chunk, n)
+    starts = chunk_starts(n, chunk, overlap)
+    est = separate(np.stack([mix[s:s + chunk] for s in starts]))       # (C, S, L): batched inside
+    S = est.shape[1]
+    out = np.zeros((S, n), np.float32)
+    st = Stitched(tracks=out, starts=starts)
+    end = 0
+    for c, s in enumerate(starts):
+        seg = mix[s:s + chunk]
+        g = lsq_gains(seg, est[c])
+        y = (est[c] * g[:, None]).astype(np.float32)
+        ov = max(0, end - s)
+        if c > 0 and ov > 0:
+            perm, corr, margin = best_order(out[:, s:s + ov], y[:, :ov])
+            y, g = y[perm], g[perm]
+            st.overlap_corr.append(corr)
+            st.overlap_margin.append(margin)
+            ramp = np.linspace(0.0, 1.0, ov + 2, dtype=np.float32)[1:-1]
+            out[:, s:s + ov] = out[:, s:s + ov] * (1 - ramp) + y[:, :ov] * ramp
+            out[:, s + ov:s + chunk] = y[:, ov:]
+        else:
+            out[:, s:s + chunk] = y
+        st.gains.append([float(v) for v in g])
+        end = s + chunk
+    return st
+
+
+def _fit_length(a: np.ndarray, n: int) -> np.ndarray:
+    return a[:n] if len(a) >= n else np.pad(a, (0, n - len(a)))
+
+
+# ------------------------------------------------------------------ the stage
+
+def _skip_with_stems(ctx: Context, singers: list[str]) -> Result:
+    paths16 = []
+    for k, rel in enumerate(singers):
+        a, sr = read_wav(ctx.out / rel)
+        a = a.mean(axis=1) if a.ndim == 2 else a
+        write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", resample(a, sr, OUT_SR), OUT_SR)
+        paths16.append(f"singer{k}_16k.wav")
+    return Result(status="skipped", reason="stems supplied",
+                  outputs={"singers": list(singers), "singers_16k": paths16})
+
+
+def process(ctx: Context, params: Params, model) -> Result:
+    stems = ctx.value("ingest", "stems_singers")
+    if stems:
+        return _skip_with_stems(ctx, stems)
+    vocals, sr = read_wav(ctx.input("bgm_split", "vocals"))
+    mono = vocals.mean(axis=1) if vocals.ndim == 2 else vocals
+    if len(mono) == 0:
+        raise BadInput("the vocals track is empty")
+    mix8 = resample(mono, sr, MODEL_SR)
+    st = separate_long(mix8, model, int(params.chunk_seconds * MODEL_SR), int(params.overlap_seconds * MODEL_SR))
+    outputs: dict[str, list[str]] = {"singers": [], "singers_16k": []}
+    for k, track in enumerate(st.tracks):
+        write_wav(Path(ctx.tmp) / f"singer{k}.wav", _fit_length(resample(track, MODEL_SR, sr), len(mono)), sr)
+        n16 = int(round(len(mono) * OUT_SR / sr))
+        write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", _fit_length(resample(track, MODEL_SR, OUT_SR), n16), OUT_SR)
+        outputs["singers"].append(f"singer{k}.wav")
+        outputs["singers_16k"].append(f"singer{k}_16k.wav")
+    resid = float(np.linalg.norm(mix8 - st.tracks.sum(0)) / (np.linalg.norm(mix8) + 1e-9))
+    metrics = {"chunks": len(st.starts), "residual_ratio": resid,
+               "track_rms": [float(np.sqrt(np.mean(t.astype(np.float64) ** 2))) for t in st.tracks],
+               "seam_corr_min": min(st.overlap_corr, default=None),
+               "seam_margin_min": min(st.overlap_margin, default=None),
+               "model": str(model.model_dir)}
+    return Result(outputs=outputs, metrics=metrics)
+
+
+STAGE = Stage(name="duet_split", version="1", params=Params, process=process, setup=setup,
+              needs=("ingest", "bgm_split"), gpu=True,
+              description="MossFormer2 (8 kHz) on the vocals, chunked with speaker-order alignment")
