@@ -13,6 +13,7 @@ Expected suspicion order: duetA:2, duetA:1, duetB:0, duetA:0.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +71,12 @@ def _video(out: Path, root: Path, vid: str, seconds: float, start: int, end: int
     # voices: singer 0 and 1 take turns, so the waveforms differ visibly
     voices = [sing(seconds, SR, [(0.5, seconds / 2), (seconds / 2 + 1, seconds - 0.3)], 220.0, seed + 1),
               sing(seconds, SR, [(1.5, seconds - 0.5)], 165.0, seed + 2)]
+    pool = ThreadPoolExecutor(max_workers=2)      # ffmpeg and cv2 release the GIL: encode while cropping
+    jobs = []
     if with_source:
         mix = root / f"{vid}_mix.wav"
         media.write_wav(mix, np.sum(voices, axis=0), SR)
-        media.encode_video(source, frames.frames, fps=FPS, audio=mix)
+        jobs.append(pool.submit(media.encode_video, source, frames.frames, fps=FPS, audio=mix))
     _record(out, "ingest", vid, {"source": str(source), "fps": FPS, "width": 384, "height": 192,
                                  "n_frames": n_total})
     # vad: trimmed 16 kHz tracks
@@ -101,15 +104,21 @@ def _video(out: Path, root: Path, vid: str, seconds: float, start: int, end: int
              crop_boxes=boxes)
     strips = []
     sw = 384 // 2
-    for k in range(2):
-        folder = d / "crop" / f"strip{k}"
-        folder.mkdir(exist_ok=True)
-        for f in range(T):
+
+    def write_crops(k: int, frame_ids: range) -> None:
+        for f in frame_ids:
             x0, y0, x1, y1 = boxes[k, f].astype(int)
             crop = frames.frames[start + f, y0:y1, k * sw + x0:k * sw + x1]
-            cv2.imwrite(str(folder / f"{f:06d}.jpg"), cv2.resize(crop[..., ::-1], (224, 224)),
+            cv2.imwrite(str(d / "crop" / f"strip{k}" / f"{f:06d}.jpg"), cv2.resize(crop[..., ::-1], (224, 224)),
                         [cv2.IMWRITE_JPEG_QUALITY, 80])
+
+    for k in range(2):
+        (d / "crop" / f"strip{k}").mkdir(exist_ok=True)
+        jobs += [pool.submit(write_crops, k, range(i, min(T, i + 100))) for i in range(0, T, 100)]
         strips.append(f"items/{vid}/crop/strip{k}")
+    for j in jobs:
+        j.result()
+    pool.shutdown()
     _record(out, "crop", vid, {"detections": f"items/{vid}/crop/detections.npz", "strips": strips})
     _record(out, "contiguity", vid, {"segments": [list(s) for s in segments], "strip_runs": [], "n_frames": T})
     (d / "smooth").mkdir(parents=True, exist_ok=True)
@@ -120,6 +129,18 @@ def _video(out: Path, root: Path, vid: str, seconds: float, start: int, end: int
     _record(out, "smooth", vid, {"segments": rels})
     _record(out, "assign", vid, assign)
     return source
+
+
+_BUILDS: dict[str, ReviewBuild] = {}
+
+
+def shared_review_build(tmp_path_factory) -> ReviewBuild:
+    """One build per test session (both review test modules read it; each clears decisions itself)."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _BUILDS:
+        _BUILDS[key] = make_review_build(tmp_path_factory.mktemp("review"))
+    (Path(_BUILDS[key].out) / "manifests" / "review.jsonl").unlink(missing_ok=True)
+    return _BUILDS[key]
 
 
 def make_review_build(root: Path) -> ReviewBuild:

@@ -19,7 +19,7 @@ from chorushead.review.decisions import decisions
 from chorushead.review.server import is_loopback, make_server, parse_range, serve, HttpError
 
 from conftest import validate_record
-from review_fixture import EXPECTED_FLAGS, EXPECTED_ORDER, make_review_build
+from review_fixture import EXPECTED_FLAGS, EXPECTED_ORDER, shared_review_build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return make_review_build(tmp_path_factory.mktemp("review"))
+    return shared_review_build(tmp_path_factory)
 
 
 @pytest.fixture

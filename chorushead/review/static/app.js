@@ -143,13 +143,29 @@ function togglePlay() {
 }
 
 // ------------------------------------------------------------------ images that follow the clock
-// Asks for one frame at a time and skips frames it cannot keep up with (meshes render on the CPU).
-class FrameImage {
-  constructor(img, urlFor) { this.img = img; this.urlFor = urlFor; this.want = null; this.busy = false; this.shown = null;
-    img.addEventListener("load", () => this.done()); img.addEventListener("error", () => this.done()); }
-  show(frame) { this.want = frame; if (!this.busy && frame !== this.shown) this.fetch(); }
-  fetch() { this.busy = true; this.shown = this.want; this.img.src = this.urlFor(this.want); }
-  done() { this.busy = false; if (this.want !== this.shown) this.fetch(); }
+// Loads one frame at a time off-screen and paints it on a canvas once loaded, so the picture never
+// blanks while the next frame loads, and frames it cannot keep up with are skipped (meshes render on
+// the server's CPU). ``canvas.dataset.frame`` says which frame is shown.
+class FrameCanvas {
+  constructor(canvas, urlFor) {
+    this.canvas = canvas; this.urlFor = urlFor; this.want = null; this.loading = null;
+    this.loader = new Image();
+    this.loader.addEventListener("load", () => this.loaded(true));
+    this.loader.addEventListener("error", () => this.loaded(false));
+  }
+  show(frame) { this.want = frame; if (this.loading === null && String(frame) !== this.canvas.dataset.frame) this.fetch(); }
+  fetch() { this.loading = this.want; this.loader.src = this.urlFor(this.want); }
+  loaded(ok) {
+    if (ok) {
+      const c = this.canvas;
+      if (c.width !== this.loader.naturalWidth) { c.width = this.loader.naturalWidth; c.height = this.loader.naturalHeight; }
+      c.getContext("2d").drawImage(this.loader, 0, 0);
+      c.dataset.frame = String(this.loading);
+    }
+    const done = this.loading;
+    this.loading = null;
+    if (this.want !== done) this.fetch();
+  }
 }
 
 // ------------------------------------------------------------------ plots
@@ -322,14 +338,14 @@ async function select(key, { play = true } = {}) {
   d.strips.forEach((s) => {
     const div = document.createElement("div");
     div.className = `strip s${s.strip % 4}`;
-    div.innerHTML = `<img alt="strip ${s.strip} crop" class="crop"><span>singer ${s.strip} crop</span>`;
+    div.innerHTML = `<canvas class="crop" width="224" height="224" aria-label="singer ${s.strip} crop"></canvas>` +
+      `<span>singer ${s.strip} crop</span>`;
     const pad = (n) => String(n).padStart(6, "0");
-    frameImages.push(new FrameImage(div.querySelector("img"), (f) => `${s.base}${pad(s.first + f)}.jpg`));
+    frameImages.push(new FrameCanvas(div.querySelector("canvas"), (f) => `${s.base}${pad(s.first + f)}.jpg`));
     if (d.mesh && d.mesh[s.strip]) {
-      const m = document.createElement("img");
-      m.alt = `strip ${s.strip} mesh`; m.className = "mesh";
+      const m = Object.assign(document.createElement("canvas"), { className: "mesh", width: 256, height: 256 });
       div.append(m, Object.assign(document.createElement("span"), { textContent: "fitted mesh" }));
-      frameImages.push(new FrameImage(m, (f) => `${d.mesh[s.strip]}${f}.png`));
+      frameImages.push(new FrameCanvas(m, (f) => `${d.mesh[s.strip]}${f}.png`));
     }
     box.appendChild(div);
   });
