@@ -95,6 +95,7 @@ def tiny_model(tmp_path_factory):
     return write_random_model(tmp_path_factory.mktemp("m2") / "mossformer2_tiny", num_blocks=2, channels=32)
 
 
+@pytest.mark.slow
 def test_real_modelscope_model_batched_and_stitched(tmp_path, tiny_model):
     sr = 44100
     n = int(5.2 * sr)

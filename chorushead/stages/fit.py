@@ -1,0 +1,60 @@
+"""fit: EMOCA v2 on every crop of every segment -> per frame and singer 50 expression, 3 jaw and
+3 global pose coefficients (paper §3: "53 expression (face + jaw) coefficients and 3 pose").
+
+Inputs: crop's ``strips`` (folders of ``{frame:06d}.jpg`` 224x224 crops, EMOCA's crop convention,
+frame = index in the trimmed video) and contiguity's ``segments`` ([start, end) where every strip
+has a face). Output per segment ``seg{i:03d}.npz``: ``coeffs`` (S, T, 56) = [exp 50, jaw 3,
+pose 3], plus ``shape`` (S, T, 100) and ``cam`` (S, T, 3) kept aside, and ``frames`` = [start, end).
+
+EMOCA runs in its own Python 3.8 environment through ``emoca_worker.py`` (see backends/emoca.py),
+started once per runner worker; images are batched across strips and segments, on the GPU when
+that environment sees one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chorushead.backends.emoca import EmocaBackend
+from chorushead.stages.base import BadInput, Context, Result, Stage
+
+
+@dataclass
+class Params:
+    model_name: str = "EMOCA_v2_lr_mse_20"
+    model_stage: str = "detail"      # EMOCA's load_model mode ("coarse" gives the same codes here)
+    models_dir: str = ""             # default $CHORUSHEAD_EMOCA_MODELS, else assets/EMOCA/models
+    python: str = ""                 # EMOCA env python; default $CHORUSHEAD_EMOCA_PYTHON, else in-process
+    emoca_path: str = ""             # clone of the emoca repo for PYTHONPATH; default $CHORUSHEAD_EMOCA_PATH
+    device: str = "auto"             # auto | cpu | cuda | cuda:1
+    batch_size: int = 32             # images per forward pass
+
+
+def setup(params: Params) -> EmocaBackend:
+    return EmocaBackend.open(python=params.python, emoca_path=params.emoca_path, models=params.models_dir,
+                             model_name=params.model_name, stage=params.model_stage, device=params.device)
+
+
+def process(ctx: Context, params: Params, model: EmocaBackend) -> Result:
+    segments = [tuple(int(v) for v in s) for s in (ctx.value("contiguity", "segments") or [])]
+    if not segments:
+        return Result(status="skipped", reason="no segment with every singer's face", outputs={"segments": []})
+    strips = [ctx.out / p for p in ctx.value("crop", "strips")]
+    for s in strips:
+        if not s.is_dir():
+            raise BadInput(f"crop folder {s} is missing; rerun the crop stage")
+    paths, n_images = model.fit([str(s) for s in strips], segments, Path(ctx.tmp), params.batch_size)
+    outputs = [Path(p).name for p in paths]
+    jaw_open = []
+    for p in paths:   # a cheap sanity number for `chorushead status`: mean jaw opening per strip
+        with np.load(p) as z:
+            jaw_open.append(z["coeffs"][:, :, 50].mean(axis=1))
+    return Result(outputs={"segments": outputs, "n_strips": len(strips)},
+                  metrics={"images": n_images, "segments": len(outputs), "device": model.device,
+                           "jaw_mean": np.mean(jaw_open, axis=0).round(4).tolist()})
+
+
+STAGE = Stage(name="fit", version="1", params=Params, process=process, setup=setup, needs=("crop", "contiguity"),
+              gpu=True, description="EMOCA v2: 50 exp + 3 jaw + 3 global pose per frame and singer")
