@@ -246,12 +246,16 @@ class BuildView:
             "abs_start": s.abs_start, "frames": s.n_frames, "fps": v.fps, "n_strips": s.n_strips,
             "flags": s.flags.flags, "metrics": s.flags.metrics, "score": s.flags.score,
             "decision": d.get("decision"), "reason": d.get("reason"),
-            "clip": f"/clip/{s.video}/{s.index}.mp4" if v.source and Path(v.source).is_file() else None,
+            "clip": None,
             "strips": [], "jaw": None, "jaw_raw": None, "pose": None, "audio": [], "mesh": None,
         }
+        if v.source and Path(v.source).is_file():
+            # the version query makes the browser drop a cached clip when the segment or source changes
+            res["clip"] = f"/clip/{s.video}/{s.index}.mp4?v={ClipCache.tag(s, v)}"
         if "crop" in recs:
             for k, rel in enumerate(recs["crop"].outputs.get("strips", [])):
-                res["strips"].append({"strip": k, "base": f"/files/{rel.strip('/')}/", "first": s.start})
+                res["strips"].append({"strip": k, "base": f"/files/{rel.strip('/')}/", "first": s.start,
+                                      "version": recs["crop"].fingerprint})
         if s.coeffs:
             arr = self.npz(s.coeffs) or {}
             c = np.nan_to_num(arr.get("coeffs", np.zeros((0, 0, 56))))
@@ -323,12 +327,16 @@ class ClipCache:
         self._guard = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-prefetch")
 
-    def path_for(self, s: Segment, v: Video) -> Path:
+    @staticmethod
+    def tag(s: Segment, v: Video) -> str:
+        """Changes when the source file or the segment's range does."""
         src = Path(v.source)
         st = src.stat()
-        tag = hashlib.sha1(f"{src}:{st.st_size}:{st.st_mtime_ns}:{s.abs_start}:{s.end - s.start}:{v.fps}"
-                           .encode()).hexdigest()[:10]
-        return self.root / s.video / f"seg{s.index:03d}-{tag}.mp4"
+        return hashlib.sha1(f"{src}:{st.st_size}:{st.st_mtime_ns}:{s.abs_start}:{s.end - s.start}:{v.fps}"
+                            .encode()).hexdigest()[:10]
+
+    def path_for(self, s: Segment, v: Video) -> Path:
+        return self.root / s.video / f"seg{s.index:03d}-{self.tag(s, v)}.mp4"
 
     def get(self, s: Segment, v: Video) -> Path:
         path = self.path_for(s, v)
@@ -442,7 +450,10 @@ class ReviewServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        h = self.host if ":" not in self.host else f"[{self.host}]"
+        h = self.host
+        if h in ("0.0.0.0", "::", ""):     # all interfaces (--allow-remote): name this machine instead
+            h = socket.gethostname()
+        h = h if ":" not in h else f"[{h}]"
         return f"http://{h}:{self.port}/"
 
     def allowed_hosts(self) -> set[str]:
@@ -485,6 +496,8 @@ def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_remo
     srv.view.refresh()
     n = len(srv.view.segments)
     print(f"Reviewing {n} segments of {len(srv.view.videos)} videos in {srv.out}", flush=True)
+    if n == 0:
+        print("No segments yet: the review needs the contiguity stage's output (plots need smooth).", flush=True)
     print(f"Open {srv.url}  (Ctrl-C to stop)", flush=True)
     try:
         srv.serve_forever()

@@ -341,7 +341,7 @@ async function select(key, { play = true } = {}) {
     div.innerHTML = `<canvas class="crop" width="224" height="224" aria-label="singer ${s.strip} crop"></canvas>` +
       `<span>singer ${s.strip} crop</span>`;
     const pad = (n) => String(n).padStart(6, "0");
-    frameImages.push(new FrameCanvas(div.querySelector("canvas"), (f) => `${s.base}${pad(s.first + f)}.jpg`));
+    frameImages.push(new FrameCanvas(div.querySelector("canvas"), (f) => `${s.base}${pad(s.first + f)}.jpg?v=${s.version}`));
     if (d.mesh && d.mesh[s.strip]) {
       const m = Object.assign(document.createElement("canvas"), { className: "mesh", width: 256, height: 256 });
       div.append(m, Object.assign(document.createElement("span"), { textContent: "fitted mesh" }));
@@ -357,7 +357,7 @@ async function select(key, { play = true } = {}) {
   const next = neighbour(1);
   if (next) {
     const [nv, ni] = [next.slice(0, next.lastIndexOf(":")), next.slice(next.lastIndexOf(":") + 1)];
-    fetch(`/clip/${encodeURIComponent(nv)}/${ni}.mp4`, { method: "HEAD" }).catch(() => {});
+    fetch(`/clip/${encodeURIComponent(nv)}/${ni}.mp4`, { method: "HEAD" }).catch(() => {});   // server cuts it
   }
 }
 
