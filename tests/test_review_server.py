@@ -123,6 +123,10 @@ def test_flags_thresholds_and_score():
     assert nofit.flags == ["no_fit"] and "jaw_std" not in nofit.metrics
     assert F.flag_segment(300, good, good, assign={"confidence": 0.9, "low_confidence": True}).flags == ["low_assign"]
     assert F.flag_segment(300, good, good, assign={"confidence": 0.1}).flags == ["low_assign"]
+    broken = good.copy()
+    broken[0, 40, 53] = np.nan                                 # a NaN from the fit is an evident error
+    nan_flags = F.flag_segment(300, broken, broken)
+    assert "jump" in nan_flags.flags and all(np.isfinite(v) for v in nan_flags.metrics.values())
     order = F.order_by_suspicion([("a", ok), ("b", bad), ("c", short)])
     assert order == ["b", "c", "a"]
 

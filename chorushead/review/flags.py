@@ -148,12 +148,15 @@ def flag_segment(n_frames: int, coeffs: Optional[np.ndarray] = None, raw: Option
 
     parts["short"] = _soft(th.min_frames / max(n_frames, 1e-9))
     if coeffs is not None and coeffs.size:
+        r = raw if raw is not None else coeffs
+        if not (np.isfinite(coeffs).all() and np.isfinite(r).all()):
+            parts["jump"] = 1.0          # NaN/inf from the fit is an evident error; measure the rest
+            coeffs, r = np.nan_to_num(coeffs, posinf=0.0, neginf=0.0), np.nan_to_num(r, posinf=0.0, neginf=0.0)
         m["jaw_std"] = jaw_std(coeffs)
         parts["still_mouth"] = _soft(th.min_jaw_std / max(m["jaw_std"], 1e-12))
-        r = raw if raw is not None else coeffs
         m["jitter"], m["jump"] = jitter(r), max_jump(r)
         parts["jitter"] = _soft(m["jitter"] / th.max_jitter)
-        parts["jump"] = _soft(m["jump"] / th.max_jump)
+        parts["jump"] = max(parts.get("jump", 0.0), _soft(m["jump"] / th.max_jump))
     else:
         parts["no_fit"] = 1.0
     if probs is not None and seg_range is not None:

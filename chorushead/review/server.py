@@ -483,11 +483,22 @@ def make_server(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allo
     return ReviewServer(out, host, port, allow_remote=allow_remote, renderer=renderer, thresholds=thresholds)
 
 
+def pipeline_thresholds() -> Thresholds:
+    """Flag thresholds from the pipeline file's optional ``[stages.review]`` table, else the defaults."""
+    try:
+        from chorushead.runner import Pipeline
+        given = Pipeline.load().params.get("review", {})
+    except Exception:   # no pipeline file (an installed wheel without it): defaults are fine
+        return Thresholds()
+    known = {k: v for k, v in given.items() if k in Thresholds.__dataclass_fields__}
+    return Thresholds(**known)
+
+
 def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
           flame_dir: str | Path | None = None) -> None:
     """Run the review app until Ctrl-C. Port 0 picks a free port; the URL is printed either way."""
     try:
-        srv = make_server(out, host, port, allow_remote, flame_dir)
+        srv = make_server(out, host, port, allow_remote, flame_dir, thresholds=pipeline_thresholds())
     except ValueError as e:
         raise SystemExit(f"chorushead review: {e}")
     except OSError as e:
