@@ -180,7 +180,7 @@ function setupCanvas(c) {
 
 const PAD = { l: 46, r: 8, t: 16, b: 16 };
 
-function frame(ctx, w, h, title, ylo, yhi, n, fps) {
+function frame(ctx, w, h, title, ylo, yhi, n, fps, yLabels = true) {
   ctx.clearRect(0, 0, w, h);
   ctx.fillStyle = "#1d2027"; ctx.fillRect(0, 0, w, h);
   ctx.fillStyle = "#9aa0aa"; ctx.font = "11px system-ui, sans-serif"; ctx.textBaseline = "top";
@@ -188,11 +188,12 @@ function frame(ctx, w, h, title, ylo, yhi, n, fps) {
   ctx.strokeStyle = "#2c313a"; ctx.lineWidth = 1;
   ctx.strokeRect(PAD.l, PAD.t, w - PAD.l - PAD.r, h - PAD.t - PAD.b);
   ctx.textBaseline = "middle"; ctx.textAlign = "right";
-  ctx.fillText(fmt(yhi), PAD.l - 4, PAD.t); ctx.fillText(fmt(ylo), PAD.l - 4, h - PAD.b);
-  ctx.textAlign = "center"; ctx.textBaseline = "top";
-  const secs = n / fps, step = secs > 60 ? 10 : secs > 20 ? 5 : 1;
+  if (yLabels) { ctx.fillText(fmt(yhi), PAD.l - 4, PAD.t); ctx.fillText(fmt(ylo), PAD.l - 4, h - PAD.b); }
+  ctx.textBaseline = "top";
+  const secs = (n - 1) / fps, step = secs > 60 ? 10 : secs > 20 ? 5 : 1;
   for (let s = 0; s <= secs; s += step) {
     const x = PAD.l + (s * fps / Math.max(1, n - 1)) * (w - PAD.l - PAD.r);
+    ctx.textAlign = x > w - PAD.r - 12 ? "right" : "center";
     ctx.fillText(`${s}s`, x, h - PAD.b + 2);
   }
   ctx.textAlign = "left";
@@ -247,7 +248,7 @@ const plots = {
   },
   audio(c, d) {
     const { ctx, w, h } = setupCanvas(c);
-    frame(ctx, w, h, c.dataset.title, -1, 1, d.frames, d.fps);
+    frame(ctx, w, h, c.dataset.title, -1, 1, d.frames, d.fps, false);
     if (!d.audio.length) return message(ctx, w, h, "no voice tracks (vad not run)");
     const lanes = d.audio.length, lh = (h - PAD.t - PAD.b) / lanes;
     const peak = Math.max(1e-6, ...d.audio.map((a) => Math.max(...a.max.map(Math.abs), ...a.min.map(Math.abs))));
@@ -321,6 +322,7 @@ async function select(key, { play = true } = {}) {
   history.replaceState(null, "", `#${encodeURIComponent(key)}`);
   $("#seg-name").textContent = `${key}  ·  frames ${d.start}–${d.end} (${(d.frames / d.fps).toFixed(1)} s)`;
   $("#seg-flags").innerHTML = chips(d.flags);
+  $("#seg-metrics").textContent = metricsText(d.metrics, d.score);
   showDecision(state.byKey.get(key));
 
   // media
@@ -359,6 +361,16 @@ async function select(key, { play = true } = {}) {
     const [nv, ni] = [next.slice(0, next.lastIndexOf(":")), next.slice(next.lastIndexOf(":") + 1)];
     fetch(`/clip/${encodeURIComponent(nv)}/${ni}.mp4`, { method: "HEAD" }).catch(() => {});   // server cuts it
   }
+}
+
+function metricsText(m, score) {
+  const parts = [];
+  const add = (k, label, digits, unit = "") => { if (m[k] !== undefined && m[k] !== null) parts.push(`${label} ${m[k].toFixed(digits)}${unit}`); };
+  add("jaw_std", "jaw σ", 3, " rad"); add("jitter", "jitter", 4, " rad/f²"); add("jump", "max jump", 3, " rad");
+  if (m.det_doubt !== undefined) parts.push(`detection ${(1 - m.det_doubt).toFixed(3)}`);
+  add("assign_conf", "assign", 2);
+  parts.push(`suspicion ${score.toFixed(2)}`);
+  return parts.join(" · ");
 }
 
 function showDecision(seg) {
@@ -478,7 +490,15 @@ click("#b-next", () => select(neighbour(1)));
 click("#b-play", togglePlay);
 for (const id of ["#f-flag", "#f-dec"]) $(id).addEventListener("change", (ev) => { ev.target.blur(); renderList(); });
 for (const id of ["#plot-jaw", "#plot-pose", "#plot-audio"]) $(id).addEventListener("click", seekFromPlot);
-video.addEventListener("error", () => { if (video.getAttribute("src")) toast("The clip could not be loaded (see the server's terminal).", true); });
+video.addEventListener("click", togglePlay);
+$("#reason-dialog").addEventListener("click", (ev) => { if (ev.target.id === "reason-dialog") closeReason(); });
+// A clip that cannot be cut (damaged source, ffmpeg error): keep reviewing from the crops on a timer.
+video.addEventListener("error", () => {
+  if (!video.getAttribute("src") || !state.detail) return;
+  toast("The clip could not be loaded (see the server's terminal); showing the crops only.", true);
+  video.removeAttribute("src"); video.hidden = true; $("#no-video").hidden = false;
+  state.clock = new TimerClock(state.detail.frames / state.detail.fps);
+});
 let resizeTimer;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => { drawPlots(); lastFrame = -1; }, 100); });
 
