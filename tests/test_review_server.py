@@ -344,3 +344,19 @@ def test_cli_review_prints_url_and_serves(out):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_damaged_source_gives_a_clear_error_and_no_cached_clip(server, out, tmp_path):
+    from chorushead.manifest import Record, fingerprint
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    rec = Manifest(out, "ingest").latest()["duetB"]
+    Manifest(out, "ingest").append(Record(item="duetB", stage="ingest", status="done", fingerprint=fingerprint("bad"),
+                                          outputs={**rec.outputs, "source": str(bad)}))
+    try:
+        assert server.json("/api/segment/duetB/0")["clip"].startswith("/clip/duetB/0.mp4")
+        status, _, body = server.request("GET", "/clip/duetB/0.mp4")
+        assert status == 500 and b"ffmpeg could not cut the clip" in body
+        assert not list((out / "review_cache").glob("duetB/*"))       # no half-written clip left behind
+    finally:
+        Manifest(out, "ingest").append(rec)
