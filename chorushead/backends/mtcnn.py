@@ -157,7 +157,7 @@ def strip_bounds(width: int, strips: int) -> list[tuple[int, int]]:
 
 
 def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: int = 2,
-                 keyframe_every: int = 3, agree_iou: float = 0.6) -> Iterator[tuple[int, np.ndarray, Faces]]:
+                 keyframe_every: int = 5, agree_iou: float = 0.5) -> Iterator[tuple[int, np.ndarray, Faces]]:
     """Yield ``(t, frame, faces)`` for every frame, in order; ``faces`` has shape (strips,).
 
     chunks: (k, H, W, 3) uint8 frame chunks, e.g. from :func:`chorushead.media.iter_frames`.
@@ -167,7 +167,7 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
     k = max(1, int(keyframe_every))
     pending: list[np.ndarray] = []     # frames after the last resolved keyframe
     t_next = 0                         # global index of pending[0]
-    last: tuple[int, Faces] | None = None   # (t, faces (strips,)) of the last resolved keyframe
+    last: Faces | None = None          # faces (strips,) of the last resolved keyframe, at t_next - 1
     bounds: list[tuple[int, int]] = []
 
     def detect(items: list[tuple[int, int]]) -> Faces:
@@ -187,7 +187,7 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
         found = detect(items)
         for j, (i, s) in enumerate(items):
             faces.put((s, i), found, j)
-        # Frames between consecutive keyframes (the first span starts at the previous chunk's last key).
+        # Frames between consecutive keyframes; the first span starts at the last resolved keyframe (-1).
         spans = [(-1, keys[0])] if last is not None else []
         spans += list(zip(keys[:-1], keys[1:]))
         redo: list[tuple[int, int]] = []
@@ -195,7 +195,7 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
             if b - a < 2:
                 continue
             for s in range(strips):
-                src, si = (last[1], s) if a < 0 else (faces, (s, a))
+                src, si = (last, s) if a < 0 else (faces, (s, a))
                 if _agree(src, si, faces, (s, b), agree_iou):
                     for i in range(a + 1, b):
                         w = (i - a) / (b - a)
@@ -214,8 +214,8 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
             f = Faces.empty((strips,))
             f.put(slice(None), faces, (slice(None), i))
             yield t_next + i, pending[i], f
-        last = (t_next + end - 1, Faces.empty((strips,)))
-        last[1].put(slice(None), faces, (slice(None), end - 1))
+        last = Faces.empty((strips,))
+        last.put(slice(None), faces, (slice(None), end - 1))
         pending = pending[end:]
         t_next += end
 

@@ -38,8 +38,8 @@ class CropParams:
     strips: int = 2                 # equal vertical strips per frame: one singer each
     min_face: float = 80.0          # smallest face side (px of the full frame) that must be found
     detect_scale: float = 0.0       # strip resize before MTCNN; 0 = auto (min_face lands at 40 px)
-    keyframe_every: int = 3         # detect every k-th frame; between them only where keyframes disagree
-    agree_iou: float = 0.7          # keyframes "agree" (interpolate between) above this box IoU
+    keyframe_every: int = 5         # detect every k-th frame; between them only where keyframes disagree
+    agree_iou: float = 0.5          # keyframes "agree" (interpolate between) from this box IoU on
     batch_size: int = 16            # strips per MTCNN call
     prob_threshold: float = 0.9     # a face counts from this MTCNN probability on
     device: str = "auto"            # auto | cpu | cuda | cuda:N
