@@ -360,3 +360,16 @@ def test_damaged_source_gives_a_clear_error_and_no_cached_clip(server, out, tmp_
         assert not list((out / "review_cache").glob("duetB/*"))       # no half-written clip left behind
     finally:
         Manifest(out, "ingest").append(rec)
+
+
+def test_clip_frames_are_the_segment_frames(server, build):
+    """Clip frame i is frame (vad start + segment start + i) of the source's 30 fps timeline."""
+    d = server.json("/api/segment/duetA/1")
+    server.request("GET", d["clip"])
+    clip = next((build.out / "review_cache" / "duetA").glob("seg001-*.mp4"))
+    src = np.concatenate(list(media.iter_frames(build.source))).astype(np.float32)
+    cf = np.concatenate(list(media.iter_frames(clip))).astype(np.float32)
+    assert len(cf) == d["frames"]
+    for i in (0, d["frames"] // 2, d["frames"] - 1):
+        err = ((src - cf[i]) ** 2).mean(axis=(1, 2, 3))
+        assert int(np.argmin(err)) == d["abs_start"] + i
