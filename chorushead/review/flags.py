@@ -48,7 +48,7 @@ class Thresholds:
     max_jitter: float = 0.01         # rad/frame²; smooth singing motion is well below
     max_jump: float = 0.25           # rad in one frame (~14°)
     max_det_doubt: float = 0.02      # 1 - mean MTCNN prob (contiguity already requires >= 0.9)
-    min_assign_conf: float = 0.3     # used when assign gives a number but no low_confidence flag
+    min_assign_conf: float = 0.1     # as assign.min_confidence; used only when assign gives no low_confidence
     min_frames: int = 210            # 7 s: fewer than 5 windows of 5 s at 0.5 s stride
     fps: int = 30
 
