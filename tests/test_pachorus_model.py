@@ -1,0 +1,158 @@
+"""Model branches, variants, masks, loss, and the wav2vec2 loading path (tiny random-weight model)."""
+import numpy as np
+import pytest
+import torch
+
+from pachorus.losses import LossConfig, PaChorusLoss, coeff_weights, kl_divergence
+from pachorus.model import AudioEncoderUnavailable, ModelConfig, build_model
+
+T, N = 30, 16000  # 1 s windows
+
+
+def tiny(variant="full", **kw):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(variant=variant, d_model=16, n_layers=1, n_heads=2, latent=4, dropout=0.0, **kw))
+
+
+def _inputs(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    host, partner, bgm = (torch.randn(b, N, generator=g) * 0.1 for _ in range(3))
+    pose0 = torch.randn(b, 3, generator=g) * 0.1
+    target = torch.randn(b, T, 56, generator=g) * 0.1
+    return host, partner, bgm, pose0, target
+
+
+def _randomise_heads(m):
+    # output layers start at zero (predict "no motion"); give them weights so dependencies show
+    torch.manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear) and mod.weight.abs().sum() == 0:
+            torch.nn.init.normal_(mod.weight, std=0.5)
+
+
+@pytest.mark.parametrize("variant", ["full", "no_bgm", "no_kl", "no_prior", "mono"])
+def test_variants_shapes_and_pose_anchor(variant):
+    m = tiny(variant)
+    _randomise_heads(m)
+    host, partner, bgm, pose0, target = _inputs()
+    out = m(host, partner, bgm, pose0, T, target=target)
+    assert out.coeffs.shape == (2, T, 56)
+    # paper Eq. 6: pose = pose0 + Δ with Δ anchored at frame 0
+    torch.testing.assert_close(out.coeffs[:, 0, 53:56], pose0)
+    assert (out.mu is not None) == (variant in ("full", "no_bgm", "no_kl"))
+    out.coeffs.sum().backward()
+
+
+def test_prior_uses_partner_and_bgm_but_no_prior_does_not():
+    host, partner, bgm, pose0, _ = _inputs()
+    other = torch.randn_like(partner) * 0.3
+    for variant, partner_matters, bgm_matters in [("full", True, True), ("no_bgm", True, False),
+                                                  ("no_prior", False, False), ("mono", False, False)]:
+        m = tiny(variant).eval()
+        _randomise_heads(m)
+        with torch.no_grad():
+            a = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
+            b = m(host, other, bgm, pose0, T, z_mode="mean").coeffs
+            c = m(host, partner, other, pose0, T, z_mode="mean").coeffs
+        assert (not torch.allclose(a, b)) == partner_matters, variant
+        assert (not torch.allclose(a, c)) == bgm_matters, variant
+        # the partner/BGM only ever move the pose, never exp/jaw (paper: the host controls those)
+        torch.testing.assert_close(a[..., :53], b[..., :53])
+
+
+def test_mono_is_causal_full_is_not():
+    host, partner, bgm, pose0, _ = _inputs(b=1)
+    late = host.clone()
+    late[:, N // 2:] += torch.randn(1, N // 2) * 0.5
+    for variant, causal in [("mono", True), ("no_prior", False)]:
+        m = tiny(variant).eval()
+        _randomise_heads(m)
+        with torch.no_grad():
+            a = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
+            b = m(late, partner, bgm, pose0, T, z_mode="mean").coeffs
+        early_same = torch.allclose(a[:, : T // 2 - 3], b[:, : T // 2 - 3], atol=1e-6)
+        assert early_same == causal, variant
+
+
+def test_samples_differ_mean_is_deterministic():
+    m = tiny("full").eval()
+    _randomise_heads(m)
+    host, partner, bgm, pose0, _ = _inputs()
+    with torch.no_grad():
+        s1 = m(host, partner, bgm, pose0, T, z_mode="sample", generator=torch.Generator().manual_seed(1)).coeffs
+        s2 = m(host, partner, bgm, pose0, T, z_mode="sample", generator=torch.Generator().manual_seed(2)).coeffs
+        m1 = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
+        m2 = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
+    assert not torch.allclose(s1[..., 53:], s2[..., 53:])
+    torch.testing.assert_close(s1[..., :53], s2[..., :53])
+    torch.testing.assert_close(m1, m2)
+
+
+def test_loss_terms_by_hand():
+    cfg = LossConfig(w_mse=1.0, w_kl=0.5, w_vel=2.0, jaw_weight=5.0, pose_weight=5.0)
+    w = coeff_weights(cfg)
+    assert w.mean().item() == pytest.approx(1.0) and w[50].item() == pytest.approx(5 * w[0].item())
+    mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, np.log(2.0)]])
+    # paper Eq. 7: sum(σ² + μ² − log σ² − 1) = (1 + 1 − 0 − 1) + (2 + 0 − log 2 − 1)
+    assert kl_divergence(mu, logvar).item() == pytest.approx(1 + 1 - np.log(2))
+    from pachorus.model.pachorus import ModelOutput
+    target = torch.zeros(1, 3, 56)
+    pred = torch.zeros(1, 3, 56)
+    pred[0, 1, 0] = 1.0   # one expression coefficient off by 1 in the middle frame
+    parts = PaChorusLoss(cfg)(ModelOutput(pred, mu, logvar), target)
+    assert parts["mse"].item() == pytest.approx(w[0].item() / (3 * 56))
+    assert parts["vel"].item() == pytest.approx(2 * w[0].item() / (2 * 56))   # +1 then −1
+    total = parts["mse"] + 0.5 * parts["kl"] + 2.0 * parts["vel"]
+    assert parts["loss"].item() == pytest.approx(total.item())
+
+
+def test_vertex_lip_loss_needs_flame():
+    with pytest.raises(ValueError, match="FLAME"):
+        PaChorusLoss(LossConfig(w_lip_vertex=1.0))
+
+
+def test_vertex_lip_loss_with_flame(tmp_path):
+    from pachorus.flame import FlameModel, make_synthetic_flame
+    flame = FlameModel.load(make_synthetic_flame(tmp_path))
+    from pachorus.model.pachorus import ModelOutput
+    target = torch.zeros(1, 2, 56)
+    pred = target.clone()
+    pred[..., 50] = 0.2   # jaw open: lips move
+    parts = PaChorusLoss(LossConfig(w_lip_vertex=1.0), flame)(ModelOutput(pred), target)
+    assert parts["lip_vertex"].item() > 1.0   # mm² on a 10 cm toy head
+    pred2 = target.clone()
+    pred2[..., 53:56] = 0.5  # head pose is zeroed in the lip loss
+    assert PaChorusLoss(LossConfig(w_lip_vertex=1.0), flame)(ModelOutput(pred2), target)["lip_vertex"].item() < 1e-8
+
+
+def _tiny_wav2vec2(folder):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                         conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                         vocab_size=10)
+    torch.manual_seed(0)
+    Wav2Vec2Model(cfg).save_pretrained(folder)
+
+
+@pytest.mark.slow  # importing transformers alone takes ~10 s of CPU
+def test_wav2vec2_from_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _tiny_wav2vec2(tmp_path / "w2v")
+    m = tiny("full", audio_encoder=f"wav2vec2:{tmp_path / 'w2v'}")
+    enc = m.audio.model
+    assert all(not p.requires_grad for p in enc.feature_extractor.parameters())   # frozen "TCN"
+    assert any(p.requires_grad for p in enc.encoder.parameters())
+    host, partner, bgm, pose0, target = _inputs()
+    feats = m.audio(host)
+    assert feats.shape[0] == 2 and feats.shape[2] == 32 and 45 <= feats.shape[1] <= 50   # ~50 Hz
+    out = m(host, partner, bgm, pose0, T, target=target)
+    assert out.coeffs.shape == (2, T, 56)
+    out.coeffs.sum().backward()
+
+
+def test_wav2vec2_missing_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AudioEncoderUnavailable, match="could not load wav2vec2"):
+        tiny("full", audio_encoder=f"wav2vec2:{tmp_path / 'nothing-here'}")
+    with pytest.raises(ValueError, match="unknown audio encoder"):
+        tiny("full", audio_encoder="mfcc")
