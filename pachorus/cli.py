@@ -58,7 +58,7 @@ def eval_cmd(
     split: str = typer.Option("test", help="train | val | test"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (generic_model.pkl + FLAME_masks.pkl) for LVE/FVE/FDD"),
     out: Optional[Path] = typer.Option(None, help="JSON file for the results (default: next to the checkpoint)"),
-    batch_size: int = typer.Option(16), device: str = typer.Option("cpu"),
+    batch_size: int = typer.Option(16), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
 ):
     """Evaluate: LVE (squared, CodeTalker; L2, SingingHead), FVE, FDD, PPE, coefficient errors + a mean-motion baseline."""
     from .evaluate import evaluate, format_table
@@ -79,7 +79,8 @@ def infer(
     out: Path = typer.Option(..., help="output folder"),
     k: int = typer.Option(3, "-k", "--k", help="samples of the motion prior per singer"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder: also render sample<k>.mp4"),
-    seed: int = typer.Option(0), device: str = typer.Option("cpu"), size: int = typer.Option(256),
+    seed: int = typer.Option(0), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
+    size: int = typer.Option(256, help="render size per singer (pixels)"),
 ):
     """Animate N ≥ 2 singers from per-singer vocal tracks + BGM (partner = sum of the others).
 

@@ -104,7 +104,9 @@ def format_table(results: dict[str, dict], spread: dict[str, dict] | None = None
 
 
 def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir: str | Path | None = None,
-             out_json: str | Path | None = None, batch_size: int = 16, device: str = "cpu") -> dict:
+             out_json: str | Path | None = None, batch_size: int = 16, device: str = "auto") -> dict:
+    from .train import Dist, pick_device
+    device = str(pick_device(device, Dist()))
     model, meta = load_model(ckpt, map_location=device)
     flame = None
     if flame_dir:

@@ -131,7 +131,9 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
 
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,
           flame_dir: str | Path | None = None, seed: int = 0, pose0: list[float] | None = None,
-          device: str = "cpu", size: int = 256) -> dict:
+          device: str = "auto", size: int = 256) -> dict:
+    from .train import Dist, pick_device
+    device = str(pick_device(device, Dist()))
     model, meta = load_model(ckpt, map_location=device)
     window = int(meta.get("window", 150))  # the training window length, saved in every checkpoint
     tracks = [load_audio(v) for v in vocals]

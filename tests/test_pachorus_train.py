@@ -126,7 +126,7 @@ def test_kill9_then_resume_has_no_gap_or_duplicate(lmdb_path, tmp_path):
             proc.kill()
     killed_at = max(r["step"] for r in read_log(out / "log.jsonl") if r["type"] == "train")
     ck_step = torch.load(out / "last.pt", weights_only=False)["step"]
-    assert ck_step <= killed_at and ck_step % 3 == 0 or ck_step % 7 == 0
+    assert ck_step <= killed_at and (ck_step % 3 == 0 or ck_step % 7 == 0)
     # resume with a shorter run length: 3 epochs of 7 steps
     res = subprocess.run(cmd[:cmd.index("--epochs")] + ["--epochs", "3", "--resume"] + cmd[cmd.index("--epochs") + 2:],
                          env=_env(), capture_output=True, text=True, timeout=180)
