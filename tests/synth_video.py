@@ -171,15 +171,19 @@ def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), absent: 
 
 def write_duet_video(path: str | Path, n_frames: int, size: tuple[int, int] = (256, 512),
                      absent: tuple[int, int] | None = None, seed: int = 0, strips: int = 2,
-                     face_frac: float = 0.3, fps: int = 30, crf: int = 20) -> np.ndarray:
+                     face_frac: float = 0.3, fps: int = 30, crf: int = 20,
+                     audio: str | Path | None = None) -> np.ndarray:
     """Stream a duet clip straight into ffmpeg (no whole clip in memory); returns the true boxes.
 
-    Same encoder settings as :func:`chorushead.media.encode_video`, for clips too large to hold."""
+    Same encoder settings as :func:`chorushead.media.encode_video` (``audio``: a file to mux in, cut to
+    the video's length), for clips too large to hold in memory."""
     from chorushead.media import ffmpeg_exe
     h, w = size
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
-           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
-           "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", str(path)]
+           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"]
+    if audio is not None:
+        cmd += ["-i", str(audio), "-c:a", "aac", "-b:a", "128k", "-shortest"]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", str(path)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     all_boxes = []
     try:

@@ -158,3 +158,13 @@ def test_keyframe_schedule(k, chunk):
     if k > 1:
         assert detected.sum() < 2 * T                            # something was interpolated
     assert sum(det.calls) == detected.sum()
+
+
+def test_synth_video_writer_with_audio(tmp_path):
+    from chorushead.media import probe, write_wav
+    from synth_video import write_duet_video
+    write_wav(tmp_path / "a.wav", 0.1 * np.sin(np.arange(48000) / 10).astype(np.float32), 16000)
+    boxes = write_duet_video(tmp_path / "v.mp4", 45, size=(128, 256), absent=(10, 20), audio=tmp_path / "a.wav")
+    assert boxes.shape == (2, 45, 4) and np.isnan(boxes[1, 10:20]).all() and not np.isnan(boxes[0]).any()
+    pr = probe(tmp_path / "v.mp4")
+    assert (pr.width, pr.height) == (256, 128) and pr.has_audio and abs(pr.duration - 1.5) < 0.1

@@ -74,7 +74,7 @@ class MtcnnDetector:
     """
 
     def __init__(self, min_face: float = 80.0, detect_scale: float = 0.0, prob_threshold: float = 0.9,
-                 device: str = "auto", batch_size: int = 32):
+                 device: str = "auto", batch_size: int = 16):
         try:
             import torch
             from facenet_pytorch import MTCNN
