@@ -71,10 +71,12 @@ class MtcnnDetector:
     detect_scale: images are resized by this before detection; 0 = auto, so that ``min_face`` lands
         at DETECT_FACE_PX (never upscales). Boxes and landmarks come back in the original pixels.
     prob_threshold: a face counts (for the best face and for ``n_faces``) from this probability on.
+    threads: torch CPU threads while detecting (0 = leave torch's setting). Set only around our calls
+        and restored after, so other code in the worker process keeps its own setting.
     """
 
     def __init__(self, min_face: float = 80.0, detect_scale: float = 0.0, prob_threshold: float = 0.9,
-                 device: str = "auto", batch_size: int = 16):
+                 device: str = "auto", batch_size: int = 16, threads: int = 0):
         try:
             import torch
             from facenet_pytorch import MTCNN
@@ -88,6 +90,7 @@ class MtcnnDetector:
         self.min_face = float(min_face)
         self.prob_threshold = float(prob_threshold)
         self.batch_size = max(1, int(batch_size))
+        self.threads = int(threads) if self.device == "cpu" else 0
         # keep_all: we want every face, to count them; select_largest=False sorts faces by probability.
         self.mtcnn = MTCNN(min_face_size=max(12.0, self.min_face * self.scale), keep_all=True,
                            select_largest=False, post_process=False, device=self.device)
@@ -103,6 +106,20 @@ class MtcnnDetector:
         out.detected[:] = True
         if n == 0:
             return out
+        prev_threads = self.torch.get_num_threads()
+        if self.threads:
+            self.torch.set_num_threads(self.threads)
+        try:
+            self._detect(images, out)
+        finally:
+            if self.threads:
+                self.torch.set_num_threads(prev_threads)
+        self.seconds += time.perf_counter() - t0
+        self.images += n
+        return out
+
+    def _detect(self, images: Sequence[np.ndarray], out: Faces) -> None:
+        n = len(images)
         h, w = images[0].shape[:2]
         dw, dh = max(1, round(w * self.scale)), max(1, round(h * self.scale))
         sx, sy = dw / w, dh / h
@@ -127,9 +144,6 @@ class MtcnnDetector:
                 out.boxes[b0 + i] = bx / np.array([sx, sy, sx, sy], np.float32)
                 out.landmarks[b0 + i] = np.asarray(points[i][0], np.float32) / np.array([sx, sy], np.float32)
                 out.probs[b0 + i] = p[0]
-        self.seconds += time.perf_counter() - t0
-        self.images += n
-        return out
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:

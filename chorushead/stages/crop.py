@@ -52,15 +52,11 @@ class CropParams:
 
 def setup(p: CropParams):
     """One detector per worker process (loads MTCNN's three small networks)."""
-    from chorushead.backends.mtcnn import MtcnnDetector, resolve_device
-    import torch
-    device = resolve_device(p.device)
-    if device == "cpu" and p.torch_threads > 0:
-        # Under load (ffmpeg decoding, other workers) torch's 2 OpenMP threads spin against each other:
-        # measured up to 8x slower per strip than a single thread on this 2-core machine.
-        torch.set_num_threads(p.torch_threads)
+    from chorushead.backends.mtcnn import MtcnnDetector
+    # torch_threads: under load (ffmpeg decoding beside us, other workers) torch's 2 OpenMP threads
+    # spin against each other: measured up to 8x slower per strip than one thread on a 2-core machine.
     return MtcnnDetector(min_face=p.min_face, detect_scale=p.detect_scale, prob_threshold=p.prob_threshold,
-                         device=device, batch_size=p.batch_size)
+                         device=p.device, batch_size=p.batch_size, threads=p.torch_threads)
 
 
 def emoca_crop_box(box: np.ndarray, scale: float = 1.25, shift: float = 0.12) -> np.ndarray:
