@@ -1,7 +1,7 @@
 """The built-in sample: a generated duet video with real faces, synthesised singing, music and stems.
 
-Faces are real photographs that ship inside scikit-image (the astronaut Eileen Collins and the
-cameraman), one per half of the frame, drifting and bobbing; the second singer leaves the frame for a
+Faces are real photographs that ship inside scikit-image and matplotlib (the astronaut Eileen Collins
+and Grace Hopper), one per half of the frame, drifting and bobbing; the second singer leaves the frame for a
 while so the contiguity filter has something to cut. Voices are harmonic tones with vibrato and
 vowel-like formants sung in phrases; the music is chords plus a kick drum on the beat. Stems are
 written next to the video in the layout ``--stems`` expects.
@@ -16,24 +16,22 @@ import numpy as np
 
 from chorushead import media
 
-FACE_PATCHES = {  # (image, rows, cols) chosen around MTCNN's box on each photo
-    "astronaut": (slice(10, 230), slice(115, 335)),
-    "camera": (slice(50, 270), slice(117, 337)),
-}
 SR = 44100
 
 
 def face_images(size: int) -> list[np.ndarray]:
-    """Two real face photos, square, RGB uint8, ``size`` pixels."""
+    """Two real face photos, square, RGB uint8, ``size`` pixels: scikit-image's astronaut and
+    matplotlib's sample portrait of Grace Hopper (both ship inside the wheels; no download). The
+    regions are tight around the face so the face fills ~55% of the patch."""
+    import os
+
     import cv2
+    import matplotlib
     import skimage.data
-    faces = []
-    for name, (r, c) in FACE_PATCHES.items():
-        im = getattr(skimage.data, name)()
-        if im.ndim == 2:
-            im = np.stack([im] * 3, axis=-1)
-        faces.append(cv2.resize(np.ascontiguousarray(im[r, c]), (size, size), interpolation=cv2.INTER_AREA))
-    return faces
+    astro = skimage.data.astronaut()[15:210, 135:315]
+    hopper = cv2.imread(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg"), cv2.IMREAD_COLOR)
+    hopper = cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)[50:410, 105:425]
+    return [cv2.resize(np.ascontiguousarray(im), (size, size), interpolation=cv2.INTER_AREA) for im in (astro, hopper)]
 
 
 @dataclass
@@ -45,7 +43,7 @@ class DuetVideo:
 
 def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), fps: int = 30,
                      absent: tuple[int, int] | None = None, n_faces: int = 2, seed: int = 0,
-                     face_frac: float = 0.55) -> DuetVideo:
+                     face_frac: float = 0.7) -> DuetVideo:
     """Frames of ``n_faces`` singers side by side (one per vertical strip); strip 1's face is out of
     the picture for frames ``absent = (a, b)``. Returns frames and the true patch boxes."""
     h, w = size

@@ -99,7 +99,7 @@ def discover(videos: Path, stems: Path | None = None) -> list[Item]:
         st = None
         if stems is not None and (Path(stems) / p.stem).is_dir():
             st = str((Path(stems) / p.stem).resolve())
-        items.append(Item(id=vid, source=str(p.resolve()), stems=st))
+        items.append(Item(id=vid, source=str(p.absolute()), stems=st))
     return items
 
 

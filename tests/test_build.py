@@ -25,7 +25,7 @@ from conftest import ROOT, validate_record
 from packfixture import lmdb_content
 
 pytestmark = pytest.mark.slow
-SIZE = (192, 384)
+SIZE = (256, 512)
 UPTO = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
 
 
@@ -35,16 +35,15 @@ def _ffmpeg(*args):
 
 def _three_faces(path: Path, seconds: float, stems_dir: Path):
     """Two faces in the left half, one in the right: not one singer per strip."""
-    import cv2
-    h, w = SIZE
-    fs = 84
+    h, w = 320, 768                        # wide enough for two full-size faces in the left half
+    fs = 175
     faces = face_images(fs)
     n = int(seconds * 30)
     fr = np.full((n, h, w, 3), 60, np.uint8)
     for t in range(n):
         dy = int(6 * np.sin(t / 15))
-        for x0, f in [(8, faces[0]), (100, faces[1]), (250, faces[0][:, ::-1])]:
-            fr[t, 50 + dy:50 + dy + fs, x0:x0 + fs] = f
+        for x0, f in [(10, faces[0]), (200, faces[1]), (500, faces[0][:, ::-1])]:
+            fr[t, 60 + dy:60 + dy + fs, x0:x0 + fs] = f
     # reuse the sample's audio and stems
     media.encode_video(path, fr, audio=stems_dir / "mix.wav")
 
@@ -127,7 +126,7 @@ def test_bad_inputs_fail_clearly_and_the_batch_finishes(raw, tmp_path):
         for rec in Manifest(out, stage).read_all():
             validate_record(rec.to_dict())
     text = format_status(collect(out, Pipeline.load()))
-    assert "failures:" in text and "notes.mp4" not in text  # ids, not raw names, with messages
+    assert "failures:" in text and "[ingest] notes-" in text and "no video stream" in text
     # a rerun redoes only the failed items (and finds them failing again), reusing the good ones
     summ = build(raw / "videos", out, Pipeline.load(), stages=UPTO, stems=raw / "stems", jobs=1, progress=False)
     ingest = next(s for s in summ if s.stage == "ingest")
