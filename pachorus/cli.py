@@ -71,10 +71,11 @@ def eval_cmd(
     typer.echo(f"{res['n_samples']} samples of split {split!r}; {res['units']}. JSON: {out}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def infer(
+    ctx: typer.Context,
     ckpt: Path = typer.Option(..., help="trained model (model.pt / best.pt)"),
-    vocals: List[Path] = typer.Option(..., help="one separated vocal track per singer (≥ 2); repeat or list them"),
+    vocals: List[Path] = typer.Option(..., help="separated vocal tracks, one per singer (≥ 2): --vocals a.wav b.wav c.wav"),
     bgm: Path = typer.Option(..., help="the accompaniment track"),
     out: Path = typer.Option(..., help="output folder"),
     k: int = typer.Option(3, "-k", "--k", help="samples of the motion prior per singer"),
@@ -88,7 +89,8 @@ def infer(
     chorushead pipeline's job. Writes singer<i>_sample<k>.npy (T, 56) and, with --flame, sample<k>.mp4.
     """
     from .infer import infer as run
-    res = run(ckpt, [str(v) for v in vocals], bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size)
+    tracks = [str(v) for v in vocals] + list(ctx.args)  # click options take one value; the rest arrive here
+    res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size)
     typer.echo(json.dumps(res, indent=2))
 
 

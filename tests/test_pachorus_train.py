@@ -168,7 +168,7 @@ def test_eval_and_infer_cli(lmdb_path, tmp_path):
     wavfile.write(tmp_path / "bgm.wav", 16000, song.bgm)
     out = tmp_path / "inf"
     res = subprocess.run([sys.executable, "-m", "pachorus.cli", "infer", "--ckpt", str(run / "model.pt"),
-                          "--vocals", str(paths[0]), "--vocals", str(paths[1]), "--vocals", str(paths[2]),
+                          "--vocals", str(paths[0]), str(paths[1]), str(paths[2]),
                           "--bgm", str(tmp_path / "bgm.wav"), "--out", str(out), "-k", "2", "--flame", str(flame),
                           "--size", "96"], env=_env(), capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
