@@ -65,7 +65,8 @@ def naive_loop(video: Path, n_frames: int, strips: int = 2) -> tuple[np.ndarray,
     return boxes, time.perf_counter() - t0
 
 
-def run_stage(video: Path, n_frames: int, params: CropParams, workdir: Path) -> tuple[dict, np.ndarray, float]:
+def run_stage(video: Path, n_frames: int, size: int, params: CropParams, workdir: Path,
+              ) -> tuple[dict, np.ndarray, float]:
     model = STAGE.setup(params)
     out = workdir / "out"
     item = Item(id="bench", source=str(video))
@@ -73,7 +74,7 @@ def run_stage(video: Path, n_frames: int, params: CropParams, workdir: Path) -> 
     tmp.mkdir(parents=True)
     rec = lambda stage, outputs: Record(item=item.id, stage=stage, status="done", fingerprint="x", outputs=outputs)
     ctx = Context(item=item, out=out, tmp=tmp, final=item.dir(out) / "crop",
-                  upstream={"ingest": rec("ingest", {"source": str(video)}),
+                  upstream={"ingest": rec("ingest", {"source": str(video), "width": size, "height": size}),
                             "vad": rec("vad", {"start_frame": 0, "end_frame": n_frames})})
     t0 = time.perf_counter()
     res = STAGE.process(ctx, params, model)
@@ -122,7 +123,7 @@ def main() -> None:
         acc_naive = accuracy(naive_boxes, truth[:, :nn])
         print(f"naive loop ({nn} frames): {naive_fps:.2f} frames/s; vs truth {fmt(acc_naive)}")
 
-        metrics, boxes, wall = run_stage(video, n, params, work)
+        metrics, boxes, wall = run_stage(video, n, args.size, params, work)
         stage_fps = n / wall
         print(f"crop stage ({n} frames): {stage_fps:.1f} frames/s (decode wait {metrics['decode_wait_s']} s, "
               f"detect {metrics['detect_s']} s, save {metrics['save_s']} s, total {wall:.1f} s; "
