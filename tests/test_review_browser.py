@@ -145,10 +145,12 @@ def test_play_review_with_keys(app, page, tmp_path):
     assert page.is_visible("#no-video") and not page.is_visible("#video")
     # (moving with j starts playback, as with a video)
     page.wait_for_function("() => Number(document.querySelector('#strips canvas.crop').dataset.frame) > 5")
-    page.keyboard.press("Space")                                   # pause: the crops stop
-    paused = page.eval_on_selector("#strips canvas.crop", "c => c.dataset.frame")
+    page.keyboard.press("Space")                                   # pause: the clock and the crops stop
+    page.wait_for_function("() => !state.clock.playing")
+    page.wait_for_timeout(300)                                     # let a frame already in flight land
+    paused = page.evaluate("() => [state.clock.time, document.querySelector('#strips canvas.crop').dataset.frame]")
     page.wait_for_timeout(300)
-    assert page.eval_on_selector("#strips canvas.crop", "c => c.dataset.frame") == paused
+    assert page.evaluate("() => [state.clock.time, document.querySelector('#strips canvas.crop').dataset.frame]") == paused
     page.keyboard.press("ArrowLeft")
     page.wait_for_function("() => document.querySelector('#list li.current').dataset.key === 'duetA:1'")
     page.keyboard.press("ArrowRight")

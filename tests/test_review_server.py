@@ -300,26 +300,65 @@ def test_manifest_changes_are_picked_up_live(server, out):
         Manifest(out, "contiguity").append(rec)
 
 
-def test_mesh_frames_with_a_flame_model(out, tmp_path):
+class OctaModel:
+    """A FLAME stand-in for the renderer: an octahedron whose bottom vertex drops as the jaw opens."""
+    faces = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+
+    def vertices_np(self, coeffs: np.ndarray) -> np.ndarray:
+        base = np.array([[1, 0, 0], [-1, 0, 0], [0, 0, 1], [0, 0, -1], [0, 1, 0], [0, -1, 0]], np.float32)
+        v = np.repeat(base[None], len(coeffs), axis=0)
+        v[:, 5, 1] -= coeffs[:, 50]
+        return v
+
+
+def test_mesh_frames_follow_the_jaw(out):
+    from chorushead.review.render import MeshRenderer
+    from chorushead.review.server import ReviewServer
+    s = Running.__new__(Running)
+    s.srv = ReviewServer(out, "127.0.0.1", 0, renderer=MeshRenderer(OctaModel(), size=96))
+    s.thread = threading.Thread(target=s.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    s.thread.start()
+    try:
+        assert s.json("/api/segments")["mesh"] is True
+        d = s.json("/api/segment/duetA/0")
+        assert d["mesh"] == ["/mesh/duetA/0/0/", "/mesh/duetA/0/1/"]
+        import cv2
+        jaw = np.array(d["jaw"][1])
+        shut, wide = int(np.argmin(jaw)), int(np.argmax(jaw))
+        imgs = []
+        for f in (shut, wide):
+            status, hdr, png = s.request("GET", f"/mesh/duetA/0/1/{f}.png")
+            assert status == 200 and hdr["Content-Type"] == "image/png" and png[:4] == b"\x89PNG"
+            imgs.append(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE))
+        lit = [np.flatnonzero((im > 40).any(axis=1)) for im in imgs]
+        assert lit[1].max() > lit[0].max()          # an open jaw reaches lower in the picture
+        assert s.request("GET", "/mesh/duetA/0/5/10.png")[0] == 404
+        assert s.request("GET", "/mesh/duetA/0/x/10.png")[0] == 404
+    finally:
+        s.stop()
+    s = Running(out)                                 # without --flame: plots only
+    try:
+        assert s.json("/api/segment/duetA/0")["mesh"] is None
+        assert s.request("GET", "/mesh/duetA/0/0/10.png")[0] == 404
+    finally:
+        s.stop()
+
+
+@pytest.mark.slow   # imports torch through pachorus.flame (seconds)
+def test_flame_dir_goes_through_pachorus_flame(out, tmp_path):
     flame = pytest.importorskip("pachorus.flame", reason="pachorus.flame (FLAME loader) not importable")
     if not hasattr(flame, "make_synthetic_flame"):
         pytest.skip("pachorus.flame has no synthetic model for tests")
     fdir = flame.make_synthetic_flame(tmp_path / "flame")
     s = Running(out, flame_dir=fdir)
     try:
-        assert s.json("/api/segments")["mesh"] is True
-        d = s.json("/api/segment/duetA/0")
-        assert d["mesh"] == ["/mesh/duetA/0/0/", "/mesh/duetA/0/1/"]
-        status, hdr, png = s.request("GET", "/mesh/duetA/0/1/10.png")
-        assert status == 200 and hdr["Content-Type"] == "image/png" and png[:4] == b"\x89PNG"
-        assert s.request("GET", "/mesh/duetA/0/5/10.png")[0] == 404
+        status, _, png = s.request("GET", "/mesh/duetA/0/1/10.png")
+        assert status == 200 and png[:4] == b"\x89PNG"
     finally:
         s.stop()
-    # without --flame: no mesh, plots only
-    s = Running(out)
+    s = Running(out, flame_dir=tmp_path / "no_flame_here")   # missing files: a message, plots only
     try:
-        assert s.json("/api/segment/duetA/0")["mesh"] is None
-        assert s.request("GET", "/mesh/duetA/0/0/10.png")[0] == 404
+        assert s.json("/api/segments")["mesh"] is False
     finally:
         s.stop()
 
@@ -367,8 +406,9 @@ def test_clip_frames_are_the_segment_frames(server, build):
     d = server.json("/api/segment/duetA/1")
     server.request("GET", d["clip"])
     clip = next((build.out / "review_cache" / "duetA").glob("seg001-*.mp4"))
-    src = np.concatenate(list(media.iter_frames(build.source))).astype(np.float32)
-    cf = np.concatenate(list(media.iter_frames(clip))).astype(np.float32)
+    small = (128, 64)     # enough to tell neighbouring frames apart, 9x less to decode and compare
+    src = np.concatenate(list(media.iter_frames(build.source, scale=small))).astype(np.float32)
+    cf = np.concatenate(list(media.iter_frames(clip, scale=small))).astype(np.float32)
     assert len(cf) == d["frames"]
     for i in (0, d["frames"] // 2, d["frames"] - 1):
         err = ((src - cf[i]) ** 2).mean(axis=(1, 2, 3))
