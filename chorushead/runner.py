@@ -193,8 +193,11 @@ def run_task(task: Task) -> Record:
     t0 = time.time()
     try:
         params = stage.make_params(task.params)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        # Leftovers of a killed run (any pid): garbage, since the build lock admits one build per folder.
+        for stale in final.parent.glob(f".tmp-{stage.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in final.parent.glob(f".old-{stage.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         model = _model_for(stage, params)
         ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream)

@@ -139,3 +139,45 @@ def test_second_build_on_same_folder_is_refused(tmp_path):
         with pytest.raises(RuntimeError, match="Another build is running"):
             with BuildLock(tmp_path):
                 pass
+
+
+def _fit_sets(tmp: Path) -> list[str]:
+    """Point the fit stage at the EMOCA stand-in package (EMOCA's API, deterministic codes)."""
+    models = tmp / "emoca-models" / "EMOCA_v2_lr_mse_20"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "cfg.yaml").write_text("model: {}\n")
+    return [f"fit.models_dir={tmp / 'emoca-models'}", f"fit.emoca_path={ROOT / 'tests' / 'stand_ins'}"]
+
+
+def _crop_in_progress(out: Path) -> bool:
+    return any(p.is_dir() and any(p.rglob("*.jpg")) for p in (out / "items").glob("*/.tmp-crop-*"))
+
+
+def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path):
+    raw = tmp_path / "raw"
+    for k in range(2):
+        write_sample(raw, seconds=7.0, size=SIZE, name=f"song {k}", absent_s=None, seed=10 + k)
+    sets = _fit_sets(tmp_path)
+    ref, crash = tmp_path / "ref", tmp_path / "crash"
+    pl = Pipeline.load(overrides=sets)
+    build(raw / "videos", ref, pl, stems=raw / "stems", progress=False)
+    assert Manifest(ref, "fit").latest() and all(r.ok for r in Manifest(ref, "pack").latest().values())
+
+    cmd = [sys.executable, "-m", "chorushead.cli", "build", "--videos", str(raw / "videos"), "--out", str(crash),
+           "--stems", str(raw / "stems"), "-q"] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.time() + 300, False
+    while time.time() < deadline and proc.poll() is None:
+        if (crash / "items").exists() and _crop_in_progress(crash):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed, "the build finished before crop could be interrupted"
+    assert not Manifest(crash, "pack").latest()
+    build(raw / "videos", crash, pl, stems=raw / "stems", progress=False)
+    a, b = lmdb_content(ref / "windows.lmdb"), lmdb_content(crash / "windows.lmdb")
+    assert any(k.startswith(b"w/") for k in a)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    assert not list((crash / "items").glob("*/.tmp-*"))   # the half-written crop folder was discarded
