@@ -77,7 +77,8 @@ def canvas_ink(page, sel: str) -> float:
     return page.evaluate("""sel => {
         const c = document.querySelector(sel), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let ink = 0; const [r, g, b] = [d[0], d[1], d[2]];
-        for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i]-r) + Math.abs(d[i+1]-g) + Math.abs(d[i+2]-b) > 30) ink++;
+        for (let i = 0; i < d.length; i += 4)
+            if (Math.abs(d[i] - r) + Math.abs(d[i + 1] - g) + Math.abs(d[i + 2] - b) > 30) ink++;
         return ink / (d.length / 4);
     }""", sel)
 
@@ -148,9 +149,10 @@ def test_play_review_with_keys(app, page, tmp_path):
     page.keyboard.press("Space")                                   # pause: the clock and the crops stop
     page.wait_for_function("() => !state.clock.playing")
     page.wait_for_timeout(300)                                     # let a frame already in flight land
-    paused = page.evaluate("() => [state.clock.time, document.querySelector('#strips canvas.crop').dataset.frame]")
+    clock_and_crop = "() => [state.clock.time, document.querySelector('#strips canvas.crop').dataset.frame]"
+    paused = page.evaluate(clock_and_crop)
     page.wait_for_timeout(300)
-    assert page.evaluate("() => [state.clock.time, document.querySelector('#strips canvas.crop').dataset.frame]") == paused
+    assert page.evaluate(clock_and_crop) == paused
     page.keyboard.press("ArrowLeft")
     page.wait_for_function("() => document.querySelector('#list li.current').dataset.key === 'duetA:1'")
     page.keyboard.press("ArrowRight")

@@ -291,8 +291,9 @@ def test_manifest_changes_are_picked_up_live(server, out):
     from chorushead.manifest import Record, fingerprint
     before = len(server.json("/api/segments")["segments"])
     rec = Manifest(out, "contiguity").latest()["duetB"]
+    grown = {**rec.outputs, "segments": [[0, 180], [185, 190]]}
     Manifest(out, "contiguity").append(Record(item="duetB", stage="contiguity", status="done",
-                                              fingerprint=fingerprint("x"), outputs={**rec.outputs, "segments": [[0, 180], [185, 190]]}))
+                                              fingerprint=fingerprint("x"), outputs=grown))
     try:
         segs = {s["key"]: s for s in server.json("/api/segments")["segments"]}
         assert len(segs) == before + 1 and "no_fit" in segs["duetB:1"]["flags"]

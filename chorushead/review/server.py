@@ -129,8 +129,8 @@ class BuildView:
             fps = int((ing.outputs.get("fps") if ing else None) or self.th.fps)
             videos[vid] = Video(id=vid, source=source, fps=fps, records=recs)
             segments.update(self._video_segments(videos[vid]))
-        self.videos, self.segments = videos, segments
-        self.order = order_by_suspicion([(k, s.flags) for k, s in segments.items()])
+        order = order_by_suspicion([(k, s.flags) for k, s in segments.items()])
+        self.videos, self.segments, self.order = videos, segments, order
 
     def _video_segments(self, v: Video) -> dict[str, Segment]:
         recs = v.records
@@ -198,73 +198,76 @@ class BuildView:
         return res
 
     def segment_list(self) -> list[dict[str, Any]]:
-        self.refresh()
-        dec = self.decisions()
-        rows = []
-        for rank, key in enumerate(self.order):
-            s = self.segments[key]
-            d = dec.get(key, {})
-            rows.append({"key": key, "video": s.video, "index": s.index, "start": s.start, "end": s.end,
-                         "frames": s.n_frames, "seconds": round(s.n_frames / self.videos[s.video].fps, 3),
-                         "rank": rank, "score": s.flags.score, "flags": s.flags.flags,
-                         "metrics": s.flags.metrics, "decision": d.get("decision"), "reason": d.get("reason")})
-        return rows
+        with self._lock:   # one consistent load, even while a refresh swaps it
+            self.refresh()
+            dec = self.decisions()
+            rows = []
+            for rank, key in enumerate(self.order):
+                s = self.segments[key]
+                d = dec.get(key, {})
+                rows.append({"key": key, "video": s.video, "index": s.index, "start": s.start, "end": s.end,
+                             "frames": s.n_frames, "seconds": round(s.n_frames / self.videos[s.video].fps, 3),
+                             "rank": rank, "score": s.flags.score, "flags": s.flags.flags,
+                             "metrics": s.flags.metrics, "decision": d.get("decision"), "reason": d.get("reason")})
+            return rows
 
     def summary(self) -> dict[str, Any]:
-        self.refresh()
-        dec = self.decisions()
-        per: dict[str, dict[str, Any]] = {}
-        zero = lambda: {"segments": 0, "reviewed": 0, "accepted": 0, "rejected": 0,  # noqa: E731
-                        "hours": 0.0, "accepted_hours": 0.0, "rejected_hours": 0.0, "unreviewed_hours": 0.0}
-        total = zero()
-        for key, s in self.segments.items():
-            h = s.n_frames / self.videos[s.video].fps / 3600
-            d = dec.get(key, {}).get("decision")
-            for row in (per.setdefault(s.video, zero()), total):
-                row["segments"] += 1
-                row["hours"] += h
-                if d:
-                    row["reviewed"] += 1
-                    row["accepted" if d == "accept" else "rejected"] += 1
-                    row["accepted_hours" if d == "accept" else "rejected_hours"] += h
-                else:
-                    row["unreviewed_hours"] += h
-        rnd = lambda r: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}  # noqa: E731
-        return {"total": rnd(total), "videos": {v: rnd(r) for v, r in sorted(per.items())}}
+        with self._lock:   # one consistent load, even while a refresh swaps it
+            self.refresh()
+            dec = self.decisions()
+            per: dict[str, dict[str, Any]] = {}
+            zero = lambda: {"segments": 0, "reviewed": 0, "accepted": 0, "rejected": 0,  # noqa: E731
+                            "hours": 0.0, "accepted_hours": 0.0, "rejected_hours": 0.0, "unreviewed_hours": 0.0}
+            total = zero()
+            for key, s in self.segments.items():
+                h = s.n_frames / self.videos[s.video].fps / 3600
+                d = dec.get(key, {}).get("decision")
+                for row in (per.setdefault(s.video, zero()), total):
+                    row["segments"] += 1
+                    row["hours"] += h
+                    if d:
+                        row["reviewed"] += 1
+                        row["accepted" if d == "accept" else "rejected"] += 1
+                        row["accepted_hours" if d == "accept" else "rejected_hours"] += h
+                    else:
+                        row["unreviewed_hours"] += h
+            rnd = lambda r: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}  # noqa: E731
+            return {"total": rnd(total), "videos": {v: rnd(r) for v, r in sorted(per.items())}}
 
     def detail(self, key: str, mesh: bool) -> dict[str, Any]:
         """Everything the page draws for one segment: series per frame, waveform envelopes, URLs."""
-        self.refresh()
-        s = self.segments[key]
-        v = self.videos[s.video]
-        recs = v.records
-        d = self.decisions().get(key, {})
-        res: dict[str, Any] = {
-            "key": key, "video": s.video, "index": s.index, "start": s.start, "end": s.end,
-            "abs_start": s.abs_start, "frames": s.n_frames, "fps": v.fps, "n_strips": s.n_strips,
-            "flags": s.flags.flags, "metrics": s.flags.metrics, "score": s.flags.score,
-            "decision": d.get("decision"), "reason": d.get("reason"),
-            "clip": None,
-            "strips": [], "jaw": None, "jaw_raw": None, "pose": None, "audio": [], "mesh": None,
-        }
-        if v.source and Path(v.source).is_file():
-            # the version query makes the browser drop a cached clip when the segment or source changes
-            res["clip"] = f"/clip/{s.video}/{s.index}.mp4?v={ClipCache.tag(s, v)}"
-        if "crop" in recs:
-            for k, rel in enumerate(recs["crop"].outputs.get("strips", [])):
-                res["strips"].append({"strip": k, "base": f"/files/{rel.strip('/')}/", "first": s.start,
-                                      "version": recs["crop"].fingerprint})
-        if s.coeffs:
-            arr = self.npz(s.coeffs) or {}
-            c = np.nan_to_num(arr.get("coeffs", np.zeros((0, 0, 56))))
-            raw = np.nan_to_num(arr.get("raw", c))
-            res["jaw"] = _rounded(c[..., 50])
-            res["jaw_raw"] = _rounded(raw[..., 50])
-            res["pose"] = _rounded(np.degrees(np.moveaxis(c[..., 53:56], -1, 1)))   # (S, 3, T) degrees
-            if mesh:
-                res["mesh"] = [f"/mesh/{s.video}/{s.index}/{k}/" for k in range(c.shape[0])]
-        res["audio"] = self._waveforms(s, v)
-        return res
+        with self._lock:   # one consistent load, even while a refresh swaps it
+            self.refresh()
+            s = self.segments[key]
+            v = self.videos[s.video]
+            recs = v.records
+            d = self.decisions().get(key, {})
+            res: dict[str, Any] = {
+                "key": key, "video": s.video, "index": s.index, "start": s.start, "end": s.end,
+                "abs_start": s.abs_start, "frames": s.n_frames, "fps": v.fps, "n_strips": s.n_strips,
+                "flags": s.flags.flags, "metrics": s.flags.metrics, "score": s.flags.score,
+                "decision": d.get("decision"), "reason": d.get("reason"),
+                "clip": None,
+                "strips": [], "jaw": None, "jaw_raw": None, "pose": None, "audio": [], "mesh": None,
+            }
+            if v.source and Path(v.source).is_file():
+                # the version query makes the browser drop a cached clip when the segment or source changes
+                res["clip"] = f"/clip/{s.video}/{s.index}.mp4?v={ClipCache.tag(s, v)}"
+            if "crop" in recs:
+                for k, rel in enumerate(recs["crop"].outputs.get("strips", [])):
+                    res["strips"].append({"strip": k, "base": f"/files/{rel.strip('/')}/", "first": s.start,
+                                          "version": recs["crop"].fingerprint})
+            if s.coeffs:
+                arr = self.npz(s.coeffs) or {}
+                c = np.nan_to_num(arr.get("coeffs", np.zeros((0, 0, 56))))
+                raw = np.nan_to_num(arr.get("raw", c))
+                res["jaw"] = _rounded(c[..., 50])
+                res["jaw_raw"] = _rounded(raw[..., 50])
+                res["pose"] = _rounded(np.degrees(np.moveaxis(c[..., 53:56], -1, 1)))   # (S, 3, T) degrees
+                if mesh:
+                    res["mesh"] = [f"/mesh/{s.video}/{s.index}/{k}/" for k in range(c.shape[0])]
+            res["audio"] = self._waveforms(s, v)
+            return res
 
     def _waveforms(self, s: Segment, v: Video) -> list[dict[str, Any]]:
         """Per strip: min/max envelope per video frame of that singer's voice track."""
@@ -574,6 +577,8 @@ class ReviewHandler(BaseHTTPRequestHandler):
             raise HttpError(404, "no such page")
         except HttpError as e:
             self._send_error(e.status, e.message, head)
+        except KeyError as e:      # the build changed under us and the segment went away
+            self._send_error(404, f"no longer in the build: {e}", head)
         except (BrokenPipeError, ConnectionResetError):
             pass   # the browser moved on (seeking cancels media requests all the time)
         except Exception as e:
