@@ -144,7 +144,9 @@ def iter_frames(path: str | Path, fps: int = 30, start_frame: int = 0, n_frames:
     vf = [f"fps={fps}"]
     if start_frame or n_frames is not None:
         end = f":end_frame={start_frame + n_frames}" if n_frames is not None else ""
-        vf.append(f"trim=start_frame={start_frame}{end}")
+        # setpts: trim keeps the original timestamps, and rawvideo output would pad from t=0 with
+        # copies of the first kept frame; restarting the clock makes index 0 = start_frame exactly.
+        vf.append(f"trim=start_frame={start_frame}{end},setpts=PTS-STARTPTS")
     if scale:
         vf.append(f"scale={w}:{h}:flags=area")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-an",
