@@ -32,8 +32,8 @@ def test_25fps_source_lands_on_30fps_timeline(tmp_path):
     _numbered_video(p, n=50, fps=25)                       # 2 s
     idx = _index(np.concatenate(list(media.iter_frames(p))))
     assert len(idx) == 60                                  # 2 s at 30 fps
-    # ffmpeg's fps filter (round=near): timeline frame i shows the source frame nearest to time i/30
-    assert idx == [int(np.floor(i * 25 / 30 + 0.5)) for i in range(60)]
+    # fps filter: timeline frame i shows the source frame nearest to time i/30 (ties to the earlier one)
+    assert idx == [int(np.ceil(i * 25 / 30 - 0.5 - 1e-9)) for i in range(60)]
 
 
 def test_probe_and_audio_roundtrip(tmp_path):
