@@ -87,6 +87,7 @@ def test_lsq_gains_and_order():
 
 
 # ------------------------------------------------------------------ the real modelscope path
+# Marked slow: importing modelscope alone takes ~20 s on 2 cores (it indexes its own source once).
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
@@ -123,6 +124,7 @@ def test_real_modelscope_model_batched_and_stitched(tmp_path, tiny_model):
     assert all(np.isfinite(a).all() and np.abs(a).max() > 0 for a, _ in full + low)
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_match_its_configuration_is_refused(tmp_path, tiny_model):
     import shutil
     bad = tmp_path / "bad"
@@ -135,7 +137,6 @@ def test_checkpoint_that_does_not_match_its_configuration_is_refused(tmp_path, t
 
 
 def test_missing_model_says_where_and_how(tmp_path, monkeypatch):
-    pytest.importorskip("modelscope")
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(MissingAsset) as e:
         STAGE.setup(Params(device="cpu"))
@@ -144,6 +145,7 @@ def test_missing_model_says_where_and_how(tmp_path, monkeypatch):
     assert "snapshot_download" in msg
 
 
+@pytest.mark.slow
 def test_wrong_speaker_count_is_refused(tiny_model):
     with pytest.raises(StageError, match="3"):
         STAGE.setup(Params(model=str(tiny_model), n_singers=3, model_3=str(tiny_model), device="cpu"))

@@ -28,8 +28,8 @@ IMAGE_SIZE = 224
 
 class EmocaRunner(object):
     def __init__(self, models_dir, model_name="EMOCA_v2_lr_mse_20", stage="detail", device="auto"):
+        from gdl_apps.EMOCA.utils.load import load_model   # first: a missing gdl fails fast
         import torch
-        from gdl_apps.EMOCA.utils.load import load_model
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device

@@ -89,13 +89,12 @@ class MossFormer2Separator:
     @classmethod
     def load(cls, model: str = HUB_ID_2SPK, device: str = "auto", batch_size: int = 4,
              allow_download: bool = False) -> "MossFormer2Separator":
+        model_dir = resolve_model_dir(model, allow_download)   # before the (slow) modelscope import
         try:
-            import torch
             from modelscope.pipelines import pipeline
             from modelscope.utils.constant import Tasks
         except ImportError as e:
             raise MissingAsset("modelscope (for MossFormer2)", [f"this python's site-packages ({e})"], INSTALL) from e
-        model_dir = resolve_model_dir(model, allow_download)
         dev = pick_device(device)
         try:
             pipe = pipeline(Tasks.speech_separation, model=str(model_dir), device="gpu" if dev.startswith("cuda") else "cpu")
