@@ -64,8 +64,9 @@ def parallel_map(fn: Callable[[Any], Any], tasks: Iterable[Any], jobs: int = 1, 
     if not tasks:
         return iter(())
     jobs = jobs if jobs > 0 else (os.cpu_count() or 1)   # jobs <= 0: one worker per core
+    jobs = min(jobs, len(tasks))                           # never start workers that would idle
     if backend == "local":
-        return _local(fn, tasks, min(jobs, len(tasks)))
+        return _local(fn, tasks, jobs)
     if backend == "dask":
         return _dask(fn, tasks, jobs, address)
     return _ray(fn, tasks, jobs, address, gpu)
