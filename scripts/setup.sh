@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# One-shot set-up on a fresh machine (Python 3.11, pip): the project, torch, facenet-pytorch, test tools.
-# Usage: bash scripts/setup.sh            (core + tests)
-#        WITH_SPLEETER=1 bash scripts/setup.sh   (also the Spleeter environment, ~2.4 GB)
+# One-shot set-up on a fresh machine (Python 3.11 + pip; root for apt when testing).
+#   bash scripts/setup.sh          the project: torch, facenet-pytorch, chorushead + pachorus
+#   bash scripts/setup.sh test     + everything the tests exercise: modelscope (MossFormer2), Dask, Ray,
+#                                    Playwright + Debian's Chromium, and Spleeter's own venv (envs/spleeter)
+# Idempotent: rerunning skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# torch/torchvision first: these versions are the pair that imports together (see README "Install").
-$PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+PIP="$PY -m pip install -q --disable-pip-version-check"
+
+# torch/torchvision first: this pair imports together (see README "Install").
+$PIP "torch==2.14.1" "torchvision==0.29.1"
 # facenet-pytorch pins torch<2.3 and numpy<2 in its metadata but works with the above: --no-deps.
-$PY -m pip install -q --no-deps "facenet-pytorch==2.6.0"
-$PY -m pip install -q -e ".[test]"
-if [ "${WITH_SPLEETER:-0}" = "1" ] && [ -f scripts/setup_spleeter_env.sh ]; then
-  bash scripts/setup_spleeter_env.sh
+$PIP --no-deps "facenet-pytorch==2.6.0"
+
+if [ "${1:-}" = "test" ]; then
+  $PIP -e ".[test]"
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "Browser tests need Debian's chromium (apt-get install chromium); they will be skipped." >&2
+    fi
+  fi
+  # Spleeter pins tensorflow 2.12 / numpy<2: its own venv (~2.4 GB), driven through a worker.
+  [ -x envs/spleeter/bin/python ] || bash scripts/setup_spleeter_env.sh envs/spleeter
+else
+  $PIP -e .
 fi
