@@ -14,7 +14,7 @@ from chorushead.backends.spleeter_worker import chunk_starts
 from chorushead.manifest import Record
 from chorushead.media import read_wav, resample, write_wav
 from chorushead.stages.base import Context, Item, MissingAsset, StageError
-from chorushead.stages.duet_split import STAGE, Params, best_order, lsq_gains, separate_long
+from chorushead.stages.duet_split import STAGE, Params, best_order, full_band_tracks, lsq_gains, separate_long
 
 SR8 = 8000
 
@@ -78,6 +78,28 @@ def test_short_song_is_one_chunk():
     assert st.starts == [0] and st.tracks.shape == src.shape
 
 
+def test_full_band_tracks_sum_to_the_vocals_and_follow_their_singer():
+    sr = 44100
+    rng = np.random.default_rng(3)
+    n = 3 * sr
+    on = np.zeros((2, n), np.float32)                 # singer 0 in the first half, singer 1 after
+    on[0, : n // 2] = 1
+    on[1, n // 2:] = 1
+    src = np.stack([lfilter([1.0], [1.0, -0.5], rng.standard_normal(n)) for _ in range(2)]).astype(np.float32) * on
+    vocals = src.sum(0)
+    tracks8 = resample(src.T, sr, SR8).T              # what an ideal 8 kHz separator would give
+    full = full_band_tracks(vocals, sr, tracks8)
+    assert full.shape == (2, n)
+    np.testing.assert_allclose(full.sum(0), vocals, atol=1e-4)
+    inner = slice(sr // 4, n // 2 - sr // 4)          # away from the switch and the edges
+    plain = resample(tracks8.T, SR8, sr).T[:, :n]     # the 8 kHz tracks only resampled: no high band
+    for k in range(2):
+        err = np.linalg.norm(full[k] - src[k]) / np.linalg.norm(src[k])
+        err_plain = np.linalg.norm(plain[k] - src[k]) / np.linalg.norm(src[k])
+        assert err < 0.15 and err_plain > 0.5, (k, err, err_plain)
+    assert np.abs(full[1][inner]).max() < 0.05 * np.abs(full[0][inner]).max()
+
+
 def test_lsq_gains_and_order():
     src = voices(2, 8000)
     g = lsq_gains(src.sum(0), src * np.array([[2.0], [-0.5]], np.float32))
@@ -122,6 +144,7 @@ def test_real_modelscope_model_batched_and_stitched(tmp_path, tiny_model):
     assert [s for _, s in full] == [sr, sr] and [s for _, s in low] == [16000, 16000]
     assert all(len(a) == n for a, _ in full) and all(len(a) == round(n * 16000 / sr) for a, _ in low)
     assert all(np.isfinite(a).all() and np.abs(a).max() > 0 for a, _ in full + low)
+    np.testing.assert_allclose(full[0][0] + full[1][0], vocals.mean(1), atol=1e-3)   # full band sums to vocals
 
 
 @pytest.mark.slow

@@ -12,8 +12,12 @@ that this module solves:
    also fixes a sign flip, and it makes the cross-fade sum-preserving.
 
 Outputs: ``singers`` (one wav per singer at the vocals' rate, 44.1 kHz) and ``singers_16k``. The
-8 kHz model cannot give back content above 4 kHz: the full-rate tracks are the 8 kHz tracks
-resampled, which is what the rest of the pipeline (VAD, loudness, wav2vec at 16 kHz) needs.
+8 kHz model knows nothing above 4 kHz, so (``full_band``, default) the 8 kHz tracks are turned into
+soft masks on the full-band vocals' spectrogram: below 3.8 kHz each bin goes to the tracks in
+proportion to their energy there; above, in proportion to each track's 2-3.8 kHz energy in that
+frame (a voice's upper band moves with its own presence band). The masks sum to one, so the
+full-rate tracks add up to the vocals exactly and keep their high band (wav2vec at 16 kHz sees up
+to 8 kHz). With ``full_band = false`` the 8 kHz tracks are only resampled.
 With user stems the stage is "skipped": ``singers`` points at them and only 16 kHz copies are made.
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Params:
     batch_size: int = 4             # chunks per forward pass
     chunk_seconds: float = 16.0
     overlap_seconds: float = 4.0
+    full_band: bool = True          # mask the full-band vocals with the 8 kHz tracks (see module doc)
 
 
 def setup(params: Params):
@@ -128,7 +133,29 @@ def separate_long(mix: np.ndarray, separate: Callable[[np.ndarray], np.ndarray],
 
 
 def _fit_length(a: np.ndarray, n: int) -> np.ndarray:
-    return a[:n] if len(a) >= n else np.pad(a, (0, n - len(a)))
+    return a[..., :n] if a.shape[-1] >= n else np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, n - a.shape[-1])])
+
+
+def full_band_tracks(vocals: np.ndarray, sr: int, tracks8: np.ndarray, nfft: int = 2048,
+                     low_hz: float = 3800.0, band_hz: tuple[float, float] = (2000.0, 3800.0)) -> np.ndarray:
+    """(n,) full-band vocals + (S, n8) 8 kHz tracks -> (S, n) tracks at ``sr`` that sum to ``vocals``."""
+    from scipy.signal import istft, stft
+    n = len(vocals)
+    up = _fit_length(resample(tracks8.T, MODEL_SR, sr).T, n)              # (S, n)
+    f, _, V = stft(vocals, sr, nperseg=nfft)                               # (F, T)
+    _, _, U = stft(up, sr, nperseg=nfft)                                   # (S, F, T)
+    P = (U.real ** 2 + U.imag ** 2).astype(np.float32)
+    del U
+    S = len(P)
+    total = P.sum(0, keepdims=True)
+    share = np.where(total > 1e-12, P / np.maximum(total, 1e-12), 1.0 / S)  # nobody there: split evenly
+    band = (f >= band_hz[0]) & (f < band_hz[1])
+    pb = P[:, band].sum(1)                                                 # (S, T)
+    pbt = pb.sum(0, keepdims=True)
+    hi = np.where(pbt > 1e-12, pb / np.maximum(pbt, 1e-12), 1.0 / S)
+    share[:, f >= low_hz] = hi[:, None, :]
+    _, y = istft(share * V[None], sr, nperseg=nfft)
+    return _fit_length(y.astype(np.float32), n)
 
 
 # ------------------------------------------------------------------ the stage
@@ -154,11 +181,15 @@ def process(ctx: Context, params: Params, model) -> Result:
         raise BadInput("the vocals track is empty")
     mix8 = resample(mono, sr, MODEL_SR)
     st = separate_long(mix8, model, int(params.chunk_seconds * MODEL_SR), int(params.overlap_seconds * MODEL_SR))
+    if params.full_band:
+        full = full_band_tracks(mono, sr, st.tracks)
+    else:
+        full = _fit_length(resample(st.tracks.T, MODEL_SR, sr).T, len(mono))
+    n16 = int(round(len(mono) * OUT_SR / sr))
     outputs: dict[str, list[str]] = {"singers": [], "singers_16k": []}
-    for k, track in enumerate(st.tracks):
-        write_wav(Path(ctx.tmp) / f"singer{k}.wav", _fit_length(resample(track, MODEL_SR, sr), len(mono)), sr)
-        n16 = int(round(len(mono) * OUT_SR / sr))
-        write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", _fit_length(resample(track, MODEL_SR, OUT_SR), n16), OUT_SR)
+    for k, track in enumerate(full):
+        write_wav(Path(ctx.tmp) / f"singer{k}.wav", track, sr)
+        write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", _fit_length(resample(track, sr, OUT_SR), n16), OUT_SR)
         outputs["singers"].append(f"singer{k}.wav")
         outputs["singers_16k"].append(f"singer{k}_16k.wav")
     resid = float(np.linalg.norm(mix8 - st.tracks.sum(0)) / (np.linalg.norm(mix8) + 1e-9))
