@@ -374,5 +374,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if d.enabled:
         torch.distributed.barrier()
     return {"step": state["step"], "epoch": state["epoch"], "steps_this_run": steps_here,
-            "steps_per_s": steps_here / max(elapsed, 1e-9), "best_val": state["best_val"], "stopped": stop_reason,
+            "steps_per_s": steps_here / max(elapsed, 1e-9),
+            "best_val": state["best_val"] if math.isfinite(state["best_val"]) and d.main else None, "stopped": stop_reason,
             "device": str(device), "world_size": d.world}
