@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from chorushead import media  # noqa: E402
 from chorushead.demo import write_sample  # noqa: E402
+from chorushead.manifest import Manifest  # noqa: E402
 from chorushead.runner import Pipeline, build  # noqa: E402
 
 STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
@@ -142,7 +143,6 @@ def run_cli(videos: Path, out: Path, stems: Path | None, backend: str, jobs: int
     row = Row(f"{backend}:{jobs}", time.perf_counter() - t0, cpu_seconds() - c0)
     if proc.returncode not in (0, 1):   # 1: some items failed, which the counts below show
         row.note = f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
-    from chorushead.manifest import Manifest
     for stage in STAGES:
         for rec in Manifest(out, stage).latest().values():
             row.done += rec.status == "done"
@@ -163,8 +163,9 @@ def print_stage_table(rows: list[Row], decode: Row, video_s: float, frames: int)
     def line(name: str, sec: float, cpu: float, items: float, status: str) -> None:
         ran = items > 0
         nan = float("nan")
-        print(f"{name:<12}{sec:>9.2f}{cpu:>8.2f}{(items / sec if ran else nan):>9.3f}{(frames / sec if ran else nan):>10.1f}"
-              f"{(video_s / sec if ran else nan):>8.1f}{sec / decode.seconds:>10.2f}  {status}")
+        print(f"{name:<12}{sec:>9.2f}{cpu:>8.2f}{(items / sec if ran else nan):>9.3f}"
+              f"{(frames / sec if ran else nan):>10.1f}{(video_s / sec if ran else nan):>8.1f}"
+              f"{sec / decode.seconds:>10.2f}  {status}")
 
     print(f"\n{'stage':<12}{'seconds':>9}{'cpu s':>8}{'items/s':>9}{'frames/s':>10}{'RTF':>8}{'x decode':>10}  status")
     for r in rows:
@@ -172,6 +173,15 @@ def print_stage_table(rows: list[Row], decode: Row, video_s: float, frames: int)
              f"done {r.done} skipped {r.skipped} failed {r.failed} blocked {r.blocked} {r.note}".rstrip())
     line("pipeline", sum(r.seconds for r in rows), sum(r.cpu for r in rows), 1, "sum of the stages above")
     line("decode only", decode.seconds, decode.cpu, 1, "ffmpeg -> RGB frames in this process: the floor")
+
+
+def print_slowest(rows: list[Row], out: Path) -> None:
+    """The slowest stage and where its time went, from the timings it put in its record's metrics."""
+    slow = max(rows, key=lambda r: r.seconds)
+    rec = next(iter(Manifest(out, slow.stage).latest().values()), None)
+    parts = {k: v for k, v in (rec.metrics if rec else {}).items() if k.endswith("_s") or k.endswith("_fraction")}
+    print(f"slowest: {slow.stage} ({slow.seconds / sum(r.seconds for r in rows):.0%} of the pipeline)"
+          + (f"; its record says {parts}" if parts else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     stems = stems_root if args.stems else None
     rows = [run_stage(video.parent, work / "build", s, stems) for s in STAGES]
     print_stage_table(rows, decode, info.duration, frames)
+    print_slowest(rows, work / "build")
     results.update(video_seconds=info.duration, frames=frames, decode=asdict(decode), stages=[asdict(r) for r in rows])
 
     if args.copies > 0:
@@ -233,5 +244,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":   # the guard matters: Dask's and loky's workers re-import this file
+if __name__ == "__main__":
     sys.exit(main())
