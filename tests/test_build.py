@@ -153,7 +153,11 @@ def _crop_in_progress(out: Path) -> bool:
     return any(p.is_dir() and any(p.rglob("*.jpg")) for p in (out / "items").glob("*/.tmp-crop-*"))
 
 
-def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path):
+def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path, monkeypatch):
+    # fit runs EMOCA in-process here and puts the stand-in on sys.path; keep that to this test
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
+        monkeypatch.delitem(sys.modules, name)
     raw = tmp_path / "raw"
     for k in range(2):
         write_sample(raw, seconds=7.0, size=SIZE, name=f"song {k}", absent_s=None, seed=10 + k)
@@ -181,3 +185,5 @@ def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path):
     assert any(k.startswith(b"w/") for k in a)
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
     assert not list((crash / "items").glob("*/.tmp-*"))   # the half-written crop folder was discarded
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
+        del sys.modules[name]                             # the stand-in stays out of later tests
