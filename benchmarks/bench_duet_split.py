@@ -7,6 +7,18 @@ after the model is loaded (CPU), or torch.cuda.max_memory_allocated on a GPU.
 
     python benchmarks/bench_duet_split.py                               # hub size: 512 ch, 24 blocks
     python benchmarks/bench_duet_split.py --channels 256 --blocks 6 --seconds 30 60 120
+
+Measured 2026-11-25 on the 2-core CPU dev machine, shared and heavily loaded (load average 6-12),
+so the times are only rough; the memory is what counts. Chunks 16 s, overlap 4 s unless noted.
+  64 ch, 2 blocks:  song   whole           chunked b=1      chunked b=4
+                     30 s   633 MB  46 s    403 MB   78 s    904 MB 131 s
+                    120 s  1706 MB 253 s    393 MB  130 s   1113 MB 101 s
+                    240 s  3417 MB 168 s    435 MB  210 s   1359 MB 184 s
+  512 ch, 24 blocks (the hub model's size), chunks 4 s / overlap 1 s:
+                      4 s   174 MB 131 s    144 MB  110 s
+                      8 s   420 MB 261 s    144 MB  248 s
+Whole-song memory grows linearly with the song (~14 MB/s of audio for the small model, ~60 MB/s
+for the hub-size one, i.e. ~15 GB for a 4-minute song); chunked memory is set by batch x chunk.
 """
 from __future__ import annotations
 
