@@ -50,15 +50,17 @@ def encode_arrays(arrays: dict[str, np.ndarray], header: dict[str, Any] | None =
     return struct.pack("<I", len(head)) + head + b"".join(chunks)
 
 
-def decode_arrays(blob: bytes | memoryview) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Inverse of :func:`encode_arrays`. Arrays are copies (safe after the txn ends)."""
+def decode_arrays(blob: bytes | memoryview, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inverse of :func:`encode_arrays`. With ``copy=False`` the arrays view ``blob`` (only valid while
+    the LMDB transaction that produced it is open)."""
     (n,) = struct.unpack_from("<I", blob, 0)
     meta = json.loads(bytes(blob[4:4 + n]))
     base = 4 + n
     out = {}
     for name, (dtype, shape, off, size) in meta["arrays"].items():
-        out[name] = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape, dtype=np.int64)),
-                                  offset=base + off).reshape(shape).copy()
+        dt = np.dtype(dtype)
+        a = np.frombuffer(blob, dtype=dt, count=size // dt.itemsize, offset=base + off).reshape(shape)
+        out[name] = a.copy() if copy else a
     return out, meta["header"]
 
 
@@ -74,8 +76,8 @@ class Window:
     start: int
     split: str
     coeffs: np.ndarray   # (S, W, 56) float32
-    vocals: np.ndarray   # (S, N) float32
-    bgm: np.ndarray      # (N,) float32
+    vocals: np.ndarray   # (S, N) float16 as stored
+    bgm: np.ndarray      # (N,) float16 as stored
     pose0: np.ndarray    # (S, 3) float32
 
     @property
@@ -83,8 +85,9 @@ class Window:
         return int(self.coeffs.shape[0])
 
     def partner(self, host: int) -> np.ndarray:
-        """Sum of all other singers' vocals (paper Eq. 3: A^P = A^S - A^H)."""
-        return self.vocals.sum(axis=0) - self.vocals[host]
+        """Sum of all other singers' vocals (paper Eq. 3: A^P = A^S - A^H), float32."""
+        others = [k for k in range(self.n_singers) if k != host]
+        return np.sum(self.vocals[others], axis=0, dtype=np.float32)
 
 
 class WindowReader:
@@ -144,16 +147,17 @@ class WindowReader:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> Window:
+        """One window, arrays in their stored dtypes (audio float16: half the bytes; convert where
+        it is used, e.g. ``torch.from_numpy(a).float()``, which is much faster than numpy's astype)."""
         key = self.keys[i]
         with self._open().begin(buffers=True) as txn:
             blob = txn.get(key.encode())
             if blob is None:
                 raise KeyError(f"window {key} listed in the index but missing from {self.path}")
-            arrays, head = decode_arrays(blob)
+            arrays, head = decode_arrays(blob, copy=True)
         return Window(key=key, video=head["video"], segment=int(head["segment"]), start=int(head["start"]),
-                      split=head["split"], coeffs=arrays["coeffs"].astype(np.float32),
-                      vocals=arrays["vocals"].astype(np.float32), bgm=arrays["bgm"].astype(np.float32),
-                      pose0=arrays["pose0"].astype(np.float32))
+                      split=head["split"], coeffs=arrays["coeffs"], vocals=arrays["vocals"], bgm=arrays["bgm"],
+                      pose0=arrays["pose0"])
 
     def __iter__(self) -> Iterator[Window]:
         for i in range(len(self)):
@@ -166,7 +170,7 @@ class WindowReader:
         """Sample j = (window j // S, host j % S): host/partner vocals, BGM, host coefficients, pose0."""
         w = self[j // self.n_singers]
         h = j % self.n_singers
-        return {"host": w.vocals[h], "partner": w.partner(h), "bgm": w.bgm,
+        return {"host": w.vocals[h].astype(np.float32), "partner": w.partner(h), "bgm": w.bgm.astype(np.float32),
                 "coeffs": w.coeffs[h], "pose0": w.pose0[h], "key": w.key, "singer": h}
 
 
