@@ -7,8 +7,13 @@ are on that toy mesh, so only comparisons between rows mean anything), and print
 Every variant gets the same frame-0 pose (the prototype showed a host-only model WITHOUT pose0
 loses mostly for lack of that input, not for lack of the prior).
 
-    python benchmarks/bench_learnability.py                      # ~15 min on 2 cores
-    python benchmarks/bench_learnability.py --run-seconds 30 --seeds 1   # a quick look
+    python benchmarks/bench_learnability.py                 # 600 steps x 5 variants x 2 seeds, ~15 min on 2 idle cores
+    python benchmarks/bench_learnability.py --steps 100 --seeds 1 --videos 6   # a quick look
+
+Measured (800 steps, 2 seeds, shared 2-core machine, 29 min): PPE full 0.0745 ± 0.0003 vs no_bgm
+0.0889 ± 0.0016, no_kl 0.100 ± 0.005, no_prior 0.111, mono 0.107 (mean-motion 0.109): the prior's
+partner/BGM inputs are what predict head motion. LVE differences between variants are ≤ 2 % and
+within seed spread (full 4.68 ± 0.09 mm vs mono 4.72 ± 0.01 on the toy mesh).
 
 Expected (the rules are built for it): full < mono on LVE (mono is causal and cannot see the
 centred jaw/band features ahead), full < no_prior and full < no_bgm on PPE (partner-onset turns and
@@ -56,7 +61,7 @@ def _run_one(job: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="work folder (default: a temp dir)")
-    ap.add_argument("--steps", type=int, default=800,
+    ap.add_argument("--steps", type=int, default=600,
                     help="training steps per (variant, seed): equal steps, so the slower two-branch variants "
                          "are not starved (0 = use --run-seconds alone)")
     ap.add_argument("--run-seconds", type=float, default=0.0, help="time cap per (variant, seed) (0 = none)")
