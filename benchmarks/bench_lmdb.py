@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chorushead.windows import SPLITS, WindowReader, encode_arrays, rebuild_index, window_key, write_meta
+from chorushead.windows import WindowReader, encode_arrays, rebuild_index, window_key, write_meta
 
 
 def make_windows(n: int, seed: int = 0):

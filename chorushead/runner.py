@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from chorushead.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
 from chorushead.stages import get_stage
-from chorushead.stages.base import Context, Item, MissingAsset, Result, Stage, StageError, params_dict
+from chorushead.stages.base import Context, Item, Result, Stage, StageError, params_dict
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 try:
@@ -245,14 +245,27 @@ def _swap_in(tmp: Path, final: Path) -> None:
 # ----------------------------------------------------------------------------- the build
 @dataclass
 class StageSummary:
+    """Per-stage counts, for a build's closing table and for `chorushead status`."""
     stage: str
     done: int = 0
     skipped: int = 0
     failed: int = 0
     reused: int = 0
     blocked: int = 0
+    pending: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def count(self, r: Record | None) -> None:
+        if r is None:
+            self.pending += 1
+        elif r.status == "done":
+            self.done += 1
+        elif r.status == "skipped":
+            self.skipped += 1
+        else:
+            self.failed += 1
+            self.failures.append((r.item, f"{r.error_class}: {r.message}"))
 
 
 def upstream_fingerprint(stage: Stage, params: Any, item: Item, upstream: dict[str, Record]) -> str:
@@ -329,25 +342,15 @@ def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, 
                                    pipeline=pipeline)
         for r in records:
             manifest.append(r)
-            _count(summ, r)
+            summ.count(r)
         summ.seconds = time.time() - t0
         return summ
     tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest)
     for rec in _execute(tasks, jobs, stage, progress, backend, scheduler):
         manifest.append(rec)
-        _count(summ, rec)
+        summ.count(rec)
     summ.seconds = time.time() - t0
     return summ
-
-
-def _count(summ: StageSummary, r: Record) -> None:
-    if r.status == "done":
-        summ.done += 1
-    elif r.status == "skipped":
-        summ.skipped += 1
-    else:
-        summ.failed += 1
-        summ.failures.append((r.item, f"{r.error_class}: {r.message}"))
 
 
 def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool, backend: str = "local",

@@ -1,27 +1,17 @@
 """`chorushead status`: per stage done / failed / pending, hours and frames, segments, failures."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from chorushead.manifest import Manifest, Record
-from chorushead.runner import Pipeline, load_items
-
-
-@dataclass
-class StageStatus:
-    stage: str
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    pending: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+from chorushead.manifest import Manifest
+from chorushead.runner import Pipeline, StageSummary, load_items
 
 
 @dataclass
 class BuildStatus:
     items: int
-    stages: list[StageStatus]
+    stages: list[StageSummary]
     hours: float
     frames: int
     segments: int
@@ -35,18 +25,9 @@ def collect(out: Path, pipeline: Pipeline) -> BuildStatus:
     latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
     stages = []
     for s in pipeline.stages:
-        st = StageStatus(s)
+        st = StageSummary(s)
         for iid in items:
-            r: Record | None = latest[s].get(iid)
-            if r is None:
-                st.pending += 1
-            elif r.status == "done":
-                st.done += 1
-            elif r.status == "skipped":
-                st.skipped += 1
-            else:
-                st.failed += 1
-                st.failures.append((iid, f"{r.error_class}: {r.message}"))
+            st.count(latest[s].get(iid))
         stages.append(st)
     ing = [r for r in latest.get("ingest", {}).values() if r.ok]
     seconds = sum(float(r.outputs.get("duration", 0)) for r in ing)

@@ -41,3 +41,21 @@ def make_ctx(tmp_path: Path, stage: str, upstream: dict, item_id: str = "vid-000
 @pytest.fixture
 def ctx_factory(tmp_path):
     return lambda stage, upstream, **kw: make_ctx(tmp_path, stage, upstream, **kw)
+
+
+def kill_when(cmd: list[str], ready, timeout: float = 300.0, poll: float = 0.02) -> bool:
+    """Start ``cmd``; SIGKILL it as soon as ``ready()`` is true. True if it was killed mid-run."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                return True
+            time.sleep(poll)
+        return False
+    finally:
+        proc.wait()

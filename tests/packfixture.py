@@ -1,7 +1,6 @@
 """Upstream state for pack tests: what vad/contiguity/smooth/assign leave behind, written directly."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

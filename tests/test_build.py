@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from chorushead.demo import face_images, write_sample
 from chorushead.manifest import Manifest
 from chorushead.runner import Pipeline, build
 from chorushead.status import collect, format_status
-from conftest import ROOT, validate_record
+from conftest import ROOT, kill_when, validate_record
 from packfixture import lmdb_content
 
 pytestmark = pytest.mark.slow
@@ -169,15 +167,7 @@ def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path, monkeypatch)
 
     cmd = [sys.executable, "-m", "chorushead.cli", "build", "--videos", str(raw / "videos"), "--out", str(crash),
            "--stems", str(raw / "stems"), "-q"] + [a for s in sets for a in ("--set", s)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed = time.time() + 300, False
-    while time.time() < deadline and proc.poll() is None:
-        if (crash / "items").exists() and _crop_in_progress(crash):
-            os.kill(proc.pid, signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.05)
-    proc.wait()
+    killed = kill_when(cmd, lambda: (crash / "items").exists() and _crop_in_progress(crash), timeout=300, poll=0.05)
     assert killed, "the build finished before crop could be interrupted"
     assert not Manifest(crash, "pack").latest()
     build(raw / "videos", crash, pl, stems=raw / "stems", progress=False)

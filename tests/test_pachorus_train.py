@@ -13,7 +13,6 @@ import torch
 
 from chorushead.windows import WindowReader
 from pachorus.data import HostWindowDataset
-from pachorus.losses import LossConfig
 from pachorus.model.pachorus import ModelConfig
 from pachorus.synth import SynthConfig, write_synth_lmdb
 from pachorus.train import TrainConfig, read_log, train

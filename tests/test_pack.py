@@ -1,18 +1,14 @@
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from chorushead.manifest import Manifest
 from chorushead.review.decisions import record_decision
-from chorushead.runner import Pipeline, build, load_items
+from chorushead.runner import Pipeline, build
 from chorushead.stages.pack import PackParams, assign_splits, run_global
 from chorushead.windows import WindowReader
-from conftest import validate_record
+from conftest import kill_when, validate_record
 from packfixture import lmdb_content, make_upstream
 
 
@@ -81,22 +77,18 @@ def test_kill_during_pack_then_resume_equals_uninterrupted(tmp_path):
     pl = Pipeline.load()
     build(None, ref, pl, stages=["pack"], progress=False)
     cmd = [sys.executable, "-m", "chorushead.cli", "build", "--out", str(crash), "--stages", "pack", "-q"]
-    proc = subprocess.Popen(cmd)
-    import lmdb
-    deadline = time.time() + 60
-    killed = False
-    while time.time() < deadline and proc.poll() is None:
-        if (crash / "windows.lmdb" / "data.mdb").exists():
-            env = lmdb.open(str(crash / "windows.lmdb"), readonly=True, lock=False)
-            with env.begin() as txn:
-                n_done = sum(1 for k in txn.cursor().iternext(values=False) if bytes(k).startswith(b"__done__/"))
-            env.close()
-            if 1 <= n_done < 8:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True
-                break
-        time.sleep(0.02)
-    proc.wait()
+
+    def some_videos_packed() -> bool:
+        import lmdb
+        if not (crash / "windows.lmdb" / "data.mdb").exists():
+            return False
+        env = lmdb.open(str(crash / "windows.lmdb"), readonly=True, lock=False)
+        with env.begin() as txn:
+            n_done = sum(1 for k in txn.cursor().iternext(values=False) if bytes(k).startswith(b"__done__/"))
+        env.close()
+        return 1 <= n_done < 8
+
+    killed = kill_when(cmd, some_videos_packed, timeout=60)
     assert killed, "pack finished before it could be killed; make the fixture larger"
     build(None, crash, pl, stages=["pack"], progress=False)
     a, b = lmdb_content(ref / "windows.lmdb"), lmdb_content(crash / "windows.lmdb")

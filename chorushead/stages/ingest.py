@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from chorushead import media
 from chorushead.stages.base import BadInput, Context, Result, Stage

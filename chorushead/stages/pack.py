@@ -167,7 +167,7 @@ def run_global(out: Path, items: list[Item], params: PackParams, latest: dict[st
             bar.update(1)
         bar.close()
         with env.begin(write=True) as txn:
-            index = rebuild_index(txn)
+            rebuild_index(txn)
         env.sync(True)
     finally:
         env.close()
