@@ -177,3 +177,23 @@ def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path, monkeypatch)
     assert not list((crash / "items").glob("*/.tmp-*"))   # the half-written crop folder was discarded
     for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
         del sys.modules[name]                             # the stand-in stays out of later tests
+
+
+@pytest.mark.parametrize("backend", ["dask", "ray"])
+def test_same_lmdb_on_local_and_distributed_backends(tmp_path, monkeypatch, backend):
+    """The whole build (real MTCNN, EMOCA stand-in) gives byte-identical windows on every executor."""
+    pytest.importorskip({"dask": "dask.distributed", "ray": "ray"}[backend])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    raw = tmp_path / "raw"
+    for k in range(2):
+        write_sample(raw, seconds=6.0, size=SIZE, name=f"clip {k}", absent_s=None, seed=20 + k)
+    pl = Pipeline.load(overrides=_fit_sets(tmp_path))
+    local, dist = tmp_path / "local", tmp_path / backend
+    build(raw / "videos", local, pl, stems=raw / "stems", progress=False)
+    build(raw / "videos", dist, pl, stems=raw / "stems", progress=False, backend=backend, jobs=2)
+    a, b = lmdb_content(local / "windows.lmdb"), lmdb_content(dist / "windows.lmdb")
+    assert any(k.startswith(b"w/") for k in a)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
+        del sys.modules[name]
