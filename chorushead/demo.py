@@ -19,19 +19,30 @@ from chorushead import media
 SR = 44100
 
 
-def face_images(size: int) -> list[np.ndarray]:
-    """Two real face photos, square, RGB uint8, ``size`` pixels: scikit-image's astronaut and
-    matplotlib's sample portrait of Grace Hopper (both ship inside the wheels; no download). The
-    regions are tight around the face so the face fills ~55% of the patch."""
+# x1, y1, x2, y2 of a region tight around each face (face + hair + chin): the face fills ~55% of it
+FACE_REGIONS = {"astronaut": (135, 15, 315, 210), "grace_hopper": (105, 50, 425, 410)}
+
+
+def face_photos() -> dict[str, np.ndarray]:
+    """Two real face photos that ship inside wheels (no download), RGB uint8: scikit-image's astronaut
+    (Eileen Collins) and matplotlib's sample portrait of Grace Hopper."""
     import os
 
     import cv2
     import matplotlib
     import skimage.data
-    astro = skimage.data.astronaut()[15:210, 135:315]
     hopper = cv2.imread(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg"), cv2.IMREAD_COLOR)
-    hopper = cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)[50:410, 105:425]
-    return [cv2.resize(np.ascontiguousarray(im), (size, size), interpolation=cv2.INTER_AREA) for im in (astro, hopper)]
+    return {"astronaut": skimage.data.astronaut()[..., :3], "grace_hopper": cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)}
+
+
+def face_images(size: int) -> list[np.ndarray]:
+    """The two faces cropped to :data:`FACE_REGIONS`, square, ``size`` pixels."""
+    import cv2
+    out = []
+    for name, im in face_photos().items():
+        x1, y1, x2, y2 = FACE_REGIONS[name]
+        out.append(cv2.resize(np.ascontiguousarray(im[y1:y2, x1:x2]), (size, size), interpolation=cv2.INTER_AREA))
+    return out
 
 
 @dataclass

@@ -20,17 +20,12 @@ SR = 16000
 
 
 def load_audio(path: str | Path, sr: int = SR) -> np.ndarray:
-    """Decode any audio file to mono float32 at ``sr`` with imageio-ffmpeg's ffmpeg binary."""
-    import imageio_ffmpeg
+    """Any audio file as mono float32 at ``sr`` (chorushead's ffmpeg decoder)."""
+    from chorushead import media
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-           "-ar", str(sr), "-"]
-    res = subprocess.run(cmd, capture_output=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not decode {path}: {res.stderr.decode(errors='replace')[-500:]}")
-    return np.frombuffer(res.stdout, dtype=np.float32).copy()
+    return media.load_audio(path, sr)
 
 
 @torch.no_grad()
@@ -106,7 +101,8 @@ def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndar
                "-r", str(fps), "-i", "-"]
         if audio is not None:
             wav = Path(tmp) / "mix.wav"
-            _write_wav(wav, audio, sr)
+            from chorushead import media
+            media.write_wav(wav, audio, sr)
             cmd += ["-i", str(wav), "-c:a", "aac", "-shortest"]
         cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", str(out_path)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -121,12 +117,6 @@ def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndar
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed writing {out_path}: {err.decode(errors='replace')[-500:]}")
     return out_path
-
-
-def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
-    from scipy.io import wavfile
-    a = np.clip(audio / max(1.0, float(np.abs(audio).max())), -1, 1)
-    wavfile.write(path, sr, (a * 32767).astype(np.int16))
 
 
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,

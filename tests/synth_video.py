@@ -10,7 +10,6 @@ would report, so IoU against it measures the detector pipeline, not MTCNN's own 
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,9 +31,7 @@ class FaceSource:
 #   astronaut    [181.05, 62.16, 267.75, 172.05]  prob 0.99999
 #   grace_hopper [174.40, 119.56, 355.65, 340.46] prob 0.99982
 _ASTRONAUT_BOX = (181.05, 62.16, 267.75, 172.05)
-_ASTRONAUT_REGION = (135, 15, 315, 210)          # x1, y1, x2, y2: face + hair + chin, little suit
 _HOPPER_BOX = (174.40, 119.56, 355.65, 340.46)
-_HOPPER_REGION = (105, 50, 425, 410)
 
 
 def _region(img: np.ndarray, region: tuple[int, int, int, int], box: tuple[float, ...]) -> FaceSource:
@@ -45,14 +42,11 @@ def _region(img: np.ndarray, region: tuple[int, int, int, int], box: tuple[float
 
 @lru_cache(maxsize=1)
 def face_sources() -> tuple[FaceSource, FaceSource]:
-    """(astronaut, grace_hopper) regions; both files ship inside installed wheels (no download)."""
-    import matplotlib
-    import skimage.data
-    astro = skimage.data.astronaut()
-    hopper_path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
-    hopper = cv2.cvtColor(cv2.imread(hopper_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return (_region(astro, _ASTRONAUT_REGION, _ASTRONAUT_BOX),
-            _region(hopper, _HOPPER_REGION, _HOPPER_BOX))
+    """(astronaut, grace_hopper) regions: the demo's photos and regions (chorushead.demo)."""
+    from chorushead.demo import FACE_REGIONS, face_photos
+    photos = face_photos()
+    return (_region(photos["astronaut"], FACE_REGIONS["astronaut"], _ASTRONAUT_BOX),
+            _region(photos["grace_hopper"], FACE_REGIONS["grace_hopper"], _HOPPER_BOX))
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
