@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from synth_video import box_iou, write_duet_video  # noqa: E402
 
-from chorushead.manifest import Record  # noqa: E402
-from chorushead.media import iter_frames  # noqa: E402
+from chorushead.core.manifest import Record  # noqa: E402
+from chorushead.core.media import iter_frames  # noqa: E402
 from chorushead.stages.base import Context, Item  # noqa: E402
 from chorushead.stages.crop import STAGE, CropParams  # noqa: E402
 

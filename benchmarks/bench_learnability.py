@@ -41,7 +41,7 @@ def _run_one(job: dict) -> dict:
     import torch
     torch.set_num_threads(1)
     from pachorus.evaluate import evaluate_model
-    from pachorus.flame import FlameModel
+    from chorushead.core.flame import FlameModel
     from pachorus.losses import LossConfig
     from pachorus.model.pachorus import ModelConfig, load_model
     from pachorus.train import TrainConfig, train
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from pachorus.evaluate import format_table, train_mean_coeffs
-    from pachorus.flame import make_synthetic_flame
+    from chorushead.core.flame import make_synthetic_flame
     from pachorus.synth import SynthConfig, write_synth_lmdb
     work = Path(args.out or tempfile.mkdtemp(prefix="pachorus_bench_"))
     work.mkdir(parents=True, exist_ok=True)

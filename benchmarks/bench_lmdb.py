@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chorushead.windows import WindowReader, encode_arrays, rebuild_index, window_key, write_meta
+from chorushead.core.windows import WindowReader, encode_arrays, open_env, rebuild_index, window_key, write_meta
 
 
 def make_windows(n: int, seed: int = 0):
@@ -28,12 +28,11 @@ def make_windows(n: int, seed: int = 0):
 
 
 def write_both(root: Path, n: int) -> tuple[Path, Path]:
-    import lmdb
     db, npz = root / "w.lmdb", root / "npz"
     npz.mkdir()
-    env = lmdb.open(str(db), map_size=64 << 30)
+    env = open_env(db, write=True, map_size=64 << 30)
     with env.begin(write=True) as txn:
-        write_meta(txn, fps=30, sr=16000, window=150, stride=15, n_singers=2)
+        write_meta(txn, fps=30, sr=16000, window=150, stride=15)
         for i, arrays in make_windows(n):
             txn.put(window_key("bench", 0, i * 15), encode_arrays(arrays, {"video": "bench", "segment": 0,
                                                                            "start": i * 15, "split": "train"}))

@@ -9,7 +9,7 @@
    bgm_split and duet_split are skipped (no Spleeter / MossFormer2 needed); without it they run and
    need their models.
 2. The decode floor: ffmpeg decoding the whole clip to raw RGB frames through
-   :func:`chorushead.media.iter_frames`, as every per-frame stage must at least.
+   :func:`chorushead.core.media.iter_frames`, as every per-frame stage must at least.
 3. The build run one stage at a time (ingest, bgm_split, duet_split, vad, crop, contiguity) in this
    process (local, jobs=1, as `chorushead build -j 1` does), printing per stage: seconds, items/s,
    frames/s, real-time factor (seconds of video per second of work; > 1 is faster than real time),
@@ -39,9 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chorushead import media  # noqa: E402
+from chorushead.core import media  # noqa: E402
 from chorushead.demo import write_sample  # noqa: E402
-from chorushead.manifest import Manifest  # noqa: E402
+from chorushead.core.manifest import Manifest  # noqa: E402
 from chorushead.runner import Pipeline, build  # noqa: E402
 
 STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]

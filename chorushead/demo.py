@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from chorushead import media
+from chorushead.core import media
 
 SR = 44100
 

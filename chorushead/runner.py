@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from chorushead.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
+from chorushead.core.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
 from chorushead.stages import get_stage
-from chorushead.stages.base import Context, Item, Result, Stage, StageError, params_dict
+from chorushead.core.errors import StageError
+from chorushead.stages.base import Context, Item, Result, Stage, params_dict
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 try:

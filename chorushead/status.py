@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from chorushead.manifest import Manifest
+from chorushead.core.manifest import Manifest
 from chorushead.runner import Pipeline, StageSummary, load_items
 
 

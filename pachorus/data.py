@@ -1,38 +1,13 @@
 """Torch dataset over packed windows: one sample per (window, singer-as-host)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chorushead.windows import WindowReader
-
-
-class SharedEnvReader(WindowReader):
-    """A WindowReader whose LMDB environment is shared per (process, path).
-
-    py-lmdb refuses to open the same environment twice in one process, so a train reader and a val
-    reader of one LMDB (what the trainer needs) cannot coexist with plain WindowReaders. Keyed by pid,
-    so a forked DataLoader worker opens its own environment (LMDB handles must not cross fork).
-    """
-    _envs: dict = {}
-
-    def _open(self):
-        key = (os.getpid(), str(self.path.resolve()))
-        env = self._envs.get(key)
-        if env is None:
-            import lmdb
-            env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=True, meminit=False,
-                            max_readers=512, subdir=True)
-            self._envs[key] = env
-        self._env = env
-        return env
-
-    def _close(self):
-        self._env = None  # the shared environment stays open for the other readers
+from chorushead.core.windows import WindowReader
 
 
 class HostWindowDataset(Dataset):
@@ -44,7 +19,7 @@ class HostWindowDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, split: str = "train"):
-        self.reader = SharedEnvReader(path, split)
+        self.reader = WindowReader(path, split)
         self.meta = self.reader.meta
 
     def __len__(self) -> int:

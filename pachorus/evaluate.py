@@ -110,7 +110,7 @@ def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir:
     model, meta = load_model(ckpt, map_location=device)
     flame = None
     if flame_dir:
-        from .flame import FlameModel
+        from chorushead.core.flame import FlameModel
         flame = FlameModel.load(flame_dir)
     res = evaluate_model(model, data, split, flame, batch_size, device)
     res.update(ckpt=str(ckpt), data=str(data), variant=model.cfg.variant, step=meta.get("step"))

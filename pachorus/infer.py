@@ -7,12 +7,14 @@ generator, so samples differ only in the prior's head motion (exp/jaw come from 
 """
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from chorushead.core import media
+from chorushead.core.render import Camera, draw_mesh
 
 from .model.pachorus import load_model
 
@@ -20,8 +22,7 @@ SR = 16000
 
 
 def load_audio(path: str | Path, sr: int = SR) -> np.ndarray:
-    """Any audio file as mono float32 at ``sr`` (chorushead's ffmpeg decoder)."""
-    from chorushead import media
+    """Any audio file as mono float32 at ``sr`` (the ground floor's ffmpeg decoder)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
@@ -62,60 +63,23 @@ def animate(model, vocals: list[np.ndarray], bgm: np.ndarray, *, fps: int = 30, 
     return out[:, :, :n_frames]
 
 
-# ------------------------------------------------------------------ software renderer
-def render_mesh(verts: np.ndarray, faces: np.ndarray, size: int = 256, scale: float | None = None,
-                center: np.ndarray | None = None) -> np.ndarray:
-    """Flat-shaded grey mesh, orthographic view from +z, painter's algorithm (no OpenGL). (H, W, 3) uint8."""
-    import cv2
-    img = np.full((size, size, 3), 255, np.uint8)
-    center = verts.mean(0) if center is None else center
-    scale = (0.8 * size / (np.ptp(verts[:, :2], axis=0).max() + 1e-9)) if scale is None else scale
-    xy = (verts[:, :2] - center[:2]) * scale
-    px = np.stack([size / 2 + xy[:, 0], size / 2 - xy[:, 1]], 1)
-    tri = verts[faces]
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
-    visible = normal[:, 2] > 0
-    shade = (40 + 200 * np.clip(normal[:, 2], 0, 1)).astype(int)
-    order = np.argsort(tri[:, :, 2].mean(1))  # far to near
-    pts = np.round(px[faces] * 16).astype(np.int32)  # 4 fractional bits for smoother edges
-    for i in order:
-        if visible[i]:
-            g = int(shade[i])
-            cv2.fillConvexPoly(img, pts[i], (g, g, g), lineType=cv2.LINE_AA, shift=4)
-    return img
-
-
 def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndarray | None = None,
                  fps: int = 30, size: int = 256, sr: int = SR) -> Path:
-    """Render S singers side by side (coeffs (S, T, 56)) to an H.264 mp4, muxing ``audio`` when given."""
-    import imageio_ffmpeg
+    """Render S singers side by side (coeffs (S, T, 56)) to an H.264 mp4, muxing ``audio`` when given.
+    One fixed camera from FLAME's template, so head motion shows as motion."""
     out_path = Path(out_path)
     s_count, t_count = coeffs.shape[:2]
     verts = [flame.vertices_np(c) for c in coeffs]                # each (T, V, 3)
-    tmpl = flame.v_template.cpu().numpy()
-    scale = 0.7 * size / (np.ptp(tmpl[:, :2], axis=0).max() + 1e-9)
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    cam = Camera.fit(flame.v_template.cpu().numpy(), size, margin=0.15)
+    faces = np.asarray(flame.faces)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [ffmpeg, "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{size * s_count}x{size}",
-               "-r", str(fps), "-i", "-"]
+        wav = None
         if audio is not None:
             wav = Path(tmp) / "mix.wav"
-            from chorushead import media
             media.write_wav(wav, audio, sr)
-            cmd += ["-i", str(wav), "-c:a", "aac", "-shortest"]
-        cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", str(out_path)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with media.VideoWriter(out_path, size * s_count, size, fps, audio=wav) as vw:
             for t in range(t_count):
-                frame = np.concatenate([render_mesh(v[t], flame.faces, size, scale, tmpl.mean(0)) for v in verts], 1)
-                proc.stdin.write(frame.tobytes())
-        finally:
-            proc.stdin.close()
-            err = proc.stderr.read()
-            proc.wait()
-        if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed writing {out_path}: {err.decode(errors='replace')[-500:]}")
+                vw.write(np.concatenate([draw_mesh(v[t], faces, cam) for v in verts], 1))
     return out_path
 
 
@@ -140,7 +104,7 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
             files.append(str(p))
     videos = []
     if flame_dir:
-        from .flame import FlameModel
+        from chorushead.core.flame import FlameModel
         flame = FlameModel.load(flame_dir)
         n = coeffs.shape[2] * SR // 30
         mix = (np.sum([t[:n] for t in tracks], 0) if all(len(t) >= n for t in tracks) else None)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from chorushead.windows import SPLITS, encode_arrays, rebuild_index, window_key, write_meta
+from chorushead.core.windows import SPLITS, encode_arrays, open_env, rebuild_index, window_key, write_meta
 
 N_BANDS = 8
 
@@ -177,7 +177,6 @@ def video_splits(n_videos: int, seed: int) -> list[str]:
 
 def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
     """Write ``cfg.videos`` synthetic songs as packed windows; returns window counts per split."""
-    import lmdb
     if (cfg.window * cfg.sr) % cfg.fps:
         raise ValueError("window * sr must be divisible by fps (whole audio samples per window)")
     out = Path(out)
@@ -185,10 +184,10 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
     spw = cfg.window * cfg.sr // cfg.fps
     per_window = cfg.n_singers * (cfg.window * 56 * 4 + spw * 2) + spw * 2 + 4096
     n_win = max(1, int((cfg.seconds * cfg.fps - cfg.window) // cfg.stride) + 1)
-    env = lmdb.open(str(out), map_size=max(1 << 26, int(per_window * n_win * cfg.videos * 1.5)), subdir=True)
+    env = open_env(out, write=True, map_size=max(1 << 26, int(per_window * n_win * cfg.videos * 1.5)))
     splits = video_splits(cfg.videos, cfg.seed)
     with env.begin(write=True) as txn:
-        write_meta(txn, fps=cfg.fps, sr=cfg.sr, window=cfg.window, stride=cfg.stride, n_singers=cfg.n_singers,
+        write_meta(txn, fps=cfg.fps, sr=cfg.sr, window=cfg.window, stride=cfg.stride,
                    extra={"synthetic": True, "synth_config": asdict(cfg)})
     for v in range(cfg.videos):
         rng = np.random.default_rng([cfg.seed, v])

@@ -254,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     n_frames = int(train_ds.meta["window"])
     flame = None
     if cfg.flame:
-        from .flame import FlameModel
+        from chorushead.core.flame import FlameModel
         flame = FlameModel.load(cfg.flame).to(device)
     loss_fn = PaChorusLoss(cfg.loss, flame)
     model = build_model(cfg.model).to(device)

@@ -27,7 +27,7 @@ def validate_record(rec: dict, stage: str | None = None) -> None:
 
 def make_ctx(tmp_path: Path, stage: str, upstream: dict, item_id: str = "vid-000000", source: str = "/nonexistent"):
     """A Context as the runner builds it, with upstream records made from plain output dicts."""
-    from chorushead.manifest import Record
+    from chorushead.core.manifest import Record
     from chorushead.stages.base import Context, Item
     out = tmp_path / "out"
     item = Item(id=item_id, source=source)

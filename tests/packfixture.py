@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chorushead import media
-from chorushead.manifest import Manifest, Record, fingerprint
+from chorushead.core import media
+from chorushead.core.manifest import Manifest, Record, fingerprint
 from chorushead.runner import save_items
 from chorushead.stages.base import Item
 

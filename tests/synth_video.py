@@ -169,9 +169,9 @@ def write_duet_video(path: str | Path, n_frames: int, size: tuple[int, int] = (2
                      audio: str | Path | None = None) -> np.ndarray:
     """Stream a duet clip straight into ffmpeg (no whole clip in memory); returns the true boxes.
 
-    Same encoder settings as :func:`chorushead.media.encode_video` (``audio``: a file to mux in, cut to
+    Same encoder settings as :func:`chorushead.core.media.encode_video` (``audio``: a file to mux in, cut to
     the video's length), for clips too large to hold in memory."""
-    from chorushead.media import ffmpeg_exe
+    from chorushead.core.media import ffmpeg_exe
     h, w = size
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
            "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"]

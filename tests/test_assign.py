@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from chorushead.manifest import Record
-from chorushead.media import write_wav
+from chorushead.core.manifest import Record
+from chorushead.core.media import write_wav
 from chorushead.stages.assign import STAGE, Params, best_assignment, loudness_envelope
-from chorushead.stages.base import BadInput, Context, Item
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Item
 
 SR, FPS = 16000, 30
 

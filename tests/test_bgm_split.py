@@ -10,9 +10,10 @@ import pytest
 
 from chorushead.backends import spleeter as sp
 from chorushead.backends.spleeter_worker import chunk_starts, separate_chunked
-from chorushead.manifest import Record
-from chorushead.media import read_wav, write_wav
-from chorushead.stages.base import Context, Item, MissingAsset
+from chorushead.core.manifest import Record
+from chorushead.core.media import read_wav, write_wav
+from chorushead.core.errors import MissingAsset
+from chorushead.stages.base import Context, Item
 from chorushead.stages.bgm_split import STAGE, Params
 
 SR = 44100

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chorushead import media
+from chorushead.core import media
 from chorushead.demo import face_images, write_sample
-from chorushead.manifest import Manifest
+from chorushead.core.manifest import Manifest
 from chorushead.runner import Pipeline, build
 from chorushead.status import collect, format_status
 from conftest import ROOT, kill_when, validate_record

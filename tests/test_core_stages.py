@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from chorushead import media
+from chorushead.core import media
 from chorushead.demo import SR, music, sing
 from chorushead.stages import contiguity, smooth, vad
-from chorushead.stages.base import BadInput
+from chorushead.core.errors import BadInput
 from conftest import validate_record
-from chorushead.manifest import Record
+from chorushead.core.manifest import Record
 
 
 def _write(path, a, sr=SR):

@@ -13,9 +13,10 @@ from synth_video import box_iou, make_duet_frames  # noqa: E402
 
 pytest.importorskip("facenet_pytorch")
 
-from chorushead.manifest import Record  # noqa: E402
-from chorushead.media import encode_video  # noqa: E402
-from chorushead.stages.base import BadInput, Context, Item  # noqa: E402
+from chorushead.core.manifest import Record  # noqa: E402
+from chorushead.core.media import encode_video  # noqa: E402
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Item  # noqa: E402
 from chorushead.stages.crop import STAGE, CropParams, emoca_crop_box, warp_crop  # noqa: E402
 
 N_FRAMES, START, END = 60, 5, 55          # source frames; vad keeps [5, 55)
@@ -161,7 +162,7 @@ def test_keyframe_schedule(k, chunk):
 
 
 def test_synth_video_writer_with_audio(tmp_path):
-    from chorushead.media import probe, write_wav
+    from chorushead.core.media import probe, write_wav
     from synth_video import write_duet_video
     write_wav(tmp_path / "a.wav", 0.1 * np.sin(np.arange(48000) / 10).astype(np.float32), 16000)
     boxes = write_duet_video(tmp_path / "v.mp4", 45, size=(128, 256), absent=(10, 20), audio=tmp_path / "a.wav")

@@ -11,9 +11,10 @@ import pytest
 from scipy.signal import lfilter
 
 from chorushead.backends.spleeter_worker import chunk_starts
-from chorushead.manifest import Record
-from chorushead.media import read_wav, resample, write_wav
-from chorushead.stages.base import Context, Item, MissingAsset, StageError
+from chorushead.core.manifest import Record
+from chorushead.core.media import read_wav, resample, write_wav
+from chorushead.core.errors import MissingAsset, StageError
+from chorushead.stages.base import Context, Item
 from chorushead.stages.duet_split import STAGE, Params, best_order, full_band_tracks, lsq_gains, separate_long
 
 SR8 = 8000

@@ -97,7 +97,7 @@ def videos(tmp_path_factory) -> Path:
 
 def _ingest(videos: Path, out: Path, backend: str, jobs: int) -> tuple[dict, dict]:
     """Build the ingest stage; return {item: comparable record} and {relative path: bytes}."""
-    from chorushead.manifest import Manifest
+    from chorushead.core.manifest import Manifest
     from chorushead.runner import Pipeline, build
     [summary] = build(videos, out, Pipeline.load(), stages=["ingest"], jobs=jobs, backend=backend,
                       progress=False, log=lambda _: None)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chorushead.manifest import Record
-from chorushead.stages.base import Context, Item, MissingAsset, StageError
+from chorushead.core.manifest import Record
+from chorushead.core.errors import MissingAsset, StageError
+from chorushead.stages.base import Context, Item
 from chorushead.stages.fit import STAGE, Params
 
 STAND_INS = Path(__file__).parent / "stand_ins"

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from chorushead.manifest import Manifest, Record, fingerprint, file_fingerprint, write_atomic
+from chorushead.core.manifest import Manifest, Record, fingerprint, file_fingerprint, write_atomic
 from conftest import validate_record
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from chorushead import media
+from chorushead.core import media
 
 
 def _numbered_video(path, n=60, fps=30):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pachorus.flame import (MASKS_FILE, MODEL_FILE, FlameAssetsMissing, FlameModel, _rodrigues,
+from chorushead.core.flame import (MASKS_FILE, MODEL_FILE, FlameAssetsMissing, FlameModel, _rodrigues,
                             make_synthetic_flame, safe_load_pickle)
 
 
@@ -86,7 +86,7 @@ def test_unpickler_refuses_other_globals(tmp_path):
 
 def test_old_scipy_paths_are_mapped():
     import scipy.sparse as sp
-    from pachorus.flame import _CscStub, _CsrStub, _RestrictedUnpickler
+    from chorushead.core.flame import _CscStub, _CsrStub, _RestrictedUnpickler
     u = _RestrictedUnpickler(io.BytesIO(b""))
     assert u.find_class("scipy.sparse.csc", "csc_matrix") is _CscStub   # scipy < 1.8 path
     assert u.find_class("scipy.sparse._csc", "csc_matrix") is _CscStub

@@ -112,7 +112,7 @@ def test_vertex_lip_loss_needs_flame():
 
 
 def test_vertex_lip_loss_with_flame(tmp_path):
-    from pachorus.flame import FlameModel, make_synthetic_flame
+    from chorushead.core.flame import FlameModel, make_synthetic_flame
     flame = FlameModel.load(make_synthetic_flame(tmp_path))
     from pachorus.model.pachorus import ModelOutput
     target = torch.zeros(1, 2, 56)

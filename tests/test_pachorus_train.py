@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from chorushead.windows import WindowReader
+from chorushead.core.windows import WindowReader
 from pachorus.data import HostWindowDataset
 from pachorus.model.pachorus import ModelConfig
 from pachorus.synth import SynthConfig, write_synth_lmdb
@@ -44,7 +44,7 @@ def _env():
 
 def test_synth_lmdb_format_and_rules(lmdb_path):
     r = WindowReader(lmdb_path, None)
-    assert r.meta["window"] == 30 and r.meta["n_singers"] == 2 and r.meta["synthetic"]
+    assert r.meta["window"] == 30 and r.meta["singer_counts"] == [2] and r.meta["synthetic"]
     videos = {}
     for w in r:
         videos.setdefault(w.video, set()).add(w.split)
@@ -140,7 +140,7 @@ def test_kill9_then_resume_has_no_gap_or_duplicate(lmdb_path, tmp_path):
 @pytest.mark.slow  # three CLI subprocesses
 def test_eval_and_infer_cli(lmdb_path, tmp_path):
     from scipy.io import wavfile
-    from pachorus.flame import make_synthetic_flame
+    from chorushead.core.flame import make_synthetic_flame
     from pachorus.synth import synthesize_song
     run = tmp_path / "run"
     train(_cfg(lmdb_path, run, epochs=1), progress=False)

@@ -3,11 +3,11 @@ import sys
 import numpy as np
 import pytest
 
-from chorushead.manifest import Manifest
-from chorushead.review.decisions import record_decision
+from chorushead.core.manifest import Manifest
+from chorushead.core.decisions import record_decision
 from chorushead.runner import Pipeline, build
 from chorushead.stages.pack import PackParams, assign_splits, run_global
-from chorushead.windows import WindowReader
+from chorushead.core.windows import WindowReader
 from conftest import kill_when, validate_record
 from packfixture import lmdb_content, make_upstream
 

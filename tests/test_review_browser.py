@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chorushead.manifest import Manifest
+from chorushead.core.manifest import Manifest
 from chorushead.review.server import make_server
 
 from review_fixture import shared_review_build

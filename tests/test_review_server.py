@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chorushead import media
-from chorushead.manifest import Manifest
+from chorushead.core import media
+from chorushead.core.manifest import Manifest
 from chorushead.review import flags as F
-from chorushead.review.decisions import decisions
+from chorushead.core.decisions import decisions
 from chorushead.review.server import is_loopback, make_server, parse_range, serve, HttpError
 
 from conftest import validate_record
@@ -288,7 +288,7 @@ def test_parse_range_edge_cases():
 
 def test_manifest_changes_are_picked_up_live(server, out):
     """A build running next to the review adds a video: the list grows without a restart."""
-    from chorushead.manifest import Record, fingerprint
+    from chorushead.core.manifest import Record, fingerprint
     before = len(server.json("/api/segments")["segments"])
     rec = Manifest(out, "contiguity").latest()["duetB"]
     grown = {**rec.outputs, "segments": [[0, 180], [185, 190]]}
@@ -345,11 +345,11 @@ def test_mesh_frames_follow_the_jaw(out):
         s.stop()
 
 
-@pytest.mark.slow   # imports torch through pachorus.flame (seconds)
+@pytest.mark.slow   # imports torch through chorushead.core.flame (seconds)
 def test_flame_dir_goes_through_pachorus_flame(out, tmp_path):
-    flame = pytest.importorskip("pachorus.flame", reason="pachorus.flame (FLAME loader) not importable")
+    flame = pytest.importorskip("chorushead.core.flame", reason="chorushead.core.flame (FLAME loader) not importable")
     if not hasattr(flame, "make_synthetic_flame"):
-        pytest.skip("pachorus.flame has no synthetic model for tests")
+        pytest.skip("chorushead.core.flame has no synthetic model for tests")
     fdir = flame.make_synthetic_flame(tmp_path / "flame")
     s = Running(out, flame_dir=fdir)
     try:
@@ -387,7 +387,7 @@ def test_cli_review_prints_url_and_serves(out):
 
 
 def test_damaged_source_gives_a_clear_error_and_no_cached_clip(server, out, tmp_path):
-    from chorushead.manifest import Record, fingerprint
+    from chorushead.core.manifest import Record, fingerprint
     bad = tmp_path / "damaged.mp4"
     bad.write_bytes(b"not a video at all" * 100)
     rec = Manifest(out, "ingest").latest()["duetB"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chorushead.backends.spleeter import JsonLinesWorker
-from chorushead.stages.base import MissingAsset, StageError
+from chorushead.core.errors import MissingAsset, StageError
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("emoca_worker.py")

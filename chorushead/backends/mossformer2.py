@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from chorushead.stages.base import MissingAsset, StageError
+from chorushead.core.errors import MissingAsset, StageError
 
 HUB_ID_2SPK = "damo/speech_mossformer2_separation_temporal_8k"
 SR = 8000

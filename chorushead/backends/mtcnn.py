@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from chorushead.stages.base import MissingAsset
+from chorushead.core.errors import MissingAsset
 
 # Side in pixels of the smallest face, at detection resolution, that we ask MTCNN to find. MTCNN's
 # first network sees 12 px windows; below ~40 px its boxes get coarse (REFERENCES: ÷4 shifts boxes).
@@ -174,7 +174,7 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
                  keyframe_every: int = 5, agree_iou: float = 0.5) -> Iterator[tuple[int, np.ndarray, Faces]]:
     """Yield ``(t, frame, faces)`` for every frame, in order; ``faces`` has shape (strips,).
 
-    chunks: (k, H, W, 3) uint8 frame chunks, e.g. from :func:`chorushead.media.iter_frames`.
+    chunks: (k, H, W, 3) uint8 frame chunks, e.g. from :func:`chorushead.core.media.iter_frames`.
     Keyframes are t % keyframe_every == 0 and the last frame. Frames are held until the next keyframe
     is seen, so memory is about one decode chunk plus ``keyframe_every`` frames.
     """

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from chorushead.stages.base import MissingAsset, StageError
+from chorushead.core.errors import MissingAsset, StageError
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("spleeter_worker.py")

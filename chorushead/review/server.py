@@ -41,9 +41,9 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from chorushead import media
-from chorushead.manifest import Manifest, Record
-from chorushead.review.decisions import DECISIONS, parse_key, record_decision, segment_key
+from chorushead.core import media
+from chorushead.core.manifest import Manifest, Record
+from chorushead.core.decisions import DECISIONS, parse_key, record_decision, segment_key
 from chorushead.review.flags import FLAG_INFO, SegmentFlags, Thresholds, flag_segment, order_by_suspicion
 from chorushead.runner import load_items
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chorushead.media import read_wav
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core.media import read_wav
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 JAW_OPEN = 50          # index of jaw x-rotation in the [exp 50, jaw 3, pose 3] layout
 

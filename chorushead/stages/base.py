@@ -12,24 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from chorushead.manifest import Record
 
-
-class StageError(Exception):
-    """An error a person can act on; its message is what `chorushead status` shows."""
-
-
-class BadInput(StageError):
-    """The item itself is unusable (corrupt, too short, wrong number of faces...)."""
-
-
-class MissingAsset(StageError):
-    """A model or environment is not installed. Says what, where it was looked for, how to get it."""
-
-    def __init__(self, what: str, looked: list[str] | str, how: str):
-        looked = [looked] if isinstance(looked, str) else looked
-        super().__init__(f"{what} not found (looked in: {', '.join(map(str, looked))}). How to get it: {how}")
-        self.what, self.looked, self.how = what, looked, how
+from chorushead.core.manifest import Record
 
 
 @dataclass

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from chorushead.backends.spleeter import SpleeterBackend
-from chorushead.media import read_wav, resample, write_wav
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core.media import read_wav, resample, write_wav
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 SR = 44100
 

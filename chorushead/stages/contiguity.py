@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 
 @dataclass

@@ -28,7 +28,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 FPS = 30
 
@@ -126,7 +127,7 @@ class _Prefetch:
 
 def process(ctx: Context, p: CropParams, detector) -> Result:
     from chorushead.backends.mtcnn import strip_bounds, track_strips
-    from chorushead.media import iter_frames
+    from chorushead.core.media import iter_frames
     from tqdm import tqdm
 
     source = ctx.upstream["ingest"].outputs["source"]

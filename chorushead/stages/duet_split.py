@@ -30,8 +30,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from chorushead.backends.spleeter_worker import chunk_starts
-from chorushead.media import read_wav, resample, write_wav
-from chorushead.stages.base import BadInput, Context, Result, Stage, StageError
+from chorushead.core.media import read_wav, resample, write_wav
+from chorushead.core.errors import BadInput, StageError
+from chorushead.stages.base import Context, Result, Stage
 
 MODEL_SR = 8000
 OUT_SR = 16000

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from chorushead.backends.emoca import EmocaBackend
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 
 @dataclass

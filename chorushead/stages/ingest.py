@@ -1,7 +1,7 @@
 """ingest: probe the video, define its 30 fps timeline, extract the audio the later stages need.
 
 The video itself is not re-encoded: every frame reader goes through ffmpeg's ``fps`` filter
-(:func:`chorushead.media.iter_frames`), which puts 25 fps and variable-frame-rate sources on the
+(:func:`chorushead.core.media.iter_frames`), which puts 25 fps and variable-frame-rate sources on the
 same constant 30 fps timeline. Audio: the mix at 44.1 kHz stereo (Spleeter's rate) and, when the
 user supplies stems (``--stems``), those stems imported at 44.1 kHz.
 """
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from chorushead import media
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core import media
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 MIX_SR = 44100
 

@@ -5,7 +5,7 @@ splits). One writer, on local disk. Crash safety without a second copy of the da
 written as (delete its old windows) → (its windows, one transaction per segment) → (a ``__done__``
 marker holding its fingerprint). A rerun trusts only videos whose marker fingerprint matches, rewrites
 the others from scratch, and rebuilds the index last, so an interrupted pack resumes to exactly the
-content of an uninterrupted one. The format is documented in :mod:`chorushead.windows`.
+content of an uninterrupted one. The format is documented in :mod:`chorushead.core.windows`.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from chorushead import media
-from chorushead.manifest import Record, fingerprint
-from chorushead.review.decisions import decisions as review_decisions
+from chorushead.core import media
+from chorushead.core.manifest import Record, fingerprint
+from chorushead.core.decisions import decisions as review_decisions
 from chorushead.stages.base import Item, Stage
-from chorushead.windows import (DONE_PREFIX, WINDOW_PREFIX, encode_arrays, rebuild_index, window_key,
+from chorushead.core.windows import (DONE_PREFIX, WINDOW_PREFIX, encode_arrays, open_env, rebuild_index, window_key,
                                 write_meta)
 
 VERSION = "1"
@@ -95,7 +95,6 @@ def _delete_prefix(txn, prefix: bytes) -> int:
 
 def run_global(out: Path, items: list[Item], params: PackParams, latest: dict[str, dict[str, Record]],
                progress: bool = True, pipeline=None) -> list[Record]:
-    import lmdb
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -106,13 +105,11 @@ def run_global(out: Path, items: list[Item], params: PackParams, latest: dict[st
         if all(r is not None and r.ok for r in recs.values()):
             ready[it.id] = recs
     splits = assign_splits(list(ready), params.split, params.seed)
-    env = lmdb.open(str(out / params.lmdb), map_size=params.map_size_gb << 30, subdir=True,
-                    readahead=True, meminit=False)
+    env = open_env(out / params.lmdb, write=True, map_size=params.map_size_gb << 30)
     records = []
     try:
         with env.begin(write=True) as txn:
-            write_meta(txn, fps=params.fps, sr=params.sr, window=params.window, stride=params.stride,
-                       n_singers=max([len(r["assign"].outputs["order"]) for r in ready.values()] or [2]))
+            write_meta(txn, fps=params.fps, sr=params.sr, window=params.window, stride=params.stride)
             # Videos packed before but no longer ready (failed now, removed from the build) leave the LMDB.
             stale = []
             cur = txn.cursor()

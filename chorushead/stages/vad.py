@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chorushead import media
-from chorushead.stages.base import BadInput, Context, Result, Stage
+from chorushead.core import media
+from chorushead.core.errors import BadInput
+from chorushead.stages.base import Context, Result, Stage
 
 VAD_SR = 16000  # webrtcvad accepts 8/16/32/48 kHz; 16 kHz is also the trainer's rate
 

@@ -6,7 +6,7 @@ stage reads the newest decision per segment; "undo" returns a segment to unrevie
 """
 from __future__ import annotations
 
-from chorushead.manifest import Manifest, Record, fingerprint, now
+from chorushead.core.manifest import Manifest, Record, fingerprint, now
 
 DECISIONS = ("accept", "reject", "undo")
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from chorushead.stages.base import BadInput
+from chorushead.core.errors import BadInput
 
 
 @lru_cache(maxsize=1)
@@ -176,16 +176,44 @@ def count_frames(duration: float, fps: int = 30) -> int:
     return int(np.floor(duration * fps + 1e-6))
 
 
+class VideoWriter:
+    """Streaming H.264 encoder: ``with VideoWriter(path, w, h, fps) as vw: vw.write(frame)``.
+
+    Frames are RGB uint8 (H, W, 3) or a batch (k, H, W, 3), piped to ffmpeg as they come, so a long
+    render never holds the whole video in memory. ``audio`` (a file) is muxed in, cut to the video.
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = 30,
+                 audio: str | Path | None = None, crf: int = 20):
+        self.path = Path(path)
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
+               "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
+        if audio is not None:
+            cmd += ["-i", str(audio), "-c:a", "aac", "-b:a", "128k", "-shortest"]
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", str(self.path)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def write(self, frames: np.ndarray) -> None:
+        self._proc.stdin.write(np.ascontiguousarray(frames, dtype=np.uint8).tobytes())
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        err = self._proc.stderr.read()
+        self._proc.stderr.close()
+        if self._proc.wait() != 0:
+            raise RuntimeError(f"ffmpeg could not encode {self.path}: {err.decode(errors='replace')[-500:]}")
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def encode_video(path: str | Path, frames: np.ndarray | list, fps: int = 30, audio: str | Path | None = None,
                  crf: int = 20) -> None:
     """Encode RGB uint8 frames (T, H, W, 3) to H.264 mp4, optionally muxing an audio file."""
     frames = np.asarray(frames)
-    t, h, w, _ = frames.shape
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
-           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"]
-    if audio is not None:
-        cmd += ["-i", str(audio), "-c:a", "aac", "-b:a", "128k", "-shortest"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", str(path)]
-    p = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"ffmpeg encode failed: {p.stderr.decode(errors='replace')[-500:]}")
+    _, h, w, _ = frames.shape
+    with VideoWriter(path, w, h, fps, audio=audio, crf=crf) as vw:
+        vw.write(frames)

@@ -12,6 +12,12 @@ Layout (all keys are UTF-8 bytes):
     ``pose0``   float32 (S, 3)        each singer's global pose at the window's first frame
   and the header carries ``video``, ``segment``, ``start`` (frame in the trimmed video), ``split``.
 
+Windows with different singer counts S (duets and trios) may share one LMDB: each window carries its
+own S, and the index lists ``[key, S]`` per window (format version 2; version 1 had bare keys and one
+S for the whole file in the meta). The trainer's unit is a host sample (host, partner = sum of the
+others, BGM, host coefficients), whose shapes do not depend on S, so batches mix duets and trios
+freely: no padding, no mask, no grouping by S.
+
 The partner vocal of singer *i* is the sum of the other singers' vocals (paper Eq. 3); the reader
 derives it rather than storing it S times. Values are a small JSON header + raw little-endian
 buffers, so a read is one LMDB lookup and ``np.frombuffer`` per array (no pickle, no zip).
@@ -19,6 +25,7 @@ buffers, so a read is one LMDB lookup and ``np.frombuffer`` per array (no pickle
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +34,8 @@ from typing import Any, Iterator
 import numpy as np
 
 FORMAT = "chorushead-windows"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_KEY = b"__meta__"
 INDEX_KEY = b"__index__"
 DONE_PREFIX = b"__done__/"
@@ -90,12 +98,40 @@ class Window:
         return np.sum(self.vocals[others], axis=0, dtype=np.float32)
 
 
+_ENVS: dict[tuple[int, str], Any] = {}
+
+
+def open_env(path: str | Path, *, write: bool = False, map_size: int = 1 << 30):
+    """The one way to open a windows LMDB.
+
+    Writers (pack, synth) get a fresh writable environment (one writer per file, on local disk).
+    Readers share one read-only environment per (process, path): py-lmdb refuses to open the same
+    environment twice in a process (a train and a val reader of one file need that), and keying by
+    pid gives a forked DataLoader worker its own (LMDB handles must not cross a fork). ``readahead``
+    stays on: measured cold reads collapse ~20x without it.
+    """
+    import lmdb
+    path = Path(path)
+    if write:
+        cached = _ENVS.pop((os.getpid(), str(path.resolve())), None)
+        if cached is not None:   # a reader of this file in this process: close it so the writer may open
+            cached.close()
+        return lmdb.open(str(path), map_size=map_size, subdir=True, readahead=True, meminit=False)
+    key = (os.getpid(), str(path.resolve()))
+    env = _ENVS.get(key)
+    if env is None:
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=True, meminit=False,
+                        max_readers=512, subdir=True)
+        _ENVS[key] = env
+    return env
+
+
 class WindowReader:
     """Random access to packed windows of one split.
 
     ``reader[i]`` is a :class:`Window`; ``reader.host_sample(j)`` expands windows to one sample per
     singer-as-host (what the trainer iterates). Opens lazily so it survives DataLoader fork/spawn.
-    ``readahead`` stays on: measured cold reads collapse ~20x without it (see REFERENCES.md).
+    Readers of one file in one process share its environment (:func:`open_env`).
     """
 
     def __init__(self, path: str | Path, split: str | None = "train"):
@@ -105,43 +141,26 @@ class WindowReader:
                 f"No packed LMDB at {self.path} (looked for {self.path / 'data.mdb'}). "
                 "Run `chorushead build ... --stages pack` or `pachorus synth` first.")
         self.split = split
-        self._env = None
-        env = self._open()
-        with env.begin() as txn:
+        with open_env(self.path).begin() as txn:
             meta = txn.get(META_KEY)
             index = txn.get(INDEX_KEY)
         if meta is None or index is None:
             raise ValueError(f"{self.path} is not a finished {FORMAT} LMDB (no __meta__/__index__): "
                              "the pack stage did not complete; rerun it.")
         self.meta = json.loads(meta)
-        if self.meta.get("format") != FORMAT or self.meta.get("version") != FORMAT_VERSION:
+        if self.meta.get("format") != FORMAT or self.meta.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"{self.path}: unsupported format {self.meta.get('format')} v{self.meta.get('version')}")
-        idx = json.loads(index)
-        if split is None:
-            self.keys = [k for s in SPLITS for k in idx.get(s, [])]
-        elif split not in SPLITS:
+        if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        else:
-            self.keys = list(idx.get(split, []))
-        self.n_singers = int(self.meta.get("n_singers", 2))
-        self._close()
-
-    def _open(self):
-        if self._env is None:
-            import lmdb
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=True,
-                                  meminit=False, max_readers=512, subdir=True)
-        return self._env
-
-    def _close(self):
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_env"] = None
-        return state
+        idx = json.loads(index)
+        entries = [e for s in (SPLITS if split is None else (split,)) for e in idx.get(s, [])]
+        if self.meta["version"] == 1:   # bare keys, one S for the file
+            entries = [[k, int(self.meta.get("n_singers", 2))] for k in entries]
+        self.keys = [k for k, _ in entries]
+        self.singers = np.array([s for _, s in entries], dtype=np.int64)       # S of each window
+        # host sample j lives in window searchsorted(ends, j, "right"), host j - starts[window]
+        self._ends = np.cumsum(self.singers)
+        self.singer_counts = sorted({int(s) for s in self.singers})
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -150,7 +169,7 @@ class WindowReader:
         """One window, arrays in their stored dtypes (audio float16: half the bytes; convert where
         it is used, e.g. ``torch.from_numpy(a).float()``, which is much faster than numpy's astype)."""
         key = self.keys[i]
-        with self._open().begin(buffers=True) as txn:
+        with open_env(self.path).begin(buffers=True) as txn:
             blob = txn.get(key.encode())
             if blob is None:
                 raise KeyError(f"window {key} listed in the index but missing from {self.path}")
@@ -164,34 +183,47 @@ class WindowReader:
             yield self[i]
 
     def n_host_samples(self) -> int:
-        return len(self) * self.n_singers
+        return int(self._ends[-1]) if len(self._ends) else 0
 
     def host_sample(self, j: int) -> dict[str, np.ndarray]:
-        """Sample j = (window j // S, host j % S): host/partner vocals, BGM, host coefficients, pose0."""
-        w = self[j // self.n_singers]
-        h = j % self.n_singers
+        """Sample j = (window i, host h), counting every singer of every window as a host in turn:
+        host/partner vocals, BGM, host coefficients, pose0."""
+        if not 0 <= j < self.n_host_samples():
+            raise IndexError(f"host sample {j} out of range ({self.n_host_samples()})")
+        i = int(np.searchsorted(self._ends, j, side="right"))
+        h = j - (int(self._ends[i - 1]) if i else 0)
+        w = self[i]
         return {"host": w.vocals[h].astype(np.float32), "partner": w.partner(h), "bgm": w.bgm.astype(np.float32),
                 "coeffs": w.coeffs[h], "pose0": w.pose0[h], "key": w.key, "singer": h}
 
 
-def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, n_singers: int, extra: dict | None = None):
+def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, extra: dict | None = None):
+    """``__meta__``; the singer counts present are added by :func:`rebuild_index` (they depend on
+    which windows are in the file)."""
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "fps": fps, "sr": sr, "window": window,
-            "stride": stride, "n_singers": n_singers, "coeff_layout": {"exp": [0, 50], "jaw": [50, 53], "pose": [53, 56]}}
+            "stride": stride, "coeff_layout": {"exp": [0, 50], "jaw": [50, 53], "pose": [53, 56]}}
     meta.update(extra or {})
     txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
 
 
-def rebuild_index(txn) -> dict[str, list[str]]:
-    """Scan window keys and write ``__index__`` grouped by each window's split (sorted, deterministic)."""
-    index: dict[str, list[str]] = {s: [] for s in SPLITS}
+def rebuild_index(txn) -> dict[str, list]:
+    """Scan window keys and write ``__index__``: ``[key, S]`` per window grouped by split (sorted,
+    deterministic); record in ``__meta__`` which singer counts the file holds."""
+    index: dict[str, list] = {s: [] for s in SPLITS}
     cur = txn.cursor()
     if cur.set_range(WINDOW_PREFIX):
         for k, v in cur:
             if not bytes(k).startswith(WINDOW_PREFIX):
                 break
-            _, head = decode_arrays_header(v)
-            index[head["split"]].append(bytes(k).decode())
+            arrays, head = decode_arrays_header(v)
+            index[head["split"]].append([bytes(k).decode(), int(arrays["coeffs"][1][0])])
     txn.put(INDEX_KEY, json.dumps(index, sort_keys=True).encode())
+    raw = txn.get(META_KEY)
+    if raw is not None:
+        meta = json.loads(bytes(raw))
+        meta["singer_counts"] = sorted({s for e in index.values() for _, s in e})
+        meta.pop("n_singers", None)
+        txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
     return index
 
 
