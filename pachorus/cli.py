@@ -1,17 +1,67 @@
-"""``pachorus`` command line: train, eval, infer, synth."""
+"""``pachorus`` command line: train, eval, infer, synth.
+
+Errors a person can act on (missing LMDB or checkpoint, wrong split, unknown variant, bad audio,
+missing FLAME folder, unsafe checkpoint...) print ONE line on stderr and exit with code 2; the
+global ``--debug`` flag (``pachorus --debug train ...``) shows the full traceback instead.
+Arguments are checked before any output folder is created.
+"""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+import click
 import typer
 
 app = typer.Typer(help="PaChorus: partner-aware chorus head animation (train / eval / infer / synth).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+_debug = {"on": False}
+
+# Error types whose message is written for a person; anything else is a bug and says so.
+EXPECTED_ERRORS = (FileNotFoundError, FileExistsError, ValueError, RuntimeError)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="on errors, show the full Python traceback")):
+    """PaChorus: partner-aware chorus head animation (train / eval / infer / synth)."""
+    _debug["on"] = debug
+
+
+def _one_line(e: BaseException) -> str:
+    from chorushead.core.errors import StageError
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, EXPECTED_ERRORS + (StageError,)):
+        return msg
+    return f"{type(e).__name__}: {msg} (unexpected: rerun with --debug and report the traceback)"
+
+
+def clean_errors(fn: Callable) -> Callable:
+    """Run a command; turn an exception into one stderr line + exit code 2 (unless --debug)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if _debug["on"]:
+                raise
+            typer.secho(f"pachorus: error: {_one_line(e)}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _csv(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"{what}: empty list")
+    return items
 
 
 @app.command()
+@clean_errors
 def train(
     data: Path = typer.Option(..., help="packed LMDB (chorushead build ... pack, or pachorus synth)"),
     out: Path = typer.Option(..., help="run folder (created; never deleted)"),
@@ -35,7 +85,12 @@ def train(
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (for --w-lip-vertex)"),
     progress: bool = typer.Option(True, help="tqdm progress bar"),
 ):
-    """Train PaChorus (or an ablation/baseline). Multi-GPU: torchrun --nproc_per_node N -m pachorus.cli train ..."""
+    """Train PaChorus (or an ablation/baseline). Multi-GPU: torchrun --nproc_per_node N -m pachorus.cli train ...
+
+    Frame rate, sample rate, window length, fit backend and coefficient groups come from the LMDB's
+    meta and are stored in the run's config and checkpoints; groups the fit did not estimate are masked
+    out of the loss. One LMDB may mix duets and trios (each singer of each window is a host sample).
+    """
     from .losses import LossConfig
     from .model.pachorus import ModelConfig
     from .train import TrainConfig, train as run
@@ -52,6 +107,7 @@ def train(
 
 
 @app.command("eval")
+@clean_errors
 def eval_cmd(
     ckpt: Path = typer.Option(..., help="model.pt / best.pt / last.pt from a run folder"),
     data: Path = typer.Option(..., help="packed LMDB"),
@@ -60,7 +116,11 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="JSON file for the results (default: next to the checkpoint)"),
     batch_size: int = typer.Option(16), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
 ):
-    """Evaluate: LVE (squared, CodeTalker; L2, SingingHead), FVE, FDD, PPE, coefficient errors + a mean-motion baseline."""
+    """Evaluate: LVE (squared, CodeTalker; L2, SingingHead), FVE, FDD, PPE, coefficient errors + a mean-motion baseline.
+
+    Coefficient groups the LMDB's fit did not estimate are masked (reported as such). The checkpoint
+    must come from data with the same fps, sample rate, fit backend and coefficient groups.
+    """
     from .evaluate import evaluate, format_table
     if flame is None:
         typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE and "
@@ -68,10 +128,13 @@ def eval_cmd(
     out = out or ckpt.with_name(f"eval_{split}.json")
     res = evaluate(ckpt, data, split, flame, out, batch_size, device)
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
+    if res["masked_groups"]:
+        typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
     typer.echo(f"{res['n_samples']} samples of split {split!r}; {res['units']}. JSON: {out}")
 
 
 @app.command(context_settings={"allow_extra_args": True})
+@clean_errors
 def infer(
     ctx: typer.Context,
     ckpt: Path = typer.Option(..., help="trained model (model.pt / best.pt)"),
@@ -87,6 +150,7 @@ def infer(
 
     Takes tracks that are already separated; separating a mix (Spleeter + MossFormer2) is the
     chorushead pipeline's job. Writes singer<i>_sample<k>.npy (T, 56) and, with --flame, sample<k>.mp4.
+    Frame rate, sample rate and window length are the training data's (stored in the checkpoint).
     """
     from .infer import infer as run
     tracks = [str(v) for v in vocals] + list(ctx.args)  # click options take one value; the rest arrive here
@@ -95,18 +159,33 @@ def infer(
 
 
 @app.command()
+@clean_errors
 def synth(
     out: Path = typer.Option(..., help="LMDB folder to write"),
-    videos: int = typer.Option(12), seconds: float = typer.Option(20.0), singers: int = typer.Option(2),
+    videos: int = typer.Option(12), seconds: float = typer.Option(20.0),
+    singers: str = typer.Option("2", help="singers per video; a list is cycled over videos (2,3: duets and trios)"),
     window: int = typer.Option(150, help="frames per window"), stride: int = typer.Option(15),
+    fps: int = typer.Option(30, help="motion frame rate of the generated data"),
     seed: int = typer.Option(0), noise: float = typer.Option(1.0, help="scale of the per-frame noise"),
+    coeff_groups: str = typer.Option("exp,jaw,pose", help="groups 'the fit estimated' (e.g. jaw,pose like the "
+                                     "landmarks backend); the others are written as zeros and masked by train/eval"),
 ):
     """Write a synthetic packed LMDB whose motion follows known, learnable rules (see pachorus.synth)."""
     from .synth import SynthConfig, write_synth_lmdb
-    counts = write_synth_lmdb(out, SynthConfig(videos=videos, seconds=seconds, n_singers=singers, window=window,
-                                               stride=stride, seed=seed, noise=noise))
+    try:
+        counts_s = [int(x) for x in _csv(singers, "--singers")]
+    except ValueError:
+        raise ValueError(f"--singers takes comma-separated integers such as 2 or 2,3, got {singers!r}") from None
+    cfg = SynthConfig(videos=videos, seconds=seconds, n_singers=counts_s[0] if len(counts_s) == 1 else counts_s,
+                      window=window, stride=stride, fps=fps, seed=seed, noise=noise,
+                      coeff_groups=tuple(_csv(coeff_groups, "--coeff-groups")))
+    counts = write_synth_lmdb(out, cfg)
     typer.echo(json.dumps({"out": str(out), "windows": counts}))
 
 
-if __name__ == "__main__":
+def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,12 @@ FLAME; they are computed with the global head rotation zeroed (paper §5.3), in 
 
 Mean-motion baseline: expression and jaw = their mean over the training split, pose = frame-0 pose
 held constant (it gets the same pose0 the models get).
+
+Coefficient groups the LMDB's fit did not estimate (meta ``coeff_groups``, e.g. no ``exp`` from the
+landmarks backend) are masked: their coefficient errors are not reported, PPE needs ``pose``, and
+vertex metrics are computed with the absent groups zeroed in BOTH prediction and ground truth. The
+report lists the masked groups. A checkpoint trained on other data facts (fps, sample rate, fit
+backend, groups) is refused.
 """
 from __future__ import annotations
 
@@ -17,8 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import metrics as M
+from .checkpoint import ALL_GROUPS, check_same_data, data_info
 from .data import HostWindowDataset
 from .model.pachorus import PaChorus, load_model
+
+GROUP_SLICES = {"exp": slice(0, 50), "jaw": slice(50, 53), "pose": slice(53, 56)}
 
 MM = 1000.0  # FLAME is in metres
 COLUMNS = [("LVE_sq", "LVE sq (CodeTalker) mm²"), ("LVE_l2", "LVE L2 (SingingHead) mm"),
@@ -34,10 +43,17 @@ def train_mean_coeffs(data: str | Path, max_windows: int = 2000) -> np.ndarray:
     return np.mean([r[int(i)].coeffs.reshape(-1, 56).mean(0) for i in idx], axis=0).astype(np.float32)
 
 
-def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None) -> dict[str, float]:
-    """All metrics for one (T, 56) prediction/GT pair."""
-    out = {"PPE": M.ppe(pred[:, 53:56], gt[:, 53:56]), **M.coeff_mse(pred, gt)}
+def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None, groups=ALL_GROUPS) -> dict[str, float]:
+    """All metrics for one (T, 56) prediction/GT pair, over the coefficient groups in ``groups``."""
+    out = {k: v for k, v in M.coeff_mse(pred, gt).items() if k.split("_")[0] in groups}
+    if "pose" in groups:
+        out["PPE"] = M.ppe(pred[:, 53:56], gt[:, 53:56])
     if flame is not None:
+        pred, gt = pred.copy(), gt.copy()
+        for g, sl in GROUP_SLICES.items():
+            if g not in groups:   # meaningless in the data: zero it on both sides
+                pred[:, sl] = 0.0
+                gt[:, sl] = 0.0
         vp = flame.vertices_np(pred, zero_pose=True) * MM
         vg = flame.vertices_np(gt, zero_pose=True) * MM
         tmpl = flame.v_template.cpu().numpy() * MM
@@ -50,7 +66,7 @@ def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None) -> dict[str, 
 
 @torch.no_grad()
 def predict(model: PaChorus, ds: HostWindowDataset, batch_size: int = 16, device: str = "cpu"):
-    """Yield (pred, gt) numpy batches (B, T, 56) with z = 0."""
+    """Yield (pred, gt) numpy batches (B, T, 56) with z = 0; the window length is the LMDB's."""
     model.eval().to(device)
     n_frames = int(ds.meta["window"])
     for b in DataLoader(ds, batch_size=batch_size):
@@ -70,17 +86,22 @@ def evaluate_model(model: PaChorus, data: str | Path, split: str = "test", flame
     ds = HostWindowDataset(data, split)
     if len(ds) == 0:
         raise ValueError(f"{data}: the {split!r} split is empty")
+    groups = data_info(ds.meta)["coeff_groups"]
     if mean_coeffs is None:
         mean_coeffs = train_mean_coeffs(data)
     rows, base_rows = [], []
     for pred, gt in predict(model, ds, batch_size, device):
         for p, g in zip(pred, gt):
-            rows.append(sequence_metrics(p, g, flame))
+            rows.append(sequence_metrics(p, g, flame, groups))
             base = np.broadcast_to(mean_coeffs, g.shape).copy()
             base[:, 53:56] = g[0, 53:56]  # pose0 held constant
-            base_rows.append(sequence_metrics(base, g, flame))
+            base_rows.append(sequence_metrics(base, g, flame, groups))
+    masked = [g for g in ALL_GROUPS if g not in groups]
     return {"split": split, "n_samples": len(rows), "z": "mean (z = 0)", "vertex_metrics": flame is not None,
-            "units": "vertex metrics in mm (LVE_sq, FDD in mm²), PPE in rad, lip/face metrics with head pose zeroed",
+            "singer_counts": ds.reader.singer_counts, "masked_groups": masked,
+            "units": "vertex metrics in mm (LVE_sq, FDD in mm²), PPE in rad, lip/face metrics with head pose zeroed"
+                     + (f"; {', '.join(masked)} not estimated by the fit: masked (zeroed on both sides for "
+                        "vertex metrics)" if masked else ""),
             "model": _summarise(rows), "mean_motion_baseline": _summarise(base_rows)}
 
 
@@ -108,6 +129,7 @@ def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir:
     from .train import Dist, pick_device
     device = str(pick_device(device, Dist()))
     model, meta = load_model(ckpt, map_location=device)
+    check_same_data(meta["data_info"], data_info(HostWindowDataset(data, split).meta), ckpt, data)
     flame = None
     if flame_dir:
         from chorushead.core.flame import FlameModel

@@ -2,8 +2,9 @@
 
 Long songs run as consecutive windows of the training window length; each window's pose0 is the
 previous window's last predicted pose (the first one's is ``--pose0``, default zeros), which is what
-the frame-0-relative pose design is for. Each sample k draws z ~ N(0, I) per window from a seeded
-generator, so samples differ only in the prior's head motion (exp/jaw come from the host audio).
+the frame-0-relative pose design is for. Frame rate, sample rate and window length are the training
+data's, read from the checkpoint (``data_info``). Each sample k draws z ~ N(0, I) per window from a
+seeded generator, so samples differ only in the prior's head motion (exp/jaw come from the host audio).
 """
 from __future__ import annotations
 
@@ -18,10 +19,8 @@ from chorushead.core.render import Camera, draw_mesh
 
 from .model.pachorus import load_model
 
-SR = 16000
 
-
-def load_audio(path: str | Path, sr: int = SR) -> np.ndarray:
+def load_audio(path: str | Path, sr: int) -> np.ndarray:
     """Any audio file as mono float32 at ``sr`` (the ground floor's ffmpeg decoder)."""
     path = Path(path)
     if not path.is_file():
@@ -30,8 +29,8 @@ def load_audio(path: str | Path, sr: int = SR) -> np.ndarray:
 
 
 @torch.no_grad()
-def animate(model, vocals: list[np.ndarray], bgm: np.ndarray, *, fps: int = 30, sr: int = SR, window: int = 150,
-            k: int = 1, seed: int = 0, pose0: np.ndarray | None = None, device: str = "cpu") -> np.ndarray:
+def animate(model, vocals: list[np.ndarray], bgm: np.ndarray, *, fps: int, sr: int, window: int, k: int = 1,
+            seed: int = 0, pose0: np.ndarray | None = None, device: str = "cpu") -> np.ndarray:
     """Coefficients (K, S, T, 56) for S ≥ 2 singers; partner of singer i = sum of the others (paper Eq. 3)."""
     if len(vocals) < 2:
         raise ValueError("need at least two singers' vocal tracks")
@@ -64,7 +63,7 @@ def animate(model, vocals: list[np.ndarray], bgm: np.ndarray, *, fps: int = 30, 
 
 
 def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndarray | None = None,
-                 fps: int = 30, size: int = 256, sr: int = SR) -> Path:
+                 *, fps: int, sr: int, size: int = 256) -> Path:
     """Render S singers side by side (coeffs (S, T, 56)) to an H.264 mp4, muxing ``audio`` when given.
     One fixed camera from FLAME's template, so head motion shows as motion."""
     out_path = Path(out_path)
@@ -89,10 +88,17 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
     from .train import Dist, pick_device
     device = str(pick_device(device, Dist()))
     model, meta = load_model(ckpt, map_location=device)
-    window = int(meta.get("window", 150))  # the training window length, saved in every checkpoint
-    tracks = [load_audio(v) for v in vocals]
-    music = load_audio(bgm)
-    coeffs = animate(model, tracks, music, window=window, k=k, seed=seed,
+    if meta.get("data_info") is None:
+        raise ValueError(f"{ckpt} has no data_info (fps, sample rate, window): it predates this version; retrain")
+    info = meta["data_info"]
+    fps, sr, window = int(info["fps"]), int(info["sr"]), int(info["window"])
+    flame = None
+    if flame_dir:   # load before anything is written: a missing FLAME folder leaves no output behind
+        from chorushead.core.flame import FlameModel
+        flame = FlameModel.load(flame_dir)
+    tracks = [load_audio(v, sr) for v in vocals]
+    music = load_audio(bgm, sr)
+    coeffs = animate(model, tracks, music, fps=fps, sr=sr, window=window, k=k, seed=seed,
                      pose0=None if pose0 is None else np.asarray(pose0), device=device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,15 +109,14 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
             np.save(p, coeffs[kk, s])
             files.append(str(p))
     videos = []
-    if flame_dir:
-        from chorushead.core.flame import FlameModel
-        flame = FlameModel.load(flame_dir)
-        n = coeffs.shape[2] * SR // 30
+    if flame is not None:
+        n = coeffs.shape[2] * sr // fps
         mix = (np.sum([t[:n] for t in tracks], 0) if all(len(t) >= n for t in tracks) else None)
         if mix is not None and len(music) >= n:
             mix = mix + music[:n]
         for kk in range(coeffs.shape[0]):
-            videos.append(str(render_video(coeffs[kk], flame, out / f"sample{kk}.mp4", audio=mix, size=size)))
+            videos.append(str(render_video(coeffs[kk], flame, out / f"sample{kk}.mp4", audio=mix, fps=fps, sr=sr,
+                                       size=size)))
     return {"coeffs": files, "videos": videos, "frames": int(coeffs.shape[2]), "singers": int(coeffs.shape[1]),
             "samples": int(coeffs.shape[0])}
 

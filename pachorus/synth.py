@@ -16,6 +16,10 @@ throwaway prototype showed 0.05-rad nods drown in seed noise):
 
 Which singer's place a model is looking at is visible in ``pose0`` (the yaw bias sign), which every
 model variant receives.
+
+``n_singers`` may be a list, cycled over videos (``[2, 3]``: duets and trios in one LMDB). With
+``coeff_groups`` a subset of exp/jaw/pose, the other groups are written as zeros and the meta says
+which groups exist, like a fit backend that does not estimate them (the landmarks fit has no exp).
 """
 from __future__ import annotations
 
@@ -29,13 +33,14 @@ from scipy.ndimage import gaussian_filter1d
 from chorushead.core.windows import SPLITS, encode_arrays, open_env, rebuild_index, window_key, write_meta
 
 N_BANDS = 8
+GROUPS = {"exp": slice(0, 50), "jaw": slice(50, 53), "pose": slice(53, 56)}
 
 
 @dataclass
 class SynthConfig:
     videos: int = 12
     seconds: float = 20.0
-    n_singers: int = 2
+    n_singers: int | list[int] = 2   # a list is cycled over videos
     fps: int = 30
     sr: int = 16000
     window: int = 150          # frames per window (5 s, as packed)
@@ -45,6 +50,11 @@ class SynthConfig:
     turn: float = 0.3          # yaw turn amplitude (rad)
     nod: float = 0.12          # pitch nod amplitude (rad)
     window_offset: float = 0.08  # per-window pose offset std (rad)
+    coeff_groups: tuple[str, ...] = ("exp", "jaw", "pose")  # the groups "the fit estimated"; others are 0
+
+    def singers_of(self, video: int) -> int:
+        counts = self.n_singers if isinstance(self.n_singers, (list, tuple)) else [self.n_singers]
+        return int(counts[video % len(counts)])
 
 
 @dataclass
@@ -135,20 +145,22 @@ def _frame_features(audio: np.ndarray, sr: int, fps: int, n_frames: int) -> tupl
     return rms, bands
 
 
-def synthesize_song(cfg: SynthConfig, rng: np.random.Generator) -> Song:
+def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int | None = None) -> Song:
+    """One song; ``n_singers`` defaults to ``cfg.n_singers`` (its first entry when it is a list)."""
+    n_singers = cfg.singers_of(0) if n_singers is None else n_singers
     n = int(round(cfg.seconds * cfg.sr))
     n_frames = int(cfg.seconds * cfg.fps)
     t = np.arange(n_frames) / cfg.fps
-    tracks, onsets = zip(*[_sing(rng, n, cfg.sr) for _ in range(cfg.n_singers)])
+    tracks, onsets = zip(*[_sing(rng, n, cfg.sr) for _ in range(n_singers)])
     bgm, beats = _bgm(rng, n, cfg.sr)
     m = _expression_map()
-    coeffs = np.zeros((cfg.n_singers, n_frames, 56), np.float32)
+    coeffs = np.zeros((n_singers, n_frames, 56), np.float32)
     nod = cfg.nod * _bump(t, beats, 0.0, 0.35)
-    for s in range(cfg.n_singers):
+    for s in range(n_singers):
         rms, bands = _frame_features(tracks[s], cfg.sr, cfg.fps, n_frames)
         env = np.clip(np.convolve(rms, np.ones(3) / 3, mode="same") / 0.15, 0, 1.5)
-        direction = 1.0 if s < (cfg.n_singers - 1) / 2 or cfg.n_singers == 1 else -1.0
-        partner_onsets = np.concatenate([onsets[p] for p in range(cfg.n_singers) if p != s] or [np.zeros(0)])
+        direction = 1.0 if s < (n_singers - 1) / 2 or n_singers == 1 else -1.0
+        partner_onsets = np.concatenate([onsets[p] for p in range(n_singers) if p != s] or [np.zeros(0)])
         turn = cfg.turn * np.tanh(_bump(t, partner_onsets, 0.2, 1.2))
         drift = gaussian_filter1d(rng.normal(0, 1, (n_frames, 3)), sigma=45, axis=0) * 0.03 * np.sqrt(45)
         f = coeffs[s]
@@ -179,24 +191,35 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
     """Write ``cfg.videos`` synthetic songs as packed windows; returns window counts per split."""
     if (cfg.window * cfg.sr) % cfg.fps:
         raise ValueError("window * sr must be divisible by fps (whole audio samples per window)")
+    bad = [g for g in cfg.coeff_groups if g not in GROUPS]
+    if bad or not cfg.coeff_groups:
+        raise ValueError(f"coeff_groups must be a non-empty subset of {list(GROUPS)}, got {list(cfg.coeff_groups)}")
+    if min(cfg.singers_of(v) for v in range(max(cfg.videos, 1))) < 2:
+        raise ValueError(f"every video needs at least 2 singers, got n_singers={cfg.n_singers}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spw = cfg.window * cfg.sr // cfg.fps
-    per_window = cfg.n_singers * (cfg.window * 56 * 4 + spw * 2) + spw * 2 + 4096
+    max_s = max(cfg.singers_of(v) for v in range(cfg.videos))
+    per_window = max_s * (cfg.window * 56 * 4 + spw * 2) + spw * 2 + 4096
     n_win = max(1, int((cfg.seconds * cfg.fps - cfg.window) // cfg.stride) + 1)
     env = open_env(out, write=True, map_size=max(1 << 26, int(per_window * n_win * cfg.videos * 1.5)))
     splits = video_splits(cfg.videos, cfg.seed)
     with env.begin(write=True) as txn:
         write_meta(txn, fps=cfg.fps, sr=cfg.sr, window=cfg.window, stride=cfg.stride,
-                   extra={"synthetic": True, "synth_config": asdict(cfg)})
+                   extra={"synthetic": True, "synth_config": asdict(cfg), "fit_backend": "synthetic",
+                          "coeff_groups": [g for g in GROUPS if g in cfg.coeff_groups]})
     for v in range(cfg.videos):
         rng = np.random.default_rng([cfg.seed, v])
-        song = synthesize_song(cfg, rng)
+        n_singers = cfg.singers_of(v)
+        song = synthesize_song(cfg, rng, n_singers)
         name = f"synth{v:04d}"
         with env.begin(write=True) as txn:
             for start in range(0, song.coeffs.shape[1] - cfg.window + 1, cfg.stride):
                 c = song.coeffs[:, start:start + cfg.window].copy()
-                c[:, :, 53:56] += rng.normal(0, cfg.window_offset, (cfg.n_singers, 1, 3)).astype(np.float32)
+                c[:, :, 53:56] += rng.normal(0, cfg.window_offset, (n_singers, 1, 3)).astype(np.float32)
+                for g, sl in GROUPS.items():
+                    if g not in cfg.coeff_groups:   # not estimated: stored as zeros, as a fit backend would
+                        c[:, :, sl] = 0.0
                 a = int(round(start * cfg.sr / cfg.fps))
                 arrays = {"coeffs": c.astype(np.float32), "vocals": song.vocals[:, a:a + spw].astype(np.float16),
                           "bgm": song.bgm[a:a + spw].astype(np.float16), "pose0": c[:, 0, 53:56].copy()}

@@ -1,10 +1,11 @@
 """Trainer: resumable, DDP-aware, honest logs.
 
 Output folder (never deleted or emptied):
-  config.json   the full training config (model + loss + run settings)
-  last.pt       model + optimiser + GradScaler + RNG states + step/epoch/batch-in-epoch (temp file + os.replace)
+  config.json   the full training config (model + loss + run settings + the LMDB's data facts)
+  last.pt       model + optimiser + GradScaler + RNG states + step/epoch/batch-in-epoch
   best.pt       weights with the best validation loss so far
   model.pt      the unwrapped model weights + config (what eval/infer load)
+All three are written and read by :mod:`pachorus.checkpoint` (atomic saves, ``weights_only`` loads).
   log.jsonl     one line per training step and per validation; a resume truncates it to the checkpoint
   curves.png    loss curves (matplotlib Agg), redrawn every epoch
 
@@ -12,6 +13,16 @@ Resume is exact: the data order is a function of (seed, epoch) (DistributedSampl
 resume skips the batches already seen, the DataLoader has its own generator (so creating one does
 not consume the global RNG) and the global RNG states are restored; on CPU the next step's loss is
 bit-identical to an uninterrupted run (tested).
+
+The data decides the rates: fps, sample rate and window length come from the LMDB meta and are
+stored in ``config.json`` and every checkpoint (``data_info``), which is what ``pachorus infer`` uses.
+So are ``fit_backend`` and ``coeff_groups``: groups the fit did not estimate are masked out of the
+loss, and resuming (or evaluating) against an LMDB with different data facts is refused.
+
+Mixed singer counts: one LMDB may hold duets and trios. A training sample is one (window, host)
+pair whose tensors (host vocal, partner = sum of the others, BGM, host coefficients, pose0) have
+the same shapes whatever the window's S, so batches mix duets and trios freely (no padding, no
+grouping); an epoch visits every singer of every window once as host (sum of S over windows).
 """
 from __future__ import annotations
 
@@ -24,13 +35,16 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import HostWindowDataset
 from .losses import LossConfig, PaChorusLoss
+from .model.audio import ENCODER_SR
 from .model.pachorus import ModelConfig, PaChorus, build_model
 
 # Settings a resumed run may change (run length and host); everything else comes from config.json.
@@ -56,6 +70,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # stop after this much training time in this process (0: no limit)
     threads: int = 0            # torch CPU threads (0: leave torch's default)
     flame: str | None = None    # FLAME folder, needed only for the vertex lip loss
+    data_info: dict | None = None  # fps/sr/window/fit_backend/coeff_groups of the LMDB (set by train)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -120,28 +135,6 @@ class SkipSampler(Sampler):
         return max(0, len(self.base) - self.skip)
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def read_log(path: Path) -> list[dict]:
     """Parse log.jsonl; a torn last line (crash mid-write) is skipped, never fatal."""
     if not path.exists():
@@ -181,8 +174,9 @@ def plot_curves(log_path: Path, png: Path) -> None:
         ax[0].plot(steps[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), label=f"train {key}")
     if va:
         ax[0].plot([r["step"] for r in va], [r["val_loss"] for r in va], "o-", label="val loss")
-        ax[1].plot([r["step"] for r in va], [r["val_pose_l2"] for r in va], "o-", label="val pose L2 (z=0)")
-        ax[1].legend()
+        if "val_pose_l2" in va[0]:
+            ax[1].plot([r["step"] for r in va], [r["val_pose_l2"] for r in va], "o-", label="val pose L2 (z=0)")
+            ax[1].legend()
     ax[0].set_yscale("log")
     ax[0].set_xlabel("step")
     ax[0].legend(fontsize=7)
@@ -199,9 +193,11 @@ def _to(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def validate(model: PaChorus, loader: DataLoader, loss_fn: PaChorusLoss, device: torch.device,
              n_frames: int) -> dict:
-    """Loss with z = 0 (how the model is evaluated), plus the frame-mean pose L2 (a PPE proxy)."""
+    """Loss with z = 0 (how the model is evaluated), plus the frame-mean pose L2 (a PPE proxy) when
+    the data has poses."""
     model.eval()
-    tot, n = {"val_loss": 0.0, "val_mse": 0.0, "val_pose_l2": 0.0}, 0
+    with_pose = "pose" in loss_fn.groups
+    tot, n = {"val_loss": 0.0, "val_mse": 0.0, **({"val_pose_l2": 0.0} if with_pose else {})}, 0
     for batch in loader:
         b = _to(batch, device)
         out = model(b["host"], b["partner"], b["bgm"], b["pose0"], n_frames, z_mode="mean")
@@ -209,10 +205,13 @@ def validate(model: PaChorus, loader: DataLoader, loss_fn: PaChorusLoss, device:
         k = b["coeffs"].shape[0]
         tot["val_loss"] += float(parts["mse"] + parts["vel"]) * k
         tot["val_mse"] += float(parts["mse"]) * k
-        tot["val_pose_l2"] += float((out.coeffs[..., 53:56] - b["coeffs"][..., 53:56]).norm(dim=-1).mean()) * k
+        if with_pose:
+            tot["val_pose_l2"] += float((out.coeffs[..., 53:56] - b["coeffs"][..., 53:56]).norm(dim=-1).mean()) * k
         n += k
     model.train()
     return {k: v / max(n, 1) for k, v in tot.items()}
+
+
 
 
 def _resolve_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
@@ -226,10 +225,64 @@ def _resolve_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
     return old
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) into ``cfg.out``. Returns a summary dict (steps, steps/s, best val...)."""
+def _open_data(cfg: TrainConfig, resume: bool) -> tuple[HostWindowDataset, HostWindowDataset, dict]:
+    """The train/val datasets and the LMDB's data facts, checked before anything is written."""
+    train_ds = HostWindowDataset(cfg.data, "train")
+    val_ds = HostWindowDataset(cfg.data, "val")
+    info = data_info(train_ds.meta)
+    if info["sr"] != ENCODER_SR:
+        raise ValueError(f"{cfg.data}: audio at {info['sr']} Hz, but the audio encoders take {ENCODER_SR} Hz; "
+                         f"repack the LMDB at {ENCODER_SR} Hz")
+    if resume and cfg.data_info is not None:
+        check_same_data(cfg.data_info, info, Path(cfg.out) / "last.pt", cfg.data)
+    return train_ds, val_ds, info
+
+
+@dataclass
+class Run:
+    """Everything the step loop and the end of an epoch work on (built by :func:`setup`)."""
+    cfg: TrainConfig
+    out: Path
+    d: Dist
+    device: torch.device
+    use_amp: bool
+    train_ds: HostWindowDataset
+    val_loader: DataLoader | None
+    n_frames: int
+    loss_fn: PaChorusLoss
+    model: PaChorus
+    ddp: torch.nn.Module
+    params: list
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: DistributedSampler
+    state: dict
+    log: IO[str] | None
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    def payload(self, kind: str, **extra) -> dict:
+        """What each checkpoint holds: ``model`` (model.pt), ``best`` (best.pt), ``last`` (last.pt:
+        everything an exact resume needs). Only tensors and plain types (see pachorus.checkpoint)."""
+        p = {"model": self.model.state_dict(), "model_config": self.cfg.model.to_dict(),
+             "data_info": self.cfg.data_info, "step": self.state["step"], **extra}
+        if kind in ("model", "last"):
+            p["train_config"] = self.cfg.to_dict()
+        if kind == "last":
+            p.update(optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(), **self.state)
+        return p
+
+    def save(self, kind: str, **extra) -> None:
+        if self.d.main:
+            save_checkpoint(self.payload(kind, **extra), self.out / f"{kind}.pt")
+
+
+def setup(cfg: TrainConfig, resume: bool) -> Run:
+    """Data, model, optimiser and (with ``resume``) the saved state. Every argument is checked before
+    the run folder is created, so a mistyped command leaves nothing behind."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if resume:
         cfg = _resolve_resume(cfg, out)
     elif (out / "last.pt").exists():
@@ -241,139 +294,153 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         torch.set_num_threads(cfg.threads)
     d = setup_distributed(cfg.device)
     device = pick_device(cfg.device, d)
-    use_amp = cfg.amp and device.type == "cuda"
-
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts it)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    train_ds = HostWindowDataset(cfg.data, "train")
+    train_ds, val_ds, cfg.data_info = _open_data(cfg, resume)
     if len(train_ds) < cfg.batch_size * d.world:
         raise ValueError(f"{cfg.data}: {len(train_ds)} training samples, fewer than one batch "
                          f"({cfg.batch_size} x {d.world} processes)")
-    val_ds = HostWindowDataset(cfg.data, "val")
-    n_frames = int(train_ds.meta["window"])
     flame = None
     if cfg.flame:
         from chorushead.core.flame import FlameModel
         flame = FlameModel.load(cfg.flame).to(device)
-    loss_fn = PaChorusLoss(cfg.loss, flame)
+    loss_fn = PaChorusLoss(cfg.loss, flame, cfg.data_info["coeff_groups"])
     model = build_model(cfg.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val": math.inf}
-    log_path = out / "log.jsonl"
     if resume:
-        ck = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        ck = load_checkpoint(out / "last.pt", map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         scaler.load_state_dict(ck["scaler"])
         state = {k: ck[k] for k in state}
         set_rng_state(ck["rng"])
-        if d.main:
-            truncate_log(log_path, state["step"], state["epoch"])
-    elif d.main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    out.mkdir(parents=True, exist_ok=True)   # all checks passed
+    if d.main:
+        if resume:
+            truncate_log(out / "log.jsonl", state["step"], state["epoch"])
+        else:
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if d.enabled:
         torch.distributed.barrier()
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
-
-    def checkpoint():
-        if d.main:
-            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "optimizer": opt.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": rng_state(), "train_config": cfg.to_dict(), **state},
-                        out / "last.pt")
-
     sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    steps_per_epoch = len(sampler) // cfg.batch_size
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers) if len(val_ds) else None
-    log = open(log_path, "a") if d.main else None
-    t0, steps_here, stop_reason = time.time(), 0, "epochs"
-    model.train()
-    while state["epoch"] < cfg.epochs:
-        epoch = state["epoch"]
-        sampler.set_epoch(epoch)
-        skip = state["batch_in_epoch"]
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=SkipSampler(sampler, skip * cfg.batch_size),
-                            drop_last=True, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        bar = None
-        if progress and d.main:
-            from tqdm import tqdm
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       dynamic_ncols=True, leave=False, file=sys.stderr)
-        stop = False
-        for batch in loader:
-            b = _to(batch, device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                o = ddp(b["host"], b["partner"], b["bgm"], b["pose0"], n_frames, target=b["coeffs"])
-            parts = loss_fn(o, b["coeffs"])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(parts["loss"]).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            state["step"] += 1
-            state["batch_in_epoch"] += 1
-            steps_here += 1
-            if d.main:
-                rec = {"type": "train", "step": state["step"], "epoch": epoch, "time": round(time.time() - t0, 3),
-                       "lr": cfg.lr, **{k: float(v.detach()) for k, v in parts.items()}}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
-                checkpoint()
-            if cfg.max_steps and state["step"] >= cfg.max_steps:
-                stop, stop_reason = True, "max_steps"
-            elif cfg.time_budget_s and time.time() - t0 >= cfg.time_budget_s:
-                stop, stop_reason = True, "time_budget"
-            if d.enabled:  # every rank must stop at the same step
-                flag = torch.tensor(float(stop), device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                stop = bool(flag.item())
-            if stop:
-                break
-        if bar is not None:
-            bar.close()
-        if stop:
-            checkpoint()
+    return Run(cfg=cfg, out=out, d=d, device=device, use_amp=use_amp, train_ds=train_ds, val_loader=val_loader,
+               n_frames=int(cfg.data_info["window"]), loss_fn=loss_fn, model=model, ddp=ddp, params=params, opt=opt,
+               scaler=scaler, sampler=sampler, state=state, log=open(out / "log.jsonl", "a") if d.main else None)
+
+
+def _step(run: Run, batch: dict) -> dict:
+    """One optimiser step; returns the loss parts."""
+    b = _to(batch, run.device)
+    with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        o = run.ddp(b["host"], b["partner"], b["bgm"], b["pose0"], run.n_frames, target=b["coeffs"])
+    parts = run.loss_fn(o, b["coeffs"])
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(parts["loss"]).backward()
+    if run.cfg.grad_clip > 0:
+        run.scaler.unscale_(run.opt)
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    return parts
+
+
+def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
+    """The step loop of the current epoch (from where a resume left off). Returns (steps taken, stop
+    reason or None when the epoch ran to its end)."""
+    cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
+    run.sampler.set_epoch(epoch)
+    skip = state["batch_in_epoch"]
+    loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, sampler=SkipSampler(run.sampler, skip * cfg.batch_size),
+                        drop_last=True, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    bar = None
+    if progress and run.d.main:
+        from tqdm import tqdm
+        bar = tqdm(total=len(run.sampler) // cfg.batch_size, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   dynamic_ncols=True, leave=False, file=sys.stderr)
+    steps, reason = 0, None
+    for batch in loader:
+        parts = _step(run, batch)
+        state["step"] += 1
+        state["batch_in_epoch"] += 1
+        steps += 1
+        if run.d.main:
+            rec = {"type": "train", "step": state["step"], "epoch": epoch, "time": round(time.time() - t0, 3),
+                   "lr": cfg.lr, **{k: float(v.detach()) for k, v in parts.items()}}
+            run.log.write(json.dumps(rec) + "\n")
+            run.log.flush()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
+            run.save("last")
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            reason = "max_steps"
+        elif cfg.time_budget_s and time.time() - t0 >= cfg.time_budget_s:
+            reason = "time_budget"
+        if run.d.enabled:  # every rank must stop at the same step
+            flag = torch.tensor(float(reason is not None), device=run.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            reason = reason or ("peer" if flag.item() else None)
+        if reason:
             break
-        # Epoch finished: validate, keep the best, save the unwrapped model, then checkpoint.
-        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-        if d.main:
-            if val_loader is not None:
-                v = validate(model, val_loader, loss_fn, device, n_frames)
-                log.write(json.dumps({"type": "val", "step": state["step"], "epoch": epoch, **v}) + "\n")
-                log.flush()
-                if v["val_loss"] < state["best_val"]:
-                    state["best_val"] = v["val_loss"]
-                    atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames,
-                                 "step": state["step"], "epoch": epoch, "val": v}, out / "best.pt")
-            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "step": state["step"],
-                         "train_config": cfg.to_dict()}, out / "model.pt")
-            plot_curves(log_path, out / "curves.png")
-        checkpoint()
-        if d.enabled:
-            torch.distributed.barrier()
-    if d.main:
-        atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "step": state["step"],
-                     "train_config": cfg.to_dict()}, out / "model.pt")
-        if not (out / "best.pt").exists():  # no validation split: the last weights are the best we know
-            atomic_save({"model": model.state_dict(), "model_config": cfg.model.to_dict(), "window": n_frames, "step": state["step"]},
-                        out / "best.pt")
-        plot_curves(log_path, out / "curves.png")
-        log.close()
-    elapsed = time.time() - t0
-    if d.enabled:
+    if bar is not None:
+        bar.close()
+    return steps, reason
+
+
+def end_epoch(run: Run) -> None:
+    """Epoch finished: validate, keep the best, save the unwrapped model, redraw curves, checkpoint."""
+    epoch = run.state["epoch"]
+    run.state["epoch"], run.state["batch_in_epoch"] = epoch + 1, 0
+    if run.d.main:
+        if run.val_loader is not None:
+            v = validate(run.model, run.val_loader, run.loss_fn, run.device, run.n_frames)
+            run.log.write(json.dumps({"type": "val", "step": run.state["step"], "epoch": epoch, **v}) + "\n")
+            run.log.flush()
+            if v["val_loss"] < run.state["best_val"]:
+                run.state["best_val"] = v["val_loss"]
+                run.save("best", epoch=epoch, val=v)
+        run.save("model")
+        plot_curves(run.log_path, run.out / "curves.png")
+    run.save("last")
+    if run.d.enabled:
         torch.distributed.barrier()
-    return {"step": state["step"], "epoch": state["epoch"], "steps_this_run": steps_here,
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) into ``cfg.out``. Returns a summary dict (steps, steps/s, best val...)."""
+    run = setup(cfg, resume)
+    t0, steps_here, stop_reason = time.time(), 0, "epochs"
+    run.model.train()
+    while run.state["epoch"] < run.cfg.epochs:
+        n, reason = run_epoch(run, t0, progress)
+        steps_here += n
+        if reason:
+            stop_reason = reason
+            run.save("last")
+            break
+        end_epoch(run)
+    if run.d.main:
+        run.save("model")
+        if not (run.out / "best.pt").exists():  # no validation split: the last weights are the best we know
+            run.save("best")
+        plot_curves(run.log_path, run.out / "curves.png")
+        run.log.close()
+    elapsed = time.time() - t0
+    if run.d.enabled:
+        torch.distributed.barrier()
+    best = run.state["best_val"]
+    return {"step": run.state["step"], "epoch": run.state["epoch"], "steps_this_run": steps_here,
             "steps_per_s": steps_here / max(elapsed, 1e-9),
-            "best_val": state["best_val"] if math.isfinite(state["best_val"]) and d.main else None, "stopped": stop_reason,
-            "device": str(device), "world_size": d.world}
+            "best_val": best if math.isfinite(best) and run.d.main else None, "stopped": stop_reason,
+            "device": str(run.device), "world_size": run.d.world}

@@ -81,7 +81,7 @@ def test_train_two_epochs_outputs(lmdb_path, tmp_path):
     assert [r["step"] for r in log if r["type"] == "train"] == list(range(1, 15))
     vals = [r for r in log if r["type"] == "val"]
     assert [v["epoch"] for v in vals] == [0, 1]
-    ck = torch.load(out / "last.pt", weights_only=False)
+    ck = torch.load(out / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scaler", "rng", "step", "epoch", "model_config"} <= set(ck)
     assert json.loads((out / "config.json").read_text())["model"]["d_model"] == 16
     assert vals[1]["val_loss"] < vals[0]["val_loss"]   # it learns something (fixed val data, z = 0)
@@ -95,7 +95,7 @@ def test_resume_is_bit_identical(lmdb_path, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(_cfg(lmdb_path, a, max_steps=10), progress=False)
     train(_cfg(lmdb_path, b, max_steps=4), progress=False)
-    assert torch.load(b / "last.pt", weights_only=False)["batch_in_epoch"] == 4
+    assert torch.load(b / "last.pt", weights_only=True)["batch_in_epoch"] == 4
     train(_cfg(lmdb_path, b, max_steps=10), resume=True, progress=False)
     la = {r["step"]: r["loss"] for r in read_log(a / "log.jsonl") if r["type"] == "train"}
     lb = [r for r in read_log(b / "log.jsonl") if r["type"] == "train"]
@@ -124,7 +124,7 @@ def test_kill9_then_resume_has_no_gap_or_duplicate(lmdb_path, tmp_path):
         if proc.poll() is None:
             proc.kill()
     killed_at = max(r["step"] for r in read_log(out / "log.jsonl") if r["type"] == "train")
-    ck_step = torch.load(out / "last.pt", weights_only=False)["step"]
+    ck_step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert ck_step <= killed_at and (ck_step % 3 == 0 or ck_step % 7 == 0)
     # resume with a shorter run length: 3 epochs of 7 steps
     res = subprocess.run(cmd[:cmd.index("--epochs")] + ["--epochs", "3", "--resume"] + cmd[cmd.index("--epochs") + 2:],

@@ -1,7 +1,8 @@
 """Audio encoders: wav2vec2 (the paper's; weights from a hub id or a local folder) or log-mel (no weights).
 
 Both map a batch of 16 kHz waveforms (B, N) to features (B, T_a, out_dim) at ~50 Hz; the branches
-interpolate those to 30 fps themselves.
+interpolate those to the motion frame rate themselves. 16 kHz is the encoders' input rate (wav2vec2
+was pretrained on it), so the trainer refuses LMDBs packed at another rate.
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
+
+
+ENCODER_SR = 16000  # the audio encoders' input sample rate (a model property, not a data one)
 
 
 class AudioEncoderUnavailable(RuntimeError):
@@ -33,7 +37,7 @@ def _mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 50.0, fmax: flo
 class LogMelEncoder(nn.Module):
     """Log-mel spectrogram (20 ms hop, like wav2vec2's 50 Hz) + two 1-D convolutions. No pretrained weights."""
 
-    def __init__(self, out_dim: int = 64, sr: int = 16000, n_mels: int = 40, n_fft: int = 512, hop: int = 320):
+    def __init__(self, out_dim: int = 64, sr: int = ENCODER_SR, n_mels: int = 40, n_fft: int = 512, hop: int = 320):
         super().__init__()
         self.n_fft, self.hop, self.out_dim = n_fft, hop, out_dim
         self.register_buffer("fb", torch.from_numpy(_mel_filters(sr, n_fft, n_mels)), persistent=False)

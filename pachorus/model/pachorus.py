@@ -76,7 +76,7 @@ def _anchor(x: torch.Tensor) -> torch.Tensor:
 
 
 class HostAnimator(nn.Module):
-    """Host vocal -> linear -> interpolate to 30 fps -> transformer decoder -> 56 coefficients.
+    """Host vocal -> linear -> interpolate to the motion frame rate -> transformer decoder -> 56 coefficients.
 
     The decoder's queries are the frame-rate audio features + position + a pose0 embedding; it
     cross-attends to the same features. ``causal=True`` gives the FaceFormer-style masks.
@@ -195,8 +195,9 @@ def build_model(cfg: ModelConfig | dict) -> PaChorus:
 
 
 def load_model(path, map_location="cpu") -> tuple[PaChorus, dict]:
-    """Load any checkpoint this package writes (last.pt, best.pt, model.pt): needs ``model`` + ``model_config``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    """Load any checkpoint this package writes (last.pt, best.pt, model.pt) through the one safe loader."""
+    from ..checkpoint import load_checkpoint
+    ckpt = load_checkpoint(path, map_location=map_location)
     model = build_model(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     model.eval()
