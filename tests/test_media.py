@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from chorushead.core import media
 
@@ -44,3 +45,26 @@ def test_probe_and_audio_roundtrip(tmp_path):
     back = media.load_audio(w, 8000)
     assert len(back) == 8000
     np.testing.assert_allclose(media.resample(tone, sr, 8000)[100:-100], back[100:-100], atol=0.02)
+
+
+def test_cut_clip_starts_on_the_range_and_keeps_audio(tmp_path):
+    src, clip = tmp_path / "n.mp4", tmp_path / "clip.mp4"
+    frames = np.zeros((60, 64, 128, 3), np.uint8)      # 128 wide: the clip is scaled down to max_width
+    for i in range(60):
+        frames[i] = i * 4
+    wav = tmp_path / "a.wav"
+    media.write_wav(wav, (0.2 * np.sin(np.arange(2 * 16000) * 0.1)).astype(np.float32), 16000)
+    media.encode_video(src, frames, fps=30, audio=wav, crf=0)
+    media.cut_clip(src, clip, start=40 / 30, duration=20 / 30, fps=30, max_width=64, crf=0)
+    pr = media.probe(clip)
+    assert (pr.width, pr.height) == (64, 32) and pr.has_audio
+    got = [int(round(f.mean() / 4)) for f in np.concatenate(list(media.iter_frames(clip)))]
+    assert got == list(range(40, 60))
+
+
+def test_cut_clip_of_a_damaged_source_says_so_and_leaves_nothing(tmp_path):
+    bad, clip = tmp_path / "bad.mp4", tmp_path / "clip.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    with pytest.raises(RuntimeError, match="ffmpeg could not cut the clip from bad.mp4"):
+        media.cut_clip(bad, clip, 0.0, 1.0)
+    assert not clip.exists()

@@ -1,4 +1,4 @@
-"""ffmpeg wrappers: probe, decode audio and frames, write wav, encode video.
+"""ffmpeg wrappers: probe, decode audio and frames, write wav, encode video, cut review clips.
 
 We use the static ffmpeg that ships inside ``imageio-ffmpeg`` (no ffprobe there), so probing parses
 ``ffmpeg -i`` output. Frames are always decoded through ffmpeg's ``fps`` filter onto a constant
@@ -208,6 +208,27 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def cut_clip(source: str | Path, dest: str | Path, start: float, duration: float, fps: int = 30,
+             max_width: int = 640, crf: int = 23) -> None:
+    """Cut [start, start + duration) seconds of ``source`` to an H.264/AAC mp4 for a browser.
+
+    Re-encoded, not stream-copied, so the clip starts exactly on the first frame of the range (the
+    same ``fps`` timeline as :func:`iter_frames`), has a keyframe every half second (instant seeking)
+    and is at most ``max_width`` wide. Audio is kept when the source has any.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+           "-ss", f"{start:.6f}", "-i", str(source), "-t", f"{duration:.6f}",
+           "-map", "0:v:0", "-map", "0:a:0?",
+           "-vf", f"fps={fps},scale='min({max_width},iw)':-2",
+           "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+           "-g", str(max(1, fps // 2)), "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(dest)]
+    p = subprocess.run(cmd, capture_output=True)
+    if p.returncode != 0 or not Path(dest).exists():
+        Path(dest).unlink(missing_ok=True)
+        raise RuntimeError(f"ffmpeg could not cut the clip from {Path(source).name}: "
+                           f"{p.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 def encode_video(path: str | Path, frames: np.ndarray | list, fps: int = 30, audio: str | Path | None = None,
