@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from chorushead.backends.spleeter import JsonLinesWorker
+from chorushead.backends.worker import JsonLinesWorker
 from chorushead.core.errors import MissingAsset, StageError
 
 REPO = Path(__file__).resolve().parents[2]

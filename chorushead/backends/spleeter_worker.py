@@ -167,8 +167,8 @@ def serve(runner: SpleeterRunner, inp, out) -> None:
 
 
 def main() -> None:
-    # Run as a script, this file's folder is sys.path[0] and holds chorushead's own ``spleeter.py``,
-    # which would shadow the real package on ``import spleeter``.
+    # Run as a script, this file's folder is sys.path[0] and holds chorushead's adapters (``spleeter.py``,
+    # ``worker.py``, ...); ``spleeter.py`` would shadow the real package on ``import spleeter``.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
