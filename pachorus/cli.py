@@ -122,11 +122,11 @@ def eval_cmd(
     must come from data with the same fps, sample rate, fit backend and coefficient groups.
     """
     from .evaluate import evaluate, format_table
-    if flame is None:
-        typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE and "
-                   "coefficient errors only. Get FLAME at https://flame.is.tue.mpg.de (registration).", err=True)
     out = out or ckpt.with_name(f"eval_{split}.json")
     res = evaluate(ckpt, data, split, flame, out, batch_size, device)
+    if flame is None:   # after the run, so that an error stays the only stderr line
+        typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE and "
+                   "coefficient errors only. Get FLAME at https://flame.is.tue.mpg.de (registration).", err=True)
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
     if res["masked_groups"]:
         typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
