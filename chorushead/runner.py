@@ -62,8 +62,10 @@ class Pipeline:
 
 
 def default_pipeline_path() -> Path:
+    """The installed package's copy (a wheel ships the top-level pipelines/ as chorushead/pipelines/,
+    see pyproject.toml), else the checkout's pipelines/chorushead.toml."""
     here = Path(__file__).resolve().parent
-    for p in (here.parent / "pipelines" / "chorushead.toml", here / "data" / "chorushead.toml"):
+    for p in (here / "pipelines" / "chorushead.toml", here.parent / "pipelines" / "chorushead.toml"):
         if p.exists():
             return p
     raise FileNotFoundError("pipelines/chorushead.toml not found; pass --pipeline FILE")

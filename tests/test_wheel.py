@@ -1,0 +1,84 @@
+"""The project installs as a plain wheel (not editable) and works from any folder: the default pipeline
+file and the review page's static files ship inside the package."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_is_listed_in_pyproject():
+    """pyproject lists its packages (to map pipelines/ into the wheel), so a new one must be added there."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts)
+               for top in ("chorushead", "pachorus") for p in (ROOT / top).rglob("__init__.py")}
+    listed = set(cfg["packages"])
+    assert on_disk - listed == set(), f"add these to [tool.setuptools] packages in pyproject.toml: {on_disk - listed}"
+    assert listed - on_disk == {"chorushead.pipelines"}
+    assert cfg["package-dir"]["chorushead.pipelines"] == "pipelines"
+    assert (ROOT / "pipelines" / "chorushead.toml").is_file()
+
+
+# Run inside the venv: where the package, the pipeline file and the page come from, and that the page serves.
+PROBE = r"""
+import http.client, json, sys, threading
+import chorushead
+from chorushead.runner import Pipeline, default_pipeline_path
+from chorushead.review.server import STATIC, make_server
+srv = make_server(sys.argv[1], port=0)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+pages = {}
+for path in ("/", "/static/app.js", "/api/segments"):
+    c.request("GET", path, headers={"Host": f"127.0.0.1:{srv.port}"})
+    r = c.getresponse()
+    pages[path] = [r.status, len(r.read())]
+srv.shutdown()
+print(json.dumps({"package": chorushead.__file__, "pipeline": str(default_pipeline_path()),
+                  "stages": Pipeline.load().stages, "static": str(STATIC), "pages": pages}))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
+    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(dist), str(ROOT)], check=True, cwd=work)
+    wheel = next(dist.glob("chorushead-*.whl"))
+    # --system-site-packages: torch and friends come from this interpreter, nothing is downloaded
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py, exe = venv / "bin" / "python", venv / "bin" / "chorushead"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                   check=True, cwd=work)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}    # the checkout must not leak in
+
+    out = work / "demo"
+    demo = subprocess.run([str(exe), "demo", "--out", str(out), "--seconds", "6"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    # Without EMOCA the demo stops at fit (exit code 0 or not); everything before it must have run.
+    ran = {json.loads(line)["stage"]: json.loads(line)["status"]
+           for stage in ("ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity")
+           for line in (out / "build" / "manifests" / f"{stage}.jsonl").read_text().splitlines()[-1:]}
+    assert ran == {"ingest": "done", "bgm_split": "skipped", "duet_split": "skipped", "vad": "done",
+                   "crop": "done", "contiguity": "done"}, demo.stdout + demo.stderr
+    assert "pipelines/chorushead.toml not found" not in demo.stdout + demo.stderr
+
+    probe = subprocess.run([str(py), "-c", PROBE, str(out / "build")], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    site = str(venv / "lib")
+    assert got["package"].startswith(site), f"the venv imported {got['package']}, not the wheel"
+    assert got["pipeline"].startswith(site) and got["pipeline"].endswith("chorushead/pipelines/chorushead.toml")
+    assert got["stages"][:2] == ["ingest", "bgm_split"] and got["stages"][-1] == "pack"
+    assert got["static"].startswith(site)
+    assert got["pages"]["/"][0] == 200 and got["pages"]["/"][1] > 1000
+    assert got["pages"]["/static/app.js"][0] == 200 and got["pages"]["/api/segments"][0] == 200
