@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -48,10 +49,18 @@ print(json.dumps({"package": chorushead.__file__, "pipeline": str(default_pipeli
 
 @pytest.mark.slow
 def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
-    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
+    src, dist, venv, work = tmp_path / "src", tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
     work.mkdir()
+    # Build from a copy of the files git would ship: setuptools leaves build/ in the source folder, and
+    # a stale build/lib there could put modules deleted since into the wheel.
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(dist), str(ROOT)], check=True, cwd=work)
+                    "-w", str(dist), str(src)], check=True, cwd=work)
     wheel = next(dist.glob("chorushead-*.whl"))
     # --system-site-packages: torch and friends come from this interpreter, nothing is downloaded
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
