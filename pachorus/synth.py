@@ -5,7 +5,7 @@ Each "video" is a song of ``seconds`` with ``n_singers`` singers and a BGM. Sing
 syllable. The FLAME coefficients of each singer follow these rules (strong on purpose: a
 throwaway prototype showed 0.05-rad nods drown in seed noise):
 
-- jaw:  jaw[0] = 0.3 · (host RMS envelope at 30 fps, centred 3-frame smoothing, ÷0.15, clipped at 1.5);
+- jaw:  jaw[0] = 0.3 · (host RMS envelope per motion frame, centred 3-frame smoothing, ÷0.15, clipped at 1.5);
 - exp:  exp = M · b, with M a fixed (50×8) matrix (same for every song) and b the host's 8 log-band
         energies (100 Hz–4 kHz) squashed to [0, 1];
 - yaw:  0.3 rad turn TOWARD the partner(s), a 1.2 s raised-cosine bump starting 0.2 s after each

@@ -359,8 +359,8 @@ def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
     cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
     run.sampler.set_epoch(epoch)
     skip = state["batch_in_epoch"]
-    loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, sampler=SkipSampler(run.sampler, skip * cfg.batch_size),
-                        drop_last=True, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
+    loader = DataLoader(run.train_ds, batch_size=cfg.batch_size,
+                        sampler=SkipSampler(run.sampler, skip * cfg.batch_size), drop_last=True, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed + epoch))
     bar = None
     if progress and run.d.main:
@@ -390,7 +390,7 @@ def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
         if run.d.enabled:  # every rank must stop at the same step
             flag = torch.tensor(float(reason is not None), device=run.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            reason = reason or ("peer" if flag.item() else None)
+            reason = reason or ("another_rank" if flag.item() else None)
         if reason:
             break
     if bar is not None:
