@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,13 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(dist), str(src)], check=True, cwd=work)
     wheel = next(dist.glob("chorushead-*.whl"))
+    # every file of the packages git tracks is in the wheel (code, the page, data files), pipelines/ included
+    with zipfile.ZipFile(wheel) as z:
+        shipped = set(z.namelist())
+    wanted = {rel for rel in filter(None, files) if rel.split("/")[0] in ("chorushead", "pachorus")}
+    wanted |= {f"chorushead/{rel}" for rel in filter(None, files) if rel.startswith("pipelines/")
+               and rel.endswith(".toml")}
+    assert wanted - shipped == set(), f"missing from the wheel: {sorted(wanted - shipped)}"
     # --system-site-packages: torch and friends come from this interpreter, nothing is downloaded
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py, exe = venv / "bin" / "python", venv / "bin" / "chorushead"
