@@ -1,11 +1,13 @@
-"""Runs a pipeline's stages over items, resumably, on local processes.
+"""Runs a pipeline's stages over items, resumably, on local processes or a Dask/Ray cluster.
 
-For every item-stage the runner computes a fingerprint from the stage's name, version, parameters and
-the fingerprints of the upstream records it needs (ingest: of the input file). An item whose newest
-record is done with that fingerprint is skipped; failed or changed ones are (re)done. Work runs in
-joblib workers; only this process appends to manifests, so records from workers that finish in any
-order are neither lost nor duplicated. A worker that dies mid-item leaves no record: the item stays
-pending and the next run does it again.
+For every item-stage the runner computes a fingerprint from the stage's name, version, parameters, the
+pipeline's fps and the fingerprints of the upstream records it needs (ingest: of the input file). An item
+whose newest record is done with that fingerprint is skipped; failed or changed ones are (re)done. Work
+runs through an executor (in this process, local processes, Dask or Ray: see executors.py); only this
+process appends to the stage manifests, so records from workers that finish in any order are neither
+lost nor duplicated. A worker that dies mid-item leaves no record: the item stays pending and the next
+run does it again. Global stages (pack) get every ready item at once and return results the same way;
+the runner checks every result against the stage's declared Outputs/Metrics before it becomes a record.
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from chorushead.core.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
-from chorushead.stages import get_stage
 from chorushead.core.errors import StageError
-from chorushead.stages.base import Context, Item, Result, Stage, params_dict
+from chorushead.core.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
+from chorushead.core.shapes import ShapeError
+from chorushead.stages import get_stage
+from chorushead.stages.base import DEFAULT_FPS, Context, GlobalContext, Item, Result, Stage, params_dict
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 try:
@@ -40,25 +43,34 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 class Pipeline:
     stages: list[str]
     params: dict[str, dict[str, Any]]
-    fps: int = 30
+    fps: int = DEFAULT_FPS          # the one frame rate of the build: every stage gets it as ctx.fps
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Iterable[str] = ()) -> "Pipeline":
         path = Path(path) if path else default_pipeline_path()
         with open(path, "rb") as f:
             cfg = tomllib.load(f)
-        stages = list(cfg.get("pipeline", {}).get("stages", []))
+        pipe = dict(cfg.get("pipeline", {}))
         params = {k: dict(v) for k, v in cfg.get("stages", {}).items()}
         for ov in overrides:
             key, _, raw = ov.partition("=")
             stage, _, name = key.partition(".")
             if not name or not _:
-                raise ValueError(f"--set expects stage.param=value, got {ov!r}")
-            params.setdefault(stage, {})[name] = _parse_value(raw)
+                raise ValueError(f"--set expects stage.param=value (or pipeline.fps=N), got {ov!r}")
+            if stage == "pipeline":
+                if name != "fps":
+                    raise ValueError(f"--set {ov!r}: only pipeline.fps can be set; the stages are [pipeline] stages")
+                pipe["fps"] = _parse_value(raw)
+            else:
+                params.setdefault(stage, {})[name] = _parse_value(raw)
+        stages = list(pipe.get("stages", []))
         for s in params:
             if s not in stages and s != "review":
                 raise ValueError(f"{path}: parameters for unknown stage {s!r}")
-        return cls(stages=stages, params=params, fps=int(cfg.get("pipeline", {}).get("fps", 30)))
+        fps = pipe.get("fps", DEFAULT_FPS)
+        if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
+            raise ValueError(f"{path}: [pipeline] fps must be a positive whole number, got {fps!r}")
+        return cls(stages=stages, params=params, fps=fps)
 
 
 def default_pipeline_path() -> Path:
@@ -185,10 +197,12 @@ class Task:
     out: str
     upstream: dict[str, Record]
     fp: str
+    fps: int
 
 
 def run_task(task: Task) -> Record:
-    """Process one item in this process. Never raises: failures become failed records."""
+    """Process one item in this process. Failures become failed records; only a result that does not
+    match the stage's declared shapes raises (a bug in the stage, the same for every item)."""
     stage = get_stage(task.stage)
     out = Path(task.out)
     final = task.item.dir(out) / stage.name
@@ -203,13 +217,17 @@ def run_task(task: Task) -> Record:
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         model = _model_for(stage, params)
-        ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream)
+        ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream, fps=task.fps)
         res: Result = stage.process(ctx, params, model)
+        stage.check(res)
         outputs = _relativise(res.outputs, tmp, final.relative_to(out))
         _swap_in(tmp, final)
         return Record(item=task.item.id, stage=stage.name, status=res.status, fingerprint=task.fp,
                       outputs=outputs, metrics=res.metrics, reason=res.reason, stage_version=stage.version,
                       started=t0, seconds=round(time.time() - t0, 3))
+    except ShapeError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except Exception as e:  # one bad item never stops the batch
         shutil.rmtree(tmp, ignore_errors=True)
         msg = str(e) if isinstance(e, StageError) else f"{e} ({_where(e)})"
@@ -271,39 +289,47 @@ class StageSummary:
             self.failures.append((r.item, f"{r.error_class}: {r.message}"))
 
 
-def upstream_fingerprint(stage: Stage, params: Any, item: Item, upstream: dict[str, Record]) -> str:
-    base = [stage.name, stage.version, params_dict(params)]
+def upstream_fingerprint(stage: Stage, params: Any, item: Item, upstream: dict[str, Record], fps: int,
+                         plan: Any = None) -> str:
+    """``plan``: what a global stage says the item's result also depends on (see Stage.plan)."""
+    base = [stage.name, stage.version, params_dict(params), fps]
     if not stage.needs:  # first stage: fingerprint the inputs themselves
         src = Path(item.source)
         base.append(file_fingerprint(src) if src.is_file() and os.access(src, os.R_OK) else f"unreadable:{src}")
         if item.stems:
             base.append(sorted((p.name, file_fingerprint(p)) for p in Path(item.stems).glob("*.wav")))
     base.append({k: r.fingerprint for k, r in sorted(upstream.items())})
+    if plan is not None:
+        base.append(plan)
     return fingerprint(*base)
 
 
+def ready_upstream(stage: Stage, items: list[Item], latest: dict[str, dict[str, Record]]) -> dict[str, dict[str, Record]]:
+    """Item id -> the newest record of each stage ``stage`` needs, for items where all of them are ok."""
+    ready = {}
+    for it in items:
+        ups = {need: latest.get(need, {}).get(it.id) for need in stage.needs}
+        if all(r is not None and r.ok for r in ups.values()):
+            ready[it.id] = ups
+    return ready
+
+
 def plan_stage(stage: Stage, params: Any, items: list[Item], out: Path,
-               latest: dict[str, dict[str, Record]]) -> tuple[list[Task], int, int]:
+               latest: dict[str, dict[str, Record]], fps: int) -> tuple[list[Task], int, int]:
     """Tasks to run for one item stage; also counts items reused (done) and blocked by upstream."""
     mine = latest.get(stage.name, {})
-    tasks, reused, blocked = [], 0, 0
+    ready = ready_upstream(stage, items, latest)
+    tasks, reused = [], 0
     for it in items:
-        ups = {}
-        for need in stage.needs:
-            r = latest.get(need, {}).get(it.id)
-            if r is None or not r.ok:
-                break
-            ups[need] = r
-        else:
-            fp = upstream_fingerprint(stage, params, it, ups)
-            prev = mine.get(it.id)
-            if prev is not None and prev.ok and prev.fingerprint == fp:
-                reused += 1
-                continue
-            tasks.append(Task(stage.name, params_dict(params), it, str(out), ups, fp))
+        if it.id not in ready:
             continue
-        blocked += 1
-    return tasks, reused, blocked
+        fp = upstream_fingerprint(stage, params, it, ready[it.id], fps)
+        prev = mine.get(it.id)
+        if prev is not None and prev.ok and prev.fingerprint == fp:
+            reused += 1
+            continue
+        tasks.append(Task(stage.name, params_dict(params), it, str(out), ready[it.id], fp, fps))
+    return tasks, reused, len(items) - len(ready)
 
 
 def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] | None = None,
@@ -341,19 +367,41 @@ def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, 
     t0 = time.time()
     manifest = Manifest(out, stage.name)
     if stage.kind == "global":
-        records = stage.run_global(out=out, items=items, params=params, latest=latest, progress=progress,
-                                   pipeline=pipeline)
-        for r in records:
-            manifest.append(r)
-            summ.count(r)
+        for rec in run_global_stage(stage, params, items, out, latest, pipeline.fps, progress):
+            manifest.append(rec)
+            summ.count(rec)
         summ.seconds = time.time() - t0
         return summ
-    tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest)
+    tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest, pipeline.fps)
     for rec in _execute(tasks, jobs, stage, progress, backend, scheduler):
         manifest.append(rec)
         summ.count(rec)
     summ.seconds = time.time() - t0
     return summ
+
+
+def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
+                     latest: dict[str, dict[str, Record]], fps: int, progress: bool = False) -> list[Record]:
+    """One call of a global stage over every ready item; its results become records (not appended)."""
+    ready = dict(sorted(ready_upstream(stage, items, latest).items()))
+    by_id = {it.id: it for it in items}
+    ctx = GlobalContext(out=Path(out), fps=fps, upstream=ready, previous=latest.get(stage.name, {}),
+                        fingerprints={}, progress=progress)
+    plans = stage.plan(ctx, params) if stage.plan is not None else {}
+    ctx.fingerprints = {vid: upstream_fingerprint(stage, params, by_id[vid], ups, fps, plans.get(vid))
+                        for vid, ups in ready.items()}
+    t0 = time.time()
+    results = stage.process_all(ctx, params, plans)
+    records = []
+    for vid, res in results.items():
+        if vid not in ready:
+            raise ShapeError(f"stage {stage.name}: a result for {vid!r}, which was not among its ready items")
+        stage.check(res)
+        records.append(Record(item=vid, stage=stage.name, status=res.status, fingerprint=ctx.fingerprints[vid],
+                              outputs=res.outputs, metrics=res.metrics, reason=res.reason,
+                              stage_version=stage.version, started=t0,
+                              seconds=res.seconds if res.seconds is not None else round(time.time() - t0, 3)))
+    return records
 
 
 def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool, backend: str = "local",

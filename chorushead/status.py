@@ -6,6 +6,7 @@ from pathlib import Path
 
 from chorushead.core.manifest import Manifest
 from chorushead.runner import Pipeline, StageSummary, load_items
+from chorushead.stages import contiguity, crop, ingest, pack
 
 
 @dataclass
@@ -29,17 +30,19 @@ def collect(out: Path, pipeline: Pipeline) -> BuildStatus:
         for iid in items:
             st.count(latest[s].get(iid))
         stages.append(st)
-    ing = [r for r in latest.get("ingest", {}).values() if r.ok]
-    seconds = sum(float(r.outputs.get("duration", 0)) for r in ing)
-    frames = sum(int(r.metrics.get("frames", 0)) for r in latest.get("crop", {}).values() if r.ok)
-    cont = [r for r in latest.get("contiguity", {}).values() if r.ok]
+    def ok(stage: str):
+        return [r for r in latest.get(stage, {}).values() if r.ok]
+
+    seconds = sum(ingest.Outputs.of(r).duration for r in ok("ingest"))
+    frames = sum(crop.Outputs.of(r).frames for r in ok("crop"))
+    cont = ok("contiguity")
     windows: dict[str, int] = {}
-    for r in latest.get("pack", {}).values():
-        if r.ok:
-            windows[r.outputs.get("split", "?")] = windows.get(r.outputs.get("split", "?"), 0) + int(r.outputs.get("windows", 0))
+    for r in ok("pack"):
+        o = pack.Outputs.of(r)
+        windows[o.split] = windows.get(o.split, 0) + o.windows
     return BuildStatus(items=len(items), stages=stages, hours=seconds / 3600, frames=frames,
-                       segments=sum(len(r.outputs.get("segments", [])) for r in cont),
-                       frames_in_segments=sum(int(r.metrics.get("frames_kept", 0)) for r in cont), windows=windows)
+                       segments=sum(len(contiguity.Outputs.of(r).segments) for r in cont),
+                       frames_in_segments=sum(contiguity.Metrics.of(r).frames_kept for r in cont), windows=windows)
 
 
 def format_status(bs: BuildStatus, max_failures: int = 20) -> str:

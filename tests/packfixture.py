@@ -12,7 +12,7 @@ from chorushead.stages.base import Item
 
 
 def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=((0, 200), (220, 360)),
-                  sr: int = 16000, fps: int = 30, seed: int = 0) -> list[Item]:
+                  sr: int = 16000, fps: int = 30, seed: int = 0, fit_backend: str | None = None) -> list[Item]:
     rng = np.random.default_rng(seed)
     items = []
     for v in range(n_videos):
@@ -37,12 +37,17 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
             c[:, :, 53:56] = rng.standard_normal((2, b - a, 3)) * 0.1
             np.savez(d / "smooth" / f"seg{i:03d}.npz", coeffs=c)
             segs.append(f"items/{it.id}/smooth/seg{i:03d}.npz")
+        fit = {"segments": segs, "n_strips": 2}     # (the raw fits are not read by pack)
+        if fit_backend is not None:                 # else: a record from before fits named their backend
+            fit.update(backend=fit_backend, coeff_groups=["exp", "jaw", "pose"])
         ups = {
-            "vad": {"start_frame": 0, "end_frame": int(seconds * fps), "singers_16k": singers,
-                    "bgm_16k": f"items/{it.id}/vad/bgm_16k.wav", "vocals_16k": singers[0], "sr": sr},
+            "vad": {"start_frame": 0, "end_frame": int(seconds * fps), "start_s": 0.0, "end_s": float(seconds),
+                    "singers_16k": singers, "bgm_16k": f"items/{it.id}/vad/bgm_16k.wav", "vocals_16k": singers[0],
+                    "sr": sr},
             "contiguity": {"segments": [list(s) for s in segments], "strip_runs": [], "n_frames": int(seconds * fps)},
+            "fit": fit,
             "smooth": {"segments": segs},
-            "assign": {"order": [0, 1], "confidence": 1.0},
+            "assign": {"order": [0, 1], "confidence": 1.0, "low_confidence": False},
         }
         for stage, outputs in ups.items():
             Manifest(out, stage).append(Record(item=it.id, stage=stage, status="done",

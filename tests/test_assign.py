@@ -52,10 +52,13 @@ def build(root: Path, n_singers: int, segments, track_order, seed=0, related=Tru
     tmp = root / "items/song/.assign.tmp"
     tmp.mkdir()
     rec = lambda st, o: Record(item="song", stage=st, status="done", fingerprint="x", outputs=o)  # noqa: E731
-    ups = {"vad": rec("vad", {"singers_16k": tracks, "start_frame": 0, "end_frame": n_frames}),
+    ups = {"vad": rec("vad", {"singers_16k": tracks, "start_frame": 0, "end_frame": n_frames, "start_s": 0.0,
+                              "end_s": n_frames / FPS, "sr": SR, "vocals_16k": tracks[0], "bgm_16k": tracks[0]}),
            "smooth": rec("smooth", {"segments": files}),
-           "contiguity": rec("contiguity", {"segments": [list(x) for x in segments]})}
-    return Context(item=Item(id="song", source="x"), out=root, tmp=tmp, final=root / "items/song/assign", upstream=ups)
+           "contiguity": rec("contiguity", {"segments": [list(x) for x in segments], "strip_runs": [],
+                                            "n_frames": n_frames})}
+    return Context(item=Item(id="song", source="x"), out=root, tmp=tmp, final=root / "items/song/assign",
+                   upstream=ups, fps=FPS)
 
 
 SEGS = [(0, 300), (400, 700)]
@@ -65,6 +68,7 @@ SEGS = [(0, 300), (400, 700)]
 def test_duet_in_either_track_order(tmp_path, track_order):
     ctx = build(tmp_path, 2, SEGS, track_order)
     r = STAGE.process(ctx, Params(), None)
+    STAGE.check(r)                                   # what the runner checks before recording it
     # strip k shows voice k, which was written as track track_order.index(k)
     assert r.outputs["order"] == [track_order.index(k) for k in range(2)]
     assert not r.outputs["low_confidence"] and r.outputs["confidence"] > 0.3
@@ -111,3 +115,4 @@ def test_no_segments_skips(tmp_path):
     ctx.upstream["contiguity"].outputs["segments"] = []
     r = STAGE.process(ctx, Params(), None)
     assert r.status == "skipped" and r.outputs["low_confidence"] is True
+    STAGE.check(r)

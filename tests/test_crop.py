@@ -17,7 +17,7 @@ from chorushead.core.manifest import Record  # noqa: E402
 from chorushead.core.media import encode_video  # noqa: E402
 from chorushead.core.errors import BadInput
 from chorushead.stages.base import Context, Item  # noqa: E402
-from chorushead.stages.crop import STAGE, CropParams, emoca_crop_box, warp_crop  # noqa: E402
+from chorushead.stages.crop import STAGE, Params, emoca_crop_box, warp_crop  # noqa: E402
 
 N_FRAMES, START, END = 60, 5, 55          # source frames; vad keeps [5, 55)
 ABSENT = (20, 35)                         # source frames without strip 1's face
@@ -31,9 +31,11 @@ def make_ctx(tmp_path: Path, video: Path, start: int, end: int) -> Context:
     tmp = item.dir(out) / "crop.tmp"
     tmp.mkdir(parents=True)
     rec = lambda stage, outputs: Record(item=item.id, stage=stage, status="done", fingerprint="x", outputs=outputs)
-    upstream = {"ingest": rec("ingest", {"source": str(video), "width": SIZE[1], "height": SIZE[0]}),
-                "vad": rec("vad", {"start_frame": start, "end_frame": end})}
-    return Context(item=item, out=out, tmp=tmp, final=final, upstream=upstream)
+    upstream = {"ingest": rec("ingest", {"source": str(video), "width": SIZE[1], "height": SIZE[0], "fps": 30,
+                                         "n_frames": N_FRAMES, "duration": N_FRAMES / 30, "source_fps": 30.0}),
+                "vad": rec("vad", {"start_frame": start, "end_frame": end, "start_s": start / 30, "end_s": end / 30,
+                                   "sr": 16000, "vocals_16k": "v.wav", "bgm_16k": "b.wav", "singers_16k": []})}
+    return Context(item=item, out=out, tmp=tmp, final=final, upstream=upstream, fps=30)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def duet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector():
-    params = CropParams(min_face=48)                     # 256×256 strips: faces of 65-90 px
+    params = Params(min_face=48)                     # 256×256 strips: faces of 65-90 px
     return params, STAGE.setup(params)
 
 
@@ -86,7 +88,8 @@ def test_crop_stage_on_real_faces(tmp_path, duet, detector):
     assert det["detected"][1, ABSENT[0] - START - 1:ABSENT[0] - START + 1].all()
 
     assert res.outputs["detections"] == "detections.npz" and res.outputs["frames"] == T
-    assert res.metrics["faces_strip0"] == T and res.metrics["faces_strip1"] == int(has_face[1].sum())
+    assert res.metrics["faces_per_strip"] == [T, int(has_face[1].sum())]
+    STAGE.check(res)
 
 
 def test_empty_range_is_bad_input(tmp_path, duet, detector):

@@ -41,9 +41,10 @@ def make_build(root: Path, segments) -> Context:
     tmp = root / "items/song/.fit.tmp"
     tmp.mkdir(parents=True)
     ups = {"crop": Record(item="song", stage="crop", status="done", fingerprint="x",
-                          outputs={"strips": strips, "detections": "items/song/crop/detections.npz"}),
+                          outputs={"strips": strips, "detections": "items/song/crop/detections.npz",
+                                   "n_strips": 2, "frames": N_FRAMES, "start_frame": 0, "crop_size": 224}),
            "contiguity": Record(item="song", stage="contiguity", status="done", fingerprint="x",
-                                outputs={"segments": segments})}
+                                outputs={"segments": segments, "strip_runs": [], "n_frames": N_FRAMES})}
     return Context(item=Item(id="song", source="x.mp4"), out=root, tmp=tmp, final=root / "items/song/fit", upstream=ups)
 
 
@@ -59,6 +60,8 @@ def expected_codes(root: Path, strip: int, frame: int) -> dict[str, np.ndarray]:
 
 
 def check_outputs(ctx: Context, result, segments) -> None:
+    STAGE.check(result)                                  # the declared Outputs/Metrics, as the runner checks
+    assert result.outputs["backend"] == "emoca" and result.outputs["coeff_groups"] == ["exp", "jaw", "pose"]
     assert result.status == "done" and result.outputs["segments"] == [f"seg{i:03d}.npz" for i in range(len(segments))]
     for i, (start, end) in enumerate(segments):
         z = np.load(ctx.tmp / result.outputs["segments"][i])
@@ -138,3 +141,4 @@ def test_no_segments_skips(tmp_path):
     ctx = make_build(tmp_path, [])
     r = STAGE.process(ctx, Params(), None)
     assert r.status == "skipped" and r.outputs["segments"] == []
+    STAGE.check(r)

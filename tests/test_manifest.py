@@ -33,14 +33,21 @@ def test_torn_last_line_is_ignored_and_next_append_still_parses(tmp_path):
 
 def test_records_validate_against_schema():
     validate_record(rec("a", outputs={"source": "/x.mp4", "n_frames": 10, "fps": 30, "width": 2, "height": 2,
-                                      "duration": 1.0}).to_dict())
+                                      "duration": 1.0, "source_fps": 25.0},
+                        metrics={"seconds_of_video": 1.0, "frames": 10, "resolution": "2x2",
+                                 "source_fps": 25.0}).to_dict())
     validate_record(rec("a", status="failed", error_class="BadInput", message="no video stream").to_dict())
-    validate_record(rec("a", status="skipped", reason="stems supplied").to_dict())
+    stems = {"vocals": "items/a/ingest/stems/vocals.wav", "accompaniment": "items/a/ingest/stems/accompaniment.wav"}
+    validate_record(Record(item="a", stage="bgm_split", status="skipped", fingerprint="0" * 16,
+                           reason="stems supplied", outputs=stems).to_dict())   # skipped: outputs, no metrics
     import jsonschema
     with pytest.raises(jsonschema.ValidationError):
         validate_record(rec("a", status="failed").to_dict())  # a failure must say why
     with pytest.raises(jsonschema.ValidationError):
         validate_record(rec("a", outputs={"n_frames": 0}).to_dict())  # ingest outputs incomplete
+    with pytest.raises(jsonschema.ValidationError):                     # a done record has its metrics
+        validate_record(rec("a", outputs={"source": "/x.mp4", "n_frames": 10, "fps": 30, "width": 2, "height": 2,
+                                          "duration": 1.0, "source_fps": 25.0}).to_dict())
 
 
 def test_unknown_status_refused():

@@ -3,23 +3,34 @@ import sys
 import numpy as np
 import pytest
 
-from chorushead.core.manifest import Manifest
 from chorushead.core.decisions import record_decision
-from chorushead.runner import Pipeline, build
-from chorushead.stages.pack import PackParams, assign_splits, run_global
+from chorushead.core.errors import StageError
+from chorushead.core.manifest import Manifest
 from chorushead.core.windows import WindowReader
+from chorushead.runner import Pipeline, build, run_global_stage
+from chorushead.stages import pack
+from chorushead.stages.selection import assign_splits, kept_segments
 from conftest import kill_when, validate_record
 from packfixture import lmdb_content, make_upstream
 
 
-def latest(out):
-    return {s: Manifest(out, s).latest() for s in ("vad", "contiguity", "smooth", "assign", "pack")}
+def run_pack(out, items, params=None, fps=30, append=False):
+    """Pack as the runner runs it (plan, fingerprints, process_all, records); ``append`` as the runner does."""
+    latest = {s: Manifest(out, s).latest() for s in (*pack.NEEDS, "pack")}
+    recs = run_global_stage(pack.STAGE, params or pack.Params(), items, out, latest, fps)
+    for r in recs if append else ():
+        Manifest(out, "pack").append(r)
+    return recs
+
+
+def read_meta(path):
+    return WindowReader(path, None).meta
 
 
 def test_windows_content_alignment_and_reader(tmp_path):
     out = tmp_path / "out"
     items = make_upstream(out, n_videos=1)
-    recs = run_global(out=out, items=items, params=PackParams(), latest=latest(out), progress=False)
+    recs = run_pack(out, items)
     assert len(recs) == 1
     validate_record(recs[0].to_dict(), "pack")
     # segments (0,200) and (220,360): starts 0,15,30,45 and none in the second (140 < 150 frames)
@@ -37,6 +48,52 @@ def test_windows_content_alignment_and_reader(tmp_path):
     hs = r.host_sample(3)                                                      # window 1, host = singer 1
     np.testing.assert_allclose(hs["partner"], w.vocals[0])
     assert hs["coeffs"][0, 1] == 1.0
+    meta = read_meta(out / "windows.lmdb")
+    assert (meta["fps"], meta["window"], meta["stride"]) == (30, 150, 15)
+    assert meta["fit_backend"] == "emoca" and meta["coeff_groups"] == ["exp", "jaw", "pose"]  # older fit records
+    assert not list(out.glob(".windows.lmdb.tmp"))
+
+
+def test_fps_25_gives_125_frame_windows(tmp_path):
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=1, fps=25, segments=((0, 200),))
+    (rec,) = run_pack(out, items, fps=25)
+    # 5 s = 125 frames, 0.5 s = 12.5 -> 13 frames: starts 0, 13, ..., 65 (the last that fits in 200)
+    assert rec.outputs["windows"] == 6
+    meta = read_meta(out / "windows.lmdb")
+    assert (meta["fps"], meta["window"], meta["stride"]) == (25, 125, 13)
+    w = WindowReader(out / "windows.lmdb", split="train")[1]
+    assert w.start == 13 and w.coeffs.shape == (2, 125, 56) and w.vocals.shape == (2, 80000)
+    np.testing.assert_array_equal(w.coeffs[0, :, 0], np.arange(13, 138))
+    s0 = 13 * 16000 // 25                                                      # audio follows the same clock
+    np.testing.assert_allclose(w.vocals[0], ((np.arange(s0, s0 + 80000) % 1000) / 1000.0) / 10, atol=2e-3)
+
+
+def test_fit_backend_goes_to_the_meta_and_must_agree(tmp_path):
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=2, fit_backend="landmarks")
+    run_pack(out, items)
+    assert read_meta(out / "windows.lmdb")["fit_backend"] == "landmarks"
+    Manifest(out, "fit").append(Manifest(out, "fit").latest()[items[0].id].__class__(
+        item=items[0].id, stage="fit", status="done", fingerprint="f" * 16,
+        outputs={"segments": [], "n_strips": 2, "backend": "emoca", "coeff_groups": ["exp", "jaw", "pose"]}))
+    with pytest.raises(StageError, match="disagree on the backend .emoca, landmarks."):
+        run_pack(out, items)
+
+
+def test_no_lmdb_before_pack_has_written_one(tmp_path):
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=1)
+    Manifest(out, "fit").append(Manifest(out, "fit").latest()[items[0].id].__class__(
+        item=items[0].id, stage="fit", status="failed", fingerprint="f" * 16, error_class="X", message="x"))
+    assert run_pack(out, items) == []                           # nothing ready: an empty LMDB, published
+    assert (out / "windows.lmdb").is_dir() and not (out / ".windows.lmdb.tmp").exists()
+
+
+def test_kept_segments():
+    d = {("v", 0): "reject", ("v", 2): "accept"}
+    assert kept_segments(d, "v", 4, include_unreviewed=True) == [1, 2, 3]
+    assert kept_segments(d, "v", 4, include_unreviewed=False) == [2]
 
 
 def test_split_is_by_video_and_deterministic():
@@ -51,11 +108,10 @@ def test_split_is_by_video_and_deterministic():
 def test_review_decisions_are_honoured_and_repack_is_exact(tmp_path):
     out = tmp_path / "out"
     items = make_upstream(out, n_videos=2, segments=((0, 200), (210, 400)))
-    for r in run_global(out=out, items=items, params=PackParams(), latest=latest(out), progress=False):
-        Manifest(out, "pack").append(r)   # as the runner does
+    run_pack(out, items, append=True)
     before = lmdb_content(out / "windows.lmdb")
     record_decision(out, items[0].id, 1, "reject", "jaw frozen")
-    recs = run_global(out=out, items=items, params=PackParams(), latest=latest(out), progress=False)
+    recs = run_pack(out, items)
     after = lmdb_content(out / "windows.lmdb")
     gone = {k for k in before if k.startswith(f"w/{items[0].id}/0001/".encode())}
     assert gone and not (gone & set(after))
@@ -64,7 +120,7 @@ def test_review_decisions_are_honoured_and_repack_is_exact(tmp_path):
     record_decision(out, items[1].id, 0, "accept")
     for r in recs:
         Manifest(out, "pack").append(r)
-    run_global(out=out, items=items, params=PackParams(include_unreviewed=False), latest=latest(out), progress=False)
+    run_pack(out, items, pack.Params(include_unreviewed=False))
     keys = [k for k in lmdb_content(out / "windows.lmdb") if k.startswith(b"w/")]
     assert keys and all(k.startswith(f"w/{items[1].id}/0000/".encode()) for k in keys)
 

@@ -2,7 +2,7 @@
 
 MossFormer2's output order is arbitrary, and so is the order of the strips. A singer's mouth opens
 when she sings, so for every (strip k, track j) we correlate the strip's jaw opening (EMOCA jaw,
-x rotation = mouth opening, smoothed) with the track's loudness envelope (log RMS at 30 fps, on
+x rotation = mouth opening, smoothed) with the track's loudness envelope (log RMS per video frame, on
 the same trimmed timeline) over the contiguous segments, and pick the one-to-one assignment with
 the highest total correlation (all permutations: at most 4! = 24 for the singers we handle).
 
@@ -13,12 +13,14 @@ whose correlations are themselves weak) is flagged for review rather than silent
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from chorushead.core.media import read_wav
 from chorushead.core.errors import BadInput
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import contiguity, smooth, vad
 from chorushead.stages.base import Context, Result, Stage
 
 JAW_OPEN = 50          # index of jaw x-rotation in the [exp 50, jaw 3, pose 3] layout
@@ -26,11 +28,26 @@ JAW_OPEN = 50          # index of jaw x-rotation in the [exp 50, jaw 3, pose 3] 
 
 @dataclass
 class Params:
-    fps: int = 30
     floor_db: float = -60.0          # envelope floor below the track's peak (silence is all alike)
     min_confidence: float = 0.1      # margin per singer below which the assignment is flagged
     min_correlation: float = 0.15    # mean correlation of the chosen pairs below which it is flagged
     max_singers: int = 4             # permutations grow as n!; refuse beyond this
+
+
+@dataclass
+class Outputs(OutputsShape):
+    order: list[int]                 # order[k] = voice track (vad's singers_16k index) of strip k
+    confidence: float                # margin per singer of the best over the second-best assignment
+    low_confidence: bool             # flagged for review
+    correlation: list[list[float]] = field(default_factory=list)      # (strips, tracks), frame-weighted
+    segment_correlations: list[list[list[float]]] = field(default_factory=list)  # per segment
+
+
+@dataclass
+class Metrics(MetricsShape):
+    confidence: float
+    chosen_corr: float
+    low_confidence: bool
 
 
 def loudness_envelope(audio: np.ndarray, sr: int, fps: int, n_frames: int, floor_db: float) -> np.ndarray:
@@ -82,17 +99,17 @@ def correlate(envelopes: np.ndarray, jaws: list[np.ndarray], segments: list[tupl
 
 
 def process(ctx: Context, params: Params, _model) -> Result:
-    segments = [tuple(int(v) for v in s) for s in (ctx.value("contiguity", "segments") or [])]
-    seg_files = ctx.value("smooth", "segments") or []
-    tracks = ctx.value("vad", "singers_16k") or []
+    segments = [(a, b) for a, b in contiguity.Outputs.of(ctx.upstream["contiguity"]).segments]
+    seg_files = smooth.Outputs.of(ctx.upstream["smooth"]).segments
+    tracks = vad.Outputs.of(ctx.upstream["vad"]).singers_16k
     if not segments or not seg_files:
         return Result(status="skipped", reason="no segment to compare voices with faces",
-                      outputs={"order": list(range(len(tracks))), "confidence": 0.0, "low_confidence": True})
+                      outputs=Outputs(order=list(range(len(tracks))), confidence=0.0, low_confidence=True))
     if len(seg_files) != len(segments):
         raise BadInput(f"smooth has {len(seg_files)} segments but contiguity has {len(segments)}; rerun smooth")
     jaws = []
     for rel in seg_files:
-        with np.load(ctx.out / rel) as z:
+        with np.load(ctx.path(rel)) as z:
             jaws.append(z["coeffs"][:, :, JAW_OPEN].astype(np.float64))
     n_strips = jaws[0].shape[0]
     if len(tracks) < n_strips:
@@ -102,8 +119,8 @@ def process(ctx: Context, params: Params, _model) -> Result:
     n_frames = max(end for _, end in segments)
     envs = []
     for rel in tracks:
-        audio, sr = read_wav(ctx.out / rel)
-        envs.append(loudness_envelope(audio, sr, params.fps, n_frames, params.floor_db))
+        audio, sr = read_wav(ctx.path(rel))
+        envs.append(loudness_envelope(audio, sr, ctx.fps, n_frames, params.floor_db))
     for (start, end), jaw in zip(segments, jaws):
         if jaw.shape[1] != end - start:
             raise BadInput(f"segment [{start}, {end}) has {jaw.shape[1]} fitted frames")
@@ -111,12 +128,13 @@ def process(ctx: Context, params: Params, _model) -> Result:
     a = best_assignment(total)
     chosen = float(np.mean([total[k, a.order[k]] for k in range(n_strips)]))
     low = a.confidence < params.min_confidence or chosen < params.min_correlation
-    return Result(outputs={"order": a.order, "confidence": round(a.confidence, 4), "low_confidence": bool(low),
-                           "correlation": np.round(total, 4).tolist(),
-                           "segment_correlations": [np.round(c, 4).tolist() for c in per_seg]},
-                  metrics={"confidence": round(a.confidence, 4), "chosen_corr": round(chosen, 4),
-                           "low_confidence": bool(low)})
+    return Result(outputs=Outputs(order=[int(j) for j in a.order], confidence=round(a.confidence, 4),
+                                  low_confidence=bool(low), correlation=np.round(total, 4).tolist(),
+                                  segment_correlations=[np.round(c, 4).tolist() for c in per_seg]),
+                  metrics=Metrics(confidence=round(a.confidence, 4), chosen_corr=round(chosen, 4),
+                                  low_confidence=bool(low)))
 
 
-STAGE = Stage(name="assign", version="1", params=Params, process=process, needs=("vad", "smooth", "contiguity"),
+STAGE = Stage(name="assign", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
+              needs=("vad", "smooth", "contiguity"),
               description="match voice tracks to faces: loudness vs jaw opening, best permutation")

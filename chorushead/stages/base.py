@@ -1,6 +1,8 @@
-"""What a stage is: a params dataclass, an optional per-worker ``setup``, and ``process`` over one item.
+"""What a stage is: ``Params``, ``Outputs`` and ``Metrics`` dataclasses, an optional per-worker
+``setup``, and ``process`` over one item (or, for a global stage, ``process_all`` over every ready item).
 
-A stage never appends to a manifest and never writes outside its temp folder: the runner gives it
+Both kinds only compute: they return :class:`Result` s, and the runner alone checks their shape, computes
+fingerprints, builds the records and appends them. A stage never appends to a manifest and never writes outside its temp folder: the runner gives it
 ``ctx.tmp`` (a fresh folder), renames it to ``<out>/items/<id>/<stage>/`` once ``process`` returns,
 and only then appends the record. So a crash leaves either the old outputs + old record or a
 half-written temp folder that the next run discards.
@@ -12,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
 from chorushead.core.manifest import Record
+from chorushead.core.shapes import Metrics, Outputs, Shape
+
+DEFAULT_FPS = 30   # the pipeline's frame rate when its file names none ([pipeline] fps)
 
 
 @dataclass
@@ -29,10 +33,19 @@ class Item:
 
 @dataclass
 class Result:
-    outputs: dict[str, Any] = field(default_factory=dict)  # paths relative to the stage folder, or values
-    metrics: dict[str, Any] = field(default_factory=dict)
+    """What ``process`` returns. ``outputs``/``metrics`` are given as the stage's ``Outputs``/``Metrics``
+    dataclasses and kept as JSON dicts (the manifest line); the runner checks them against the shapes."""
+    outputs: dict[str, Any] | Shape = field(default_factory=dict)  # paths relative to the stage folder, or values
+    metrics: dict[str, Any] | Shape = field(default_factory=dict)
     status: str = "done"
     reason: Optional[str] = None
+    seconds: Optional[float] = None   # global stages: time spent on this item (item stages are timed by the runner)
+
+    def __post_init__(self):
+        if isinstance(self.outputs, Shape):
+            self.outputs = self.outputs.to_dict()
+        if isinstance(self.metrics, Shape):
+            self.metrics = self.metrics.to_dict()
 
 
 @dataclass
@@ -43,28 +56,50 @@ class Context:
     tmp: Path                         # where this stage writes; renamed to ``final`` on success
     final: Path                       # <out>/items/<id>/<stage>
     upstream: dict[str, Record]       # newest ok record of each stage this one needs
+    fps: int = DEFAULT_FPS            # the pipeline's frame rate: every frame index is on this timeline
 
-    def input(self, stage: str, name: str) -> Path:
-        """Absolute path of an upstream output file."""
-        rel = self.upstream[stage].outputs[name]
+    def path(self, rel: str) -> Path:
+        """Absolute path of an upstream output file (outputs hold paths relative to the build root)."""
         return self.out / rel
 
-    def value(self, stage: str, name: str, default: Any = None) -> Any:
-        return self.upstream[stage].outputs.get(name, default) if stage in self.upstream else default
+
+@dataclass
+class GlobalContext:
+    """Everything ``process_all`` may look at: every item whose upstream records are all ok."""
+    out: Path
+    fps: int
+    upstream: dict[str, dict[str, Record]]   # item id -> stage -> newest ok record, sorted by item id
+    previous: dict[str, Record]              # this stage's newest record per item
+    fingerprints: dict[str, str]             # item id -> fingerprint the runner will record for it
+    progress: bool = True
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     version: str
-    params: type                                            # a dataclass with defaults
+    params: type                                            # the module's ``Params``: a dataclass with defaults
+    outputs: type[Outputs]                                  # the module's ``Outputs``
+    metrics: type[Metrics]                                  # the module's ``Metrics``
     process: Callable[[Context, Any, Any], Result] | None = None   # (ctx, params, model) -> Result
     setup: Callable[[Any], Any] | None = None               # params -> model, once per worker
     needs: tuple[str, ...] = ()
-    kind: str = "item"                                      # "item" or "global" (see run_global)
-    run_global: Callable[..., list[Record]] | None = None   # for kind == "global"
+    kind: str = "item"                                      # "item" or "global"
+    # Global stages (they see all items at once, e.g. pack's split by video):
+    # plan(ctx, params) -> {item id: JSON} = what an item's result depends on beyond its upstream records
+    # and the params (pack: its split and kept segments); the runner folds it into the fingerprint.
+    plan: Callable[[GlobalContext, Any], dict[str, Any]] | None = None
+    # process_all(ctx, params, plans) -> {item id: Result} for the items that have something new to record.
+    process_all: Callable[[GlobalContext, Any, dict[str, Any]], dict[str, Result]] | None = None
     gpu: bool = False                                       # batches on a GPU when there is one
     description: str = ""
+
+    def check(self, res: Result) -> None:
+        """Raise ShapeError (naming this stage) unless ``res`` matches the declared shapes. Metrics are
+        required of done items; skipped ones may leave them empty."""
+        self.outputs.check(res.outputs, self.name)
+        if res.status == "done" or res.metrics:
+            self.metrics.check(res.metrics, self.name)
 
     def make_params(self, values: dict[str, Any] | None) -> Any:
         values = dict(values or {})

@@ -17,6 +17,8 @@ import numpy as np
 from chorushead.backends.spleeter import SpleeterBackend
 from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import ingest
 from chorushead.stages.base import Context, Result, Stage
 
 SR = 44100
@@ -31,6 +33,20 @@ class Params:
     chunk_seconds: float = 60.0       # memory bound: ~1.3 GB per 60 s chunk instead of ~12 GB for 10 min
     overlap_seconds: float = 4.0      # cross-faded between chunks
     timeout_seconds: float = 7200.0   # per song
+
+
+@dataclass
+class Outputs(OutputsShape):
+    vocals: str                       # stereo float32, 44.1 kHz (skipped: the user's stem)
+    accompaniment: str
+
+
+@dataclass
+class Metrics(MetricsShape):
+    seconds_audio: float
+    vocals_rms: float
+    accompaniment_rms: float
+    spleeter: str                     # where Spleeter ran (in-process or the worker's python)
 
 
 def setup(params: Params) -> SpleeterBackend:
@@ -49,12 +65,14 @@ def _as_stereo(a: np.ndarray) -> np.ndarray:
 
 
 def process(ctx: Context, params: Params, model: SpleeterBackend) -> Result:
-    ingest = ctx.upstream["ingest"].outputs
-    if ingest.get("stems_vocals") and ingest.get("stems_accompaniment"):
+    ing = ingest.Outputs.of(ctx.upstream["ingest"])
+    if ing.stems_vocals and ing.stems_accompaniment:
         # Output values starting with "items/" are relative to the build root (runner convention).
         return Result(status="skipped", reason="stems supplied",
-                      outputs={"vocals": ingest["stems_vocals"], "accompaniment": ingest["stems_accompaniment"]})
-    mix, sr = read_wav(ctx.input("ingest", "audio_44k"))
+                      outputs=Outputs(vocals=ing.stems_vocals, accompaniment=ing.stems_accompaniment))
+    if not ing.audio_44k:
+        raise BadInput("the video has no audio track and no stems were supplied")
+    mix, sr = read_wav(ctx.path(ing.audio_44k))
     if mix.size == 0:
         raise BadInput("the video's audio track is empty")
     mix = _as_stereo(resample(mix, sr, SR) if sr != SR else mix)
@@ -67,11 +85,11 @@ def process(ctx: Context, params: Params, model: SpleeterBackend) -> Result:
         write_wav(Path(ctx.tmp) / f"{name}.wav", stems[name], SR)
         outputs[name] = f"{name}.wav"
     rms = lambda a: float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))  # noqa: E731
-    return Result(outputs=outputs, metrics={"seconds_audio": mix.shape[0] / SR,
-                                            "vocals_rms": rms(stems["vocals"]),
-                                            "accompaniment_rms": rms(stems["accompaniment"]),
-                                            "spleeter": model.where})
+    return Result(outputs=Outputs(**outputs),
+                  metrics=Metrics(seconds_audio=mix.shape[0] / SR, vocals_rms=rms(stems["vocals"]),
+                                  accompaniment_rms=rms(stems["accompaniment"]), spleeter=str(model.where)))
 
 
-STAGE = Stage(name="bgm_split", version="1", params=Params, process=process, setup=setup, needs=("ingest",),
+STAGE = Stage(name="bgm_split", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
+              setup=setup, needs=("ingest",),
               gpu=False, description="Spleeter 2stems: vocals + accompaniment at 44.1 kHz")

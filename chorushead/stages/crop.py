@@ -1,6 +1,6 @@
 """crop: one square face crop per strip and frame, ready for EMOCA (paper §3).
 
-Each frame of the trimmed range (vad's start_frame..end_frame on the 30 fps timeline) is split into
+Each frame of the trimmed range (vad's start_frame..end_frame on the pipeline's timeline) is split into
 ``strips`` equal vertical strips, one singer each. MTCNN finds the most probable face per strip (on
 keyframes, see :mod:`chorushead.backends.mtcnn`), and we save
 
@@ -29,13 +29,13 @@ import cv2
 import numpy as np
 
 from chorushead.core.errors import BadInput
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import ingest, vad
 from chorushead.stages.base import Context, Result, Stage
-
-FPS = 30
 
 
 @dataclass
-class CropParams:
+class Params:
     strips: int = 2                 # equal vertical strips per frame: one singer each
     min_face: float = 80.0          # smallest face side (px of the full frame) that must be found
     detect_scale: float = 0.0       # strip resize before MTCNN; 0 = auto (min_face lands at 40 px)
@@ -51,7 +51,32 @@ class CropParams:
     crop_shift: float = 0.12        # EMOCA's downward centre shift for detector boxes, × side
 
 
-def setup(p: CropParams):
+@dataclass
+class Outputs(OutputsShape):
+    detections: str                 # detections.npz (see module doc)
+    strips: list[str]               # strip{k} folders of {t:06d}.jpg crops, t = frame in the trimmed video
+    n_strips: int
+    frames: int                     # frames decoded (may fall short of vad's range for a truncated file)
+    start_frame: int                # vad's start_frame: crop t is frame start_frame + t of the timeline
+    crop_size: int
+
+
+@dataclass
+class Metrics(MetricsShape):
+    frames: int
+    frames_expected: int
+    faces_per_strip: list[int]      # frames with a face, per strip
+    multi_face_frames: int
+    detected_fraction: float        # strips the detector ran on (the rest interpolated)
+    decode_wait_s: float            # decoding not hidden behind MTCNN
+    detect_s: float
+    save_s: float
+    seconds: float
+    frames_per_s: float
+    detector_images: int
+
+
+def setup(p: Params):
     """One detector per worker process (loads MTCNN's three small networks)."""
     from chorushead.backends.mtcnn import MtcnnDetector
     # torch_threads: under load (ffmpeg decoding beside us, other workers) torch's 2 OpenMP threads
@@ -125,14 +150,14 @@ class _Prefetch:
         self.thread.join()
 
 
-def process(ctx: Context, p: CropParams, detector) -> Result:
+def process(ctx: Context, p: Params, detector) -> Result:
     from chorushead.backends.mtcnn import strip_bounds, track_strips
     from chorushead.core.media import iter_frames
     from tqdm import tqdm
 
-    source = ctx.upstream["ingest"].outputs["source"]
-    start = int(ctx.upstream["vad"].outputs["start_frame"])
-    end = int(ctx.upstream["vad"].outputs["end_frame"])
+    ing = ingest.Outputs.of(ctx.upstream["ingest"])
+    trim = vad.Outputs.of(ctx.upstream["vad"])
+    source, start, end = ing.source, trim.start_frame, trim.end_frame
     if end <= start:
         raise BadInput(f"empty trimmed range [{start}, {end}) from vad: nothing to crop")
     if p.strips < 1:
@@ -158,10 +183,9 @@ def process(ctx: Context, p: CropParams, detector) -> Result:
 
     # Decode chunks of about 64 MB (21 frames at 1024², 10 at 1080p): the prefetch queue, the chunk in
     # use and the frames held back until the next keyframe keep a few chunks alive at once.
-    w = int(ctx.value("ingest", "width", 0) or 0)
-    h = int(ctx.value("ingest", "height", 0) or 0)
+    w, h = ing.width, ing.height
     chunk = max(4, min(32, (64 << 20) // (w * h * 3))) if w and h else 16
-    frames = _Prefetch(iter_frames(source, fps=FPS, start_frame=start, n_frames=n, chunk=chunk))
+    frames = _Prefetch(iter_frames(source, fps=ctx.fps, start_frame=start, n_frames=n, chunk=chunk))
     bar = tqdm(total=n, desc=f"crop {ctx.item.id}", unit="frame", leave=False, disable=not sys.stderr.isatty())
     save_s = 0.0
     count = 0
@@ -197,28 +221,22 @@ def process(ctx: Context, p: CropParams, detector) -> Result:
     np.savez(out_dir / "detections.npz", boxes=boxes[:, :T], probs=probs[:, :T], landmarks=landmarks[:, :T],
              n_faces=n_faces[:, :T], crop_boxes=crop_boxes[:, :T], detected=detected[:, :T],
              strip_x0=np.array([b[0] for b in bounds], np.int32), strip_width=np.int32(bounds[0][1] - bounds[0][0]),
-             fps=np.int32(FPS), start_frame=np.int32(start), crop_size=np.int32(p.crop_size))
+             fps=np.int32(ctx.fps), start_frame=np.int32(start), crop_size=np.int32(p.crop_size))
 
     total = time.perf_counter() - t_start
     found = (probs[:, :T] > 0).sum(axis=1)
-    metrics = {
-        "frames": T,
-        "frames_expected": n,
-        **{f"faces_strip{k}": int(found[k]) for k in range(S)},
-        "multi_face_frames": int((n_faces[:, :T] >= 2).sum()),
-        "detected_fraction": round(float(detected[:, :T].mean()), 3),   # strips the detector ran on
-        "decode_wait_s": round(frames.wait_s, 2),                        # decoding not hidden behind MTCNN
-        "detect_s": round(detector.seconds - det_s0, 2),
-        "save_s": round(save_s, 2),
-        "seconds": round(total, 2),
-        "frames_per_s": round(T / max(total, 1e-9), 1),
-        "detector_images": detector.images - det_n0,
-    }
-    outputs = {"detections": "detections.npz", "strips": [f"strip{k}" for k in range(S)], "n_strips": S,
-               "frames": T, "start_frame": start, "crop_size": p.crop_size}
+    metrics = Metrics(
+        frames=T, frames_expected=n, faces_per_strip=[int(found[k]) for k in range(S)],
+        multi_face_frames=int((n_faces[:, :T] >= 2).sum()),
+        detected_fraction=round(float(detected[:, :T].mean()), 3),
+        decode_wait_s=round(frames.wait_s, 2), detect_s=round(detector.seconds - det_s0, 2),
+        save_s=round(save_s, 2), seconds=round(total, 2), frames_per_s=round(T / max(total, 1e-9), 1),
+        detector_images=int(detector.images - det_n0))
+    outputs = Outputs(detections="detections.npz", strips=[f"strip{k}" for k in range(S)], n_strips=S,
+                      frames=T, start_frame=start, crop_size=p.crop_size)
     return Result(outputs=outputs, metrics=metrics)
 
 
-STAGE = Stage(name="crop", version="1", params=CropParams, setup=setup, process=process,
+STAGE = Stage(name="crop", version="1", params=Params, outputs=Outputs, metrics=Metrics, setup=setup, process=process,
               needs=("ingest", "vad"), gpu=True,
               description="MTCNN per strip on keyframes; EMOCA-style 224×224 face crops + detections.npz")

@@ -32,6 +32,8 @@ from scipy.optimize import linear_sum_assignment
 from chorushead.backends.spleeter_worker import chunk_starts
 from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput, StageError
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import bgm_split, ingest
 from chorushead.stages.base import Context, Result, Stage
 
 MODEL_SR = 8000
@@ -49,6 +51,22 @@ class Params:
     chunk_seconds: float = 16.0
     overlap_seconds: float = 4.0
     full_band: bool = True          # mask the full-band vocals with the 8 kHz tracks (see module doc)
+
+
+@dataclass
+class Outputs(OutputsShape):
+    singers: list[str]              # one wav per singer at the vocals' rate (skipped: the user's stems)
+    singers_16k: list[str]          # the same, mono 16 kHz
+
+
+@dataclass
+class Metrics(MetricsShape):
+    chunks: int
+    residual_ratio: float           # |mix - sum of tracks| / |mix| at 8 kHz
+    track_rms: list[float]
+    seam_corr_min: float | None     # None: one chunk, no seam
+    seam_margin_min: float | None
+    model: str
 
 
 def setup(params: Params):
@@ -169,14 +187,14 @@ def _skip_with_stems(ctx: Context, singers: list[str]) -> Result:
         write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", resample(a, sr, OUT_SR), OUT_SR)
         paths16.append(f"singer{k}_16k.wav")
     return Result(status="skipped", reason="stems supplied",
-                  outputs={"singers": list(singers), "singers_16k": paths16})
+                  outputs=Outputs(singers=list(singers), singers_16k=paths16))
 
 
 def process(ctx: Context, params: Params, model) -> Result:
-    stems = ctx.value("ingest", "stems_singers")
+    stems = ingest.Outputs.of(ctx.upstream["ingest"]).stems_singers
     if stems:
         return _skip_with_stems(ctx, stems)
-    vocals, sr = read_wav(ctx.input("bgm_split", "vocals"))
+    vocals, sr = read_wav(ctx.path(bgm_split.Outputs.of(ctx.upstream["bgm_split"]).vocals))
     mono = vocals.mean(axis=1) if vocals.ndim == 2 else vocals
     if len(mono) == 0:
         raise BadInput("the vocals track is empty")
@@ -187,21 +205,21 @@ def process(ctx: Context, params: Params, model) -> Result:
     else:
         full = _fit_length(resample(st.tracks.T, MODEL_SR, sr).T, len(mono))
     n16 = int(round(len(mono) * OUT_SR / sr))
-    outputs: dict[str, list[str]] = {"singers": [], "singers_16k": []}
+    outputs = Outputs(singers=[], singers_16k=[])
     for k, track in enumerate(full):
         write_wav(Path(ctx.tmp) / f"singer{k}.wav", track, sr)
         write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", _fit_length(resample(track, sr, OUT_SR), n16), OUT_SR)
-        outputs["singers"].append(f"singer{k}.wav")
-        outputs["singers_16k"].append(f"singer{k}_16k.wav")
+        outputs.singers.append(f"singer{k}.wav")
+        outputs.singers_16k.append(f"singer{k}_16k.wav")
     resid = float(np.linalg.norm(mix8 - st.tracks.sum(0)) / (np.linalg.norm(mix8) + 1e-9))
-    metrics = {"chunks": len(st.starts), "residual_ratio": resid,
-               "track_rms": [float(np.sqrt(np.mean(t.astype(np.float64) ** 2))) for t in st.tracks],
-               "seam_corr_min": min(st.overlap_corr, default=None),
-               "seam_margin_min": min(st.overlap_margin, default=None),
-               "model": str(model.model_dir)}
+    metrics = Metrics(chunks=len(st.starts), residual_ratio=resid,
+                      track_rms=[float(np.sqrt(np.mean(t.astype(np.float64) ** 2))) for t in st.tracks],
+                      seam_corr_min=min(st.overlap_corr, default=None),
+                      seam_margin_min=min(st.overlap_margin, default=None), model=str(model.model_dir))
     return Result(outputs=outputs, metrics=metrics)
 
 
-STAGE = Stage(name="duet_split", version="1", params=Params, process=process, setup=setup,
+STAGE = Stage(name="duet_split", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
+              setup=setup,
               needs=("ingest", "bgm_split"), gpu=True,
               description="MossFormer2 (8 kHz) on the vocals, chunked with speaker-order alignment")

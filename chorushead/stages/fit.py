@@ -12,14 +12,18 @@ that environment sees one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from chorushead.backends.emoca import EmocaBackend
 from chorushead.core.errors import BadInput
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import contiguity, crop
 from chorushead.stages.base import Context, Result, Stage
+
+COEFF_GROUPS = ["exp", "jaw", "pose"]   # the [exp 50, jaw 3, pose 3] blocks of ``coeffs``
 
 
 @dataclass
@@ -33,16 +37,35 @@ class Params:
     batch_size: int = 32             # images per forward pass
 
 
+@dataclass
+class Outputs(OutputsShape):
+    segments: list[str]              # seg{i:03d}.npz per contiguity segment
+    n_strips: int
+    # Which fitter made the coefficients and which groups it estimated (the rest are zeros); records
+    # written before these existed are EMOCA fits of all three.
+    backend: str = "emoca"
+    coeff_groups: list[str] = field(default_factory=lambda: list(COEFF_GROUPS))
+
+
+@dataclass
+class Metrics(MetricsShape):
+    images: int
+    segments: int
+    device: str
+    jaw_mean: list[float]            # mean jaw opening per strip: a cheap sanity number
+
+
 def setup(params: Params) -> EmocaBackend:
     return EmocaBackend.open(python=params.python, emoca_path=params.emoca_path, models=params.models_dir,
                              model_name=params.model_name, stage=params.model_stage, device=params.device)
 
 
 def process(ctx: Context, params: Params, model: EmocaBackend) -> Result:
-    segments = [tuple(int(v) for v in s) for s in (ctx.value("contiguity", "segments") or [])]
+    segments = [(a, b) for a, b in contiguity.Outputs.of(ctx.upstream["contiguity"]).segments]
+    strips = [ctx.path(p) for p in crop.Outputs.of(ctx.upstream["crop"]).strips]
     if not segments:
-        return Result(status="skipped", reason="no segment with every singer's face", outputs={"segments": []})
-    strips = [ctx.out / p for p in ctx.value("crop", "strips")]
+        return Result(status="skipped", reason="no segment with every singer's face",
+                      outputs=Outputs(segments=[], n_strips=len(strips)))
     for s in strips:
         if not s.is_dir():
             raise BadInput(f"crop folder {s} is missing; rerun the crop stage")
@@ -52,10 +75,12 @@ def process(ctx: Context, params: Params, model: EmocaBackend) -> Result:
     for p in paths:   # a cheap sanity number for `chorushead status`: mean jaw opening per strip
         with np.load(p) as z:
             jaw_open.append(z["coeffs"][:, :, 50].mean(axis=1))
-    return Result(outputs={"segments": outputs, "n_strips": len(strips)},
-                  metrics={"images": n_images, "segments": len(outputs), "device": model.device,
-                           "jaw_mean": np.mean(jaw_open, axis=0).round(4).tolist()})
+    return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="emoca",
+                                  coeff_groups=list(COEFF_GROUPS)),
+                  metrics=Metrics(images=int(n_images), segments=len(outputs), device=str(model.device),
+                                  jaw_mean=np.mean(jaw_open, axis=0).round(4).tolist()))
 
 
-STAGE = Stage(name="fit", version="1", params=Params, process=process, setup=setup, needs=("crop", "contiguity"),
+STAGE = Stage(name="fit", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
+              setup=setup, needs=("crop", "contiguity"),
               gpu=True, description="EMOCA v2: 50 exp + 3 jaw + 3 global pose per frame and singer")

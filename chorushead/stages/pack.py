@@ -1,78 +1,138 @@
 """pack: cut every kept segment into 5 s windows (0.5 s stride) and write them to one LMDB.
 
 Global stage (it sees all videos, because the train/val/test split is by video so no song lands in two
-splits). One writer, on local disk. Crash safety without a second copy of the data: each video is
-written as (delete its old windows) → (its windows, one transaction per segment) → (a ``__done__``
-marker holding its fingerprint). A rerun trusts only videos whose marker fingerprint matches, rewrites
-the others from scratch, and rebuilds the index last, so an interrupted pack resumes to exactly the
-content of an uninterrupted one. The format is documented in :mod:`chorushead.core.windows`.
+splits): :func:`plan` says per video which split and segments it gets (the runner folds that into the
+video's fingerprint), :func:`process_all` writes them and returns one result per video with news.
+
+One writer, on local disk. Crash safety without a second copy of the data: each video is written as
+(delete its old windows) → (its windows, one transaction per segment) → (a ``__done__`` marker holding
+the fingerprint the runner gave it). A rerun trusts only videos whose marker fingerprint matches,
+rewrites the others from scratch, and rebuilds the index last, so an interrupted pack resumes to
+exactly the content of an uninterrupted one. A new LMDB is written under a temporary name and renamed
+once its first video is complete, so ``windows.lmdb`` exists only once pack has put something in it.
+Window and stride are given in seconds and turned into frames at the pipeline's fps.
+The format is documented in :mod:`chorushead.core.windows`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
 from chorushead.core import media
-from chorushead.core.manifest import Record, fingerprint
 from chorushead.core.decisions import decisions as review_decisions
-from chorushead.stages.base import Item, Stage
+from chorushead.core.errors import StageError
+from chorushead.core.manifest import Record
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.core.windows import (DONE_PREFIX, WINDOW_PREFIX, encode_arrays, open_env, rebuild_index, window_key,
-                                write_meta)
+                                     write_meta)
+from chorushead.stages import assign, contiguity, fit, smooth, vad
+from chorushead.stages.base import GlobalContext, Result, Stage
+from chorushead.stages.selection import assign_splits, kept_segments
 
 VERSION = "1"
-NEEDS = ("vad", "contiguity", "smooth", "assign")
+NEEDS = ("vad", "contiguity", "fit", "smooth", "assign")
 
 
 @dataclass
-class PackParams:
-    window: int = 150
-    stride: int = 15
+class Params:
+    window_seconds: float = 5.0    # paper §5.1: 5 s windows ...
+    stride_seconds: float = 0.5    # ... every 0.5 s
     split: list[float] = field(default_factory=lambda: [0.6, 0.1, 0.3])
     seed: int = 0
     sr: int = 16000
-    fps: int = 30
     include_unreviewed: bool = True
     lmdb: str = "windows.lmdb"
     map_size_gb: int = 1024        # sparse on Linux; only what is written takes disk
 
 
-def assign_splits(videos: list[str], fractions: list[float], seed: int) -> dict[str, str]:
-    """Deterministic split by video: order by a seeded hash, then cut at the fractions
-    (largest remainder, so 1 video -> train, 3 videos -> 2/0/1 for 60/10/30)."""
-    order = sorted(videos, key=lambda v: hashlib.sha1(f"{seed}:{v}".encode()).hexdigest())
-    n = len(order)
-    raw = [f * n for f in fractions]
-    counts = [int(np.floor(r)) for r in raw]
-    for i in sorted(range(3), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
-        counts[i] += 1
-    names = ["train"] * counts[0] + ["val"] * counts[1] + ["test"] * counts[2]
-    return dict(zip(order, names))
+@dataclass
+class Outputs(OutputsShape):
+    lmdb: str                      # relative to the build root
+    split: str                     # train | val | test
+    windows: int
+    segments_packed: list[int]     # contiguity segment indices
 
 
-def video_windows(out: Path, video: str, recs: dict[str, Record], p: PackParams, split: str,
-                  keep: set[int]):
+@dataclass
+class Metrics(MetricsShape):
+    windows: int
+    segments_packed: int
+    segments_rejected: int
+    reused: bool                   # the LMDB already held this video's windows
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Windows in frames and samples at the build's fps."""
+    fps: int
+    sr: int
+    window: int
+    stride: int
+
+    @classmethod
+    def of(cls, p: Params, fps: int) -> "Geometry":
+        # to the nearest frame, halves up (0.5 s at 25 fps: 13 frames)
+        window, stride = math.floor(p.window_seconds * fps + 0.5), math.floor(p.stride_seconds * fps + 0.5)
+        if window < 1 or stride < 1:
+            raise StageError(f"pack: window_seconds={p.window_seconds}, stride_seconds={p.stride_seconds} "
+                             f"give {window}/{stride} frames at {fps} fps; both must be at least one frame")
+        return cls(fps=fps, sr=p.sr, window=window, stride=stride)
+
+    @property
+    def n_audio(self) -> int:
+        return int(round(self.window * self.sr / self.fps))
+
+
+def fit_meta(fits: list[fit.Outputs]) -> dict[str, Any]:
+    """``fit_backend`` and ``coeff_groups`` for the LMDB meta; one backend per build."""
+    backends = sorted({f.backend for f in fits})
+    if len(backends) > 1:
+        raise StageError(f"pack: fit records disagree on the backend ({', '.join(backends)}); "
+                         f"rerun fit with one backend for every video")
+    groups = sorted({tuple(f.coeff_groups) for f in fits})
+    if len(groups) > 1:
+        raise StageError(f"pack: fit records disagree on the coefficient groups ({groups}); rerun fit")
+    return {"fit_backend": backends[0] if backends else "emoca",
+            "coeff_groups": list(groups[0]) if groups else list(fit.COEFF_GROUPS)}
+
+
+def plan(ctx: GlobalContext, p: Params) -> dict[str, Any]:
+    """Per video: its split and the segments the review lets through."""
+    splits = assign_splits(list(ctx.upstream), p.split, p.seed)
+    decisions = review_decisions(ctx.out)
+    return {vid: {"split": splits[vid],
+                  "segments": kept_segments(decisions, vid, len(contiguity.Outputs.of(recs["contiguity"]).segments),
+                                            p.include_unreviewed)}
+            for vid, recs in ctx.upstream.items()}
+
+
+def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, split: str,
+                  keep: set[int]) -> Iterator[tuple[int, list[tuple[bytes, bytes]]]]:
     """Yield (segment index, [(key, value bytes), ...]) for one video."""
-    order = recs["assign"].outputs["order"]
-    singers = [media.read_wav(out / recs["vad"].outputs["singers_16k"][j])[0] for j in order]
-    bgm = media.read_wav(out / recs["vad"].outputs["bgm_16k"])[0]
-    n_audio = int(round(p.window * p.sr / p.fps))
-    segments = recs["contiguity"].outputs["segments"]
-    for i, ((a, b), rel) in enumerate(zip(segments, recs["smooth"].outputs["segments"])):
+    trim = vad.Outputs.of(recs["vad"])
+    order = assign.Outputs.of(recs["assign"]).order
+    singers = [media.read_wav(out / trim.singers_16k[j])[0] for j in order]
+    bgm = media.read_wav(out / trim.bgm_16k)[0]
+    segments = contiguity.Outputs.of(recs["contiguity"]).segments
+    for i, ((a, b), rel) in enumerate(zip(segments, smooth.Outputs.of(recs["smooth"]).segments)):
         if i not in keep:
             continue
         coeffs = np.load(out / rel)["coeffs"].astype(np.float32)      # (S, b - a, 56)
         entries = []
-        for s in range(a, b - p.window + 1, p.stride):
-            c = coeffs[:, s - a:s - a + p.window]
-            s0 = int(round(s * p.sr / p.fps))
-            vox = np.stack([_take(x, s0, n_audio) for x in singers])
-            arrays = {"coeffs": c, "vocals": vox.astype(np.float16), "bgm": _take(bgm, s0, n_audio).astype(np.float16),
-                      "pose0": c[:, 0, 53:56].copy()}
+        for s in range(a, b - g.window + 1, g.stride):
+            c = coeffs[:, s - a:s - a + g.window]
+            s0 = int(round(s * g.sr / g.fps))
+            vox = np.stack([_take(x, s0, g.n_audio) for x in singers])
+            arrays = {"coeffs": c, "vocals": vox.astype(np.float16),
+                      "bgm": _take(bgm, s0, g.n_audio).astype(np.float16), "pose0": c[:, 0, 53:56].copy()}
             header = {"video": video, "segment": i, "start": s, "split": split}
             entries.append((window_key(video, i, s), encode_arrays(arrays, header)))
         yield i, entries
@@ -93,23 +153,38 @@ def _delete_prefix(txn, prefix: bytes) -> int:
     return n
 
 
-def run_global(out: Path, items: list[Item], params: PackParams, latest: dict[str, dict[str, Record]],
-               progress: bool = True, pipeline=None) -> list[Record]:
+class _Lmdb:
+    """The writable LMDB. A new one is built at a temporary name and renamed by :meth:`publish` (after
+    its first complete video), so a half-born file never sits at the final path."""
+
+    def __init__(self, final: Path, map_size: int):
+        self.final, self.map_size = final, map_size
+        self.tmp = final.with_name(f".{final.name}.tmp")
+        self.pending = not final.exists()
+        if self.pending:
+            shutil.rmtree(self.tmp, ignore_errors=True)   # a first pack killed before its first video
+        self.env = open_env(self.tmp if self.pending else final, write=True, map_size=map_size)
+
+    def publish(self) -> None:
+        if self.pending:
+            self.env.sync(True)
+            self.env.close()
+            os.replace(self.tmp, self.final)
+            self.env = open_env(self.final, write=True, map_size=self.map_size)
+            self.pending = False
+
+
+def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[str, Result]:
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    decisions = review_decisions(out)
-    ready = {}
-    for it in sorted(items, key=lambda i: i.id):
-        recs = {s: latest.get(s, {}).get(it.id) for s in NEEDS}
-        if all(r is not None and r.ok for r in recs.values()):
-            ready[it.id] = recs
-    splits = assign_splits(list(ready), params.split, params.seed)
-    env = open_env(out / params.lmdb, write=True, map_size=params.map_size_gb << 30)
-    records = []
+    out = Path(ctx.out)
+    g = Geometry.of(p, ctx.fps)
+    meta = fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()])
+    db = _Lmdb(out / p.lmdb, p.map_size_gb << 30)
+    results: dict[str, Result] = {}
     try:
-        with env.begin(write=True) as txn:
-            write_meta(txn, fps=params.fps, sr=params.sr, window=params.window, stride=params.stride)
+        with db.env.begin(write=True) as txn:
+            write_meta(txn, fps=g.fps, sr=g.sr, window=g.window, stride=g.stride, extra=meta)
             # Videos packed before but no longer ready (failed now, removed from the build) leave the LMDB.
             stale = []
             cur = txn.cursor()
@@ -118,58 +193,55 @@ def run_global(out: Path, items: list[Item], params: PackParams, latest: dict[st
                     k = bytes(k)
                     if not k.startswith(DONE_PREFIX):
                         break
-                    if k[len(DONE_PREFIX):].decode() not in ready:
+                    if k[len(DONE_PREFIX):].decode() not in ctx.upstream:
                         stale.append(k[len(DONE_PREFIX):].decode())
             for v in stale:
                 _delete_prefix(txn, WINDOW_PREFIX + f"{v}/".encode())
                 txn.delete(DONE_PREFIX + v.encode())
-        bar = tqdm(total=len(ready), desc="      pack", unit="video", disable=not progress or not ready)
-        for vid, recs in ready.items():
+        bar = tqdm(total=len(ctx.upstream), desc="      pack", unit="video",
+                   disable=not ctx.progress or not ctx.upstream)
+        for vid, recs in ctx.upstream.items():
             t0 = time.time()
-            n_seg = len(recs["contiguity"].outputs["segments"])
-            keep = {i for i in range(n_seg)
-                    if decisions.get((vid, i)) == "accept"
-                    or (decisions.get((vid, i)) is None and params.include_unreviewed)}
-            fp = fingerprint("pack", VERSION, vars(params), {s: r.fingerprint for s, r in recs.items()},
-                             splits[vid], sorted(keep))
+            fp, split, keep = ctx.fingerprints[vid], plans[vid]["split"], set(plans[vid]["segments"])
             marker_key = DONE_PREFIX + vid.encode()
-            with env.begin() as txn:
+            with db.env.begin() as txn:
                 marker = txn.get(marker_key)
-            n_windows = 0
-            if marker is not None and json.loads(marker)["fingerprint"] == fp:
+            reused = marker is not None and json.loads(marker)["fingerprint"] == fp
+            if reused:
                 n_windows = json.loads(marker)["windows"]
-                status_reused = True
             else:
-                status_reused = False
-                with env.begin(write=True) as txn:
+                with db.env.begin(write=True) as txn:
                     txn.delete(marker_key)
                     _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
-                for _seg, entries in video_windows(out, vid, recs, params, splits[vid], keep):
-                    with env.begin(write=True) as txn:
+                n_windows = 0
+                for _seg, entries in video_windows(out, vid, recs, g, split, keep):
+                    with db.env.begin(write=True) as txn:
                         for k, v in entries:
                             txn.put(k, v)
                     n_windows += len(entries)
-                with env.begin(write=True) as txn:
+                with db.env.begin(write=True) as txn:
                     txn.put(marker_key, json.dumps({"fingerprint": fp, "windows": n_windows}).encode())
-            prev = latest.get("pack", {}).get(vid)
-            if status_reused and prev is not None and prev.fingerprint == fp:
-                bar.update(1)
-                continue  # nothing new to say about this video
-            records.append(Record(item=vid, stage="pack", status="done", fingerprint=fp,
-                                  outputs={"lmdb": params.lmdb, "split": splits[vid], "windows": n_windows,
-                                           "segments_packed": sorted(keep)},
-                                  metrics={"windows": n_windows, "segments_packed": len(keep),
-                                           "segments_rejected": n_seg - len(keep), "reused": status_reused},
-                                  stage_version=VERSION, started=t0, seconds=round(time.time() - t0, 3)))
+                db.publish()
             bar.update(1)
+            prev = ctx.previous.get(vid)
+            if reused and prev is not None and prev.ok and prev.fingerprint == fp:
+                continue  # nothing new to say about this video
+            n_seg = len(contiguity.Outputs.of(recs["contiguity"]).segments)
+            results[vid] = Result(
+                outputs=Outputs(lmdb=p.lmdb, split=split, windows=n_windows, segments_packed=sorted(keep)),
+                metrics=Metrics(windows=n_windows, segments_packed=len(keep), segments_rejected=n_seg - len(keep),
+                                reused=reused),
+                seconds=round(time.time() - t0, 3))
         bar.close()
-        with env.begin(write=True) as txn:
+        with db.env.begin(write=True) as txn:
             rebuild_index(txn)
-        env.sync(True)
+        db.publish()
+        db.env.sync(True)
     finally:
-        env.close()
-    return records
+        db.env.close()
+    return results
 
 
-STAGE = Stage(name="pack", version=VERSION, params=PackParams, kind="global", run_global=run_global,
-              needs=NEEDS, description="5 s windows, 0.5 s stride, split by video, one LMDB writer")
+STAGE = Stage(name="pack", version=VERSION, params=Params, outputs=Outputs, metrics=Metrics, kind="global",
+              plan=plan, process_all=process_all, needs=NEEDS,
+              description="5 s windows, 0.5 s stride, split by video, one LMDB writer")

@@ -11,12 +11,26 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import fit
 from chorushead.stages.base import Context, Result, Stage
 
 
 @dataclass
-class SmoothParams:
+class Params:
     sigma: float = 1.5   # frames
+
+
+@dataclass
+class Outputs(OutputsShape):
+    segments: list[str]  # seg{i:03d}.npz per contiguity segment: coeffs (smoothed) and raw, (S, T, 56)
+
+
+@dataclass
+class Metrics(MetricsShape):
+    segments: int
+    accel_before: float  # mean |second difference| of the coefficients, raw
+    accel_after: float   # and smoothed
 
 
 def smooth_coeffs(coeffs: np.ndarray, sigma: float) -> np.ndarray:
@@ -26,10 +40,10 @@ def smooth_coeffs(coeffs: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter1d(coeffs.astype(np.float64), sigma, axis=-2, mode="nearest").astype(np.float32)
 
 
-def process(ctx: Context, p: SmoothParams, _model) -> Result:
+def process(ctx: Context, p: Params, _model) -> Result:
     out, jitter_before, jitter_after = [], [], []
-    for i, rel in enumerate(ctx.value("fit", "segments")):
-        seg = np.load(ctx.out / rel)
+    for i, rel in enumerate(fit.Outputs.of(ctx.upstream["fit"]).segments):
+        seg = np.load(ctx.path(rel))
         c = seg["coeffs"]
         s = smooth_coeffs(c, p.sigma)
         np.savez(ctx.tmp / f"seg{i:03d}.npz", coeffs=s, raw=c)
@@ -37,10 +51,11 @@ def process(ctx: Context, p: SmoothParams, _model) -> Result:
         if c.shape[-2] > 2:
             jitter_before.append(float(np.abs(np.diff(c, 2, axis=-2)).mean()))
             jitter_after.append(float(np.abs(np.diff(s, 2, axis=-2)).mean()))
-    return Result(outputs={"segments": out},
-                  metrics={"segments": len(out), "accel_before": round(float(np.mean(jitter_before or [0])), 5),
-                           "accel_after": round(float(np.mean(jitter_after or [0])), 5)})
+    return Result(outputs=Outputs(segments=out),
+                  metrics=Metrics(segments=len(out), accel_before=round(float(np.mean(jitter_before or [0])), 5),
+                                  accel_after=round(float(np.mean(jitter_after or [0])), 5)))
 
 
-STAGE = Stage(name="smooth", version="1", params=SmoothParams, process=process, needs=("fit",),
+STAGE = Stage(name="smooth", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
+              needs=("fit",),
               description="Gaussian smoothing of the 56 coefficients along time")

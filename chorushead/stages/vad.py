@@ -2,7 +2,7 @@
 
 Singing is "on" once ``voiced_ratio`` of the frames in a ``padding_ms`` window are voiced and "off"
 once that many are unvoiced (the classic ring-buffer smoothing of a frame-wise VAD). The first "on"
-and the last "off" bound the kept range; it is snapped to the 30 fps video timeline, and every audio
+and the last "off" bound the kept range; it is snapped to the video timeline (the pipeline's fps), and every audio
 track (vocals, accompaniment, each singer) is cut to it and written at 16 kHz for the later stages.
 The video is trimmed logically: crop decodes only ``[start_frame, end_frame)``.
 """
@@ -14,18 +14,39 @@ import numpy as np
 
 from chorushead.core import media
 from chorushead.core.errors import BadInput
+from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
+from chorushead.stages import bgm_split, duet_split, ingest
 from chorushead.stages.base import Context, Result, Stage
 
 VAD_SR = 16000  # webrtcvad accepts 8/16/32/48 kHz; 16 kHz is also the trainer's rate
 
 
 @dataclass
-class VadParams:
+class Params:
     aggressiveness: int = 2
     frame_ms: int = 30
     padding_ms: int = 300
     voiced_ratio: float = 0.9
     sr: int = VAD_SR
+
+
+@dataclass
+class Outputs(OutputsShape):
+    start_frame: int                 # kept range [start_frame, end_frame) on the pipeline's timeline
+    end_frame: int
+    start_s: float
+    end_s: float
+    sr: int
+    vocals_16k: str                  # every track cut to the kept range
+    bgm_16k: str
+    singers_16k: list[str]
+
+
+@dataclass
+class Metrics(MetricsShape):
+    kept_seconds: float
+    trimmed_seconds: float
+    voiced_fraction: float
 
 
 def voiced_flags(audio: np.ndarray, sr: int, aggressiveness: int, frame_ms: int) -> np.ndarray:
@@ -57,10 +78,11 @@ def singing_range(flags: np.ndarray, frame_ms: int, padding_ms: int, ratio: floa
     return start * frame_ms / 1000.0, end * frame_ms / 1000.0
 
 
-def process(ctx: Context, p: VadParams, _model) -> Result:
-    fps = int(ctx.value("ingest", "fps", 30))
-    n_frames = int(ctx.value("ingest", "n_frames"))
-    vocals = media.load_audio(ctx.input("bgm_split", "vocals"), p.sr)
+def process(ctx: Context, p: Params, _model) -> Result:
+    fps = ctx.fps
+    n_frames = ingest.Outputs.of(ctx.upstream["ingest"]).n_frames
+    bgm = bgm_split.Outputs.of(ctx.upstream["bgm_split"])
+    vocals = media.load_audio(ctx.path(bgm.vocals), p.sr)
     flags = voiced_flags(vocals, p.sr, p.aggressiveness, p.frame_ms)
     rng = singing_range(flags, p.frame_ms, p.padding_ms, p.voiced_ratio)
     if rng is None:
@@ -78,18 +100,18 @@ def process(ctx: Context, p: VadParams, _model) -> Result:
         return np.pad(seg, (0, n - len(seg)))  # stems may be a hair shorter than the video
 
     media.write_wav(ctx.tmp / "vocals_16k.wav", cut(vocals), p.sr)
-    media.write_wav(ctx.tmp / "bgm_16k.wav", cut(media.load_audio(ctx.input("bgm_split", "accompaniment"), p.sr)), p.sr)
+    media.write_wav(ctx.tmp / "bgm_16k.wav", cut(media.load_audio(ctx.path(bgm.accompaniment), p.sr)), p.sr)
     singers = []
-    for k, rel in enumerate(ctx.value("duet_split", "singers")):
-        media.write_wav(ctx.tmp / f"singer{k}_16k.wav", cut(media.load_audio(ctx.out / rel, p.sr)), p.sr)
+    for k, rel in enumerate(duet_split.Outputs.of(ctx.upstream["duet_split"]).singers):
+        media.write_wav(ctx.tmp / f"singer{k}_16k.wav", cut(media.load_audio(ctx.path(rel), p.sr)), p.sr)
         singers.append(f"singer{k}_16k.wav")
-    outputs = {"start_frame": start_f, "end_frame": end_f, "start_s": a, "end_s": b, "sr": p.sr,
-               "vocals_16k": "vocals_16k.wav", "bgm_16k": "bgm_16k.wav", "singers_16k": singers}
-    metrics = {"kept_seconds": round(b - a, 3), "trimmed_seconds": round(n_frames / fps - (b - a), 3),
-               "voiced_fraction": round(float(flags.mean()), 3)}
+    outputs = Outputs(start_frame=start_f, end_frame=end_f, start_s=a, end_s=b, sr=p.sr,
+                      vocals_16k="vocals_16k.wav", bgm_16k="bgm_16k.wav", singers_16k=singers)
+    metrics = Metrics(kept_seconds=round(b - a, 3), trimmed_seconds=round(n_frames / fps - (b - a), 3),
+                      voiced_fraction=round(float(flags.mean()), 3))
     return Result(outputs=outputs, metrics=metrics)
 
 
-STAGE = Stage(name="vad", version="1", params=VadParams, process=process,
+STAGE = Stage(name="vad", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
               needs=("ingest", "bgm_split", "duet_split"),
               description="webrtcvad start/end of singing; trim all tracks")
