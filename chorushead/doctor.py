@@ -136,6 +136,33 @@ def emoca_checks(p: dict[str, Any]) -> list[Check]:
     return out
 
 
+def landmark_checks(p: dict[str, Any]) -> list[Check]:
+    """fit.backend = landmarks: the mediapipe venv, the face-mesh models inside its wheel, our canonical face."""
+    from chorushead.backends import landmarks as lmk
+    explicit = p.get("landmarks_python", "")
+    exe = lmk.find_landmark_python(explicit)
+    looked = ", ".join(lmk.landmark_pythons(explicit))
+    out = []
+    if exe is None and not explicit and lmk.in_process_available():
+        out.append(Check("fit", "landmarks: mediapipe (in this python)", sys.executable, True, lmk.SETUP_HINT))
+    elif exe is None:
+        out.append(Check("fit", "landmarks: mediapipe environment + face-mesh models", looked, False, lmk.SETUP_HINT))
+    else:
+        # where the wheel's models are, found without importing mediapipe (as the stage's worker loads them)
+        from chorushead.backends.landmarks_worker import MODEL_FILES
+        code = ("import importlib.util,os,sys; s=importlib.util.find_spec('mediapipe'); "
+                "sys.exit(1) if s is None else print(list(s.submodule_search_locations)[0])")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        r = subprocess.run([exe, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        root = r.stdout.strip()
+        missing = [f for f in MODEL_FILES if not root or not (Path(root) / f).is_file()]
+        out.append(Check("fit", "landmarks: mediapipe environment + face-mesh models", exe, r.returncode == 0 and not missing,
+                         lmk.SETUP_HINT, detail=(f"missing in {root or 'mediapipe (not installed)'}: {missing}" if missing else root)))
+    out.append(Check("fit", "landmarks: canonical face", str(lmk.CANONICAL), lmk.CANONICAL.is_file(),
+                     "it ships with chorushead (chorushead/data); reinstall the package"))
+    return out
+
+
 # ------------------------------------------------------------------ pachorus
 
 def flame_checks(p: dict[str, Any]) -> list[Check]:
@@ -153,7 +180,8 @@ def doctor(stage_params: Optional[dict[str, dict[str, Any]]] = None) -> list[Che
     """All checks; ``stage_params`` = the pipeline's ``[stages.*]`` tables (so configured paths count)."""
     sp = stage_params or {}
     groups = [("bgm_split", "Spleeter", spleeter_checks), ("duet_split", "MossFormer2", mossformer_checks),
-              ("crop", "facenet", facenet_checks), ("fit", "EMOCA", emoca_checks), ("pachorus", "FLAME", flame_checks)]
+              ("crop", "facenet", facenet_checks), ("fit", "EMOCA", emoca_checks), ("fit", "face landmarks", landmark_checks),
+              ("pachorus", "FLAME", flame_checks)]
     checks: list[Check] = []
     for stage, what, fn in groups:
         res = _safe(stage, what, lambda fn=fn, stage=stage: fn(dict(sp.get(stage, {}))))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up on a fresh machine (Python 3.11 + pip; root for apt when testing).
 #   bash scripts/setup.sh          the project: torch, facenet-pytorch, chorushead + pachorus
+#                                  + the face-landmark venv (envs/landmarks, fit.backend = landmarks)
 #   bash scripts/setup.sh test     + everything the tests exercise: modelscope (MossFormer2), Dask, Ray,
 #                                    Playwright + Debian's Chromium, and Spleeter's own venv (envs/spleeter)
 # Idempotent: rerunning skips what is already there.
@@ -28,3 +29,6 @@ if [ "${1:-}" = "test" ]; then
 else
   $PIP -e .
 fi
+# fit.backend = landmarks (open face-mesh fitter, no licensed asset): mediapipe 0.10.21 pins numpy<2 /
+# protobuf<5, so it gets its own venv (~425 MB, ~30 s), driven through a worker like Spleeter.
+[ -x envs/landmarks/bin/python ] || bash scripts/setup_landmarks_env.sh envs/landmarks

@@ -15,6 +15,7 @@ import warped_faces as wf
 from chorushead.backends import landmarks as lm
 from chorushead.core.errors import BadInput, MissingAsset, StageError
 from chorushead.core.manifest import Record
+from chorushead.runner import _model_for
 from chorushead.stages.base import Context, Item
 from chorushead.stages.fit import STAGE, Params
 
@@ -156,7 +157,7 @@ def test_fit_stage_through_landmarks(tmp_path):
     segments = [[2, 12], [20, 30]]
     ctx = make_ctx(tmp_path, segments, 30)
     params = Params(backend="landmarks", batch_size=4)
-    model = STAGE.setup(params)
+    model = _model_for(STAGE, params)            # as the runner hands it over: behind a lazy proxy
     try:
         assert model.worker is not None, "the project env must not import mediapipe; it runs in its venv"
         r = STAGE.process(ctx, params, model)
@@ -183,3 +184,18 @@ def test_fit_stage_through_landmarks(tmp_path):
         assert STAGE.process(ctx, params, model).outputs["segments"] == ["seg000.npz"]
     finally:
         model.close()
+
+
+def test_doctor_reports_the_landmark_env(tmp_path):
+    from chorushead.doctor import doctor
+    checks = {c.what: c for c in doctor({"fit": {"landmarks_python": str(tmp_path / "no" / "python")}})}
+    env = checks["landmarks: mediapipe environment + face-mesh models"]
+    assert not env.found and str(tmp_path / "no") in env.looked_in and "setup.sh" in env.how_to_get
+    assert checks["landmarks: canonical face"].found
+
+
+@needs_env
+def test_doctor_finds_the_built_env():
+    from chorushead.doctor import doctor
+    env = {c.what: c for c in doctor()}["landmarks: mediapipe environment + face-mesh models"]
+    assert env.found, env

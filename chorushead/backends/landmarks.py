@@ -43,7 +43,7 @@ DEFAULT_VENV = REPO / "envs" / "landmarks"
 CANONICAL = Path(__file__).resolve().parents[1] / "data" / "face_mesh_canonical.npy"
 SETUP_HINT = ("run `bash scripts/setup.sh` (it builds envs/landmarks with mediapipe 0.10.21 via "
               "scripts/setup_landmarks_env.sh, ~425 MB, ~30 s), or point CHORUSHEAD_LANDMARKS_PYTHON / "
-              "fit.python at a python that can `import mediapipe` (0.10.21)")
+              "fit.landmarks_python at a python that can `import mediapipe` (0.10.21)")
 
 N_POINTS = 478                    # 468 mesh points + 2 × 5 iris points
 UPPER_LIP, LOWER_LIP = 13, 14     # inner-lip midpoints

@@ -9,6 +9,10 @@ pose 3], plus ``shape`` (S, T, 100) and ``cam`` (S, T, 3) kept aside, and ``fram
 EMOCA runs in its own Python 3.8 environment through ``emoca_worker.py`` (see backends/emoca.py),
 started once per runner worker; images are batched across strips and segments, on the GPU when
 that environment sees one.
+
+``backend = "landmarks"`` (backends/landmarks.py) needs no licensed asset: MediaPipe's face mesh in
+its own venv gives jaw opening and head pose in the same layout (exp = 0, no ``shape``/``cam``; a
+``found`` (S, T) array marks frames interpolated because no face was found).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from chorushead.backends.emoca import EmocaBackend
+from chorushead.backends.landmarks import LandmarksBackend
 from chorushead.core.errors import BadInput
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import contiguity, crop
@@ -35,6 +40,8 @@ class Params:
     emoca_path: str = ""             # clone of the emoca repo for PYTHONPATH; default $CHORUSHEAD_EMOCA_PATH
     device: str = "auto"             # auto | cpu | cuda | cuda:1
     batch_size: int = 32             # images per forward pass
+    backend: str = "emoca"           # emoca (the paper's) | landmarks (MediaPipe face mesh: jaw + pose only)
+    landmarks_python: str = ""       # landmark env python; default $CHORUSHEAD_LANDMARKS_PYTHON, else envs/landmarks
 
 
 @dataclass
@@ -53,14 +60,19 @@ class Metrics(MetricsShape):
     segments: int
     device: str
     jaw_mean: list[float]            # mean jaw opening per strip: a cheap sanity number
+    no_face: int = 0                 # landmarks backend: frames with no face found, interpolated from neighbours
 
 
-def setup(params: Params) -> EmocaBackend:
+def setup(params: Params) -> EmocaBackend | LandmarksBackend:
+    if params.backend == "landmarks":
+        return LandmarksBackend.open(python=params.landmarks_python)
+    if params.backend != "emoca":
+        raise BadInput(f"fit.backend = {params.backend!r}: use 'emoca' or 'landmarks'")
     return EmocaBackend.open(python=params.python, emoca_path=params.emoca_path, models=params.models_dir,
                              model_name=params.model_name, stage=params.model_stage, device=params.device)
 
 
-def process(ctx: Context, params: Params, model: EmocaBackend) -> Result:
+def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend) -> Result:
     segments = [(a, b) for a, b in contiguity.Outputs.of(ctx.upstream["contiguity"]).segments]
     strips = [ctx.path(p) for p in crop.Outputs.of(ctx.upstream["crop"]).strips]
     if not segments:
@@ -71,14 +83,16 @@ def process(ctx: Context, params: Params, model: EmocaBackend) -> Result:
             raise BadInput(f"crop folder {s} is missing; rerun the crop stage")
     paths, n_images = model.fit([str(s) for s in strips], segments, Path(ctx.tmp), params.batch_size)
     outputs = [Path(p).name for p in paths]
-    jaw_open = []
+    jaw_open, no_face = [], 0
     for p in paths:   # a cheap sanity number for `chorushead status`: mean jaw opening per strip
         with np.load(p) as z:
             jaw_open.append(z["coeffs"][:, :, 50].mean(axis=1))
-    return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="emoca",
-                                  coeff_groups=list(COEFF_GROUPS)),
+            no_face += int((~z["found"]).sum()) if "found" in z.files else 0
+    landmarks = params.backend == "landmarks"     # (the runner hands `model` over behind a lazy proxy)
+    return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="landmarks" if landmarks else "emoca",
+                                  coeff_groups=["jaw", "pose"] if landmarks else list(COEFF_GROUPS)),
                   metrics=Metrics(images=int(n_images), segments=len(outputs), device=str(model.device),
-                                  jaw_mean=np.mean(jaw_open, axis=0).round(4).tolist()))
+                                  jaw_mean=np.mean(jaw_open, axis=0).round(4).tolist(), no_face=no_face))
 
 
 STAGE = Stage(name="fit", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
