@@ -29,11 +29,9 @@ def posed_landmarks(rvec, jaw: float, scale: float = 90.0) -> np.ndarray:
     """The canonical face rotated by ``rvec``, the lower lip swung open by ``jaw`` radians about a
     pivot JAW_RADIUS eye-widths from it, then put in MediaPipe's pixel convention."""
     c = lm.load_canonical().copy()
-    lip = c[lm.LOWER_LIP].copy()
     c[lm.LOWER_LIP] = c[lm.UPPER_LIP]                          # closed: the inner lips touch
     pivot = c[lm.UPPER_LIP] + np.array([0.0, 0.0, -lm.JAW_RADIUS])   # behind the lips, at their height
     c[lm.LOWER_LIP] = pivot + Rotation.from_rotvec([jaw, 0, 0]).apply(c[lm.UPPER_LIP] - pivot)
-    assert np.isfinite(lip).all()
     x = Rotation.from_rotvec(rvec).apply(c) * scale + np.array([112.0, -112.0, 0.0])
     return lm.to_flame_frame(x)[None].astype(np.float32)       # the axis flip is its own inverse
 

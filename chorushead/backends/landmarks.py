@@ -96,6 +96,7 @@ def make_canonical(shapes: np.ndarray, iterations: int = 4) -> np.ndarray:
     and align every shape to the first, average, then remove the mean's yaw and roll: if M = R0·C with
     C mirror-symmetric, the fit of M onto its permuted reflection is ≈ R0⁻², so rotating by half of
     it frontalizes M (pitch is invisible to mirror symmetry and stays the photos')."""
+    from scipy.spatial.transform import Rotation
     ref = shapes[0] - shapes[0].mean(0)
     ref = ref / np.linalg.norm(ref)
     aligned = []
@@ -108,9 +109,7 @@ def make_canonical(shapes: np.ndarray, iterations: int = 4) -> np.ndarray:
     for _ in range(iterations):
         pairs = mirror_pairs(m)
         _, r, _ = similarity(m, m[pairs] * flip)
-        half = rotvec(r) / 2
-        from scipy.spatial.transform import Rotation
-        m = m @ Rotation.from_rotvec(half).as_matrix().T
+        m = m @ Rotation.from_rotvec(rotvec(r) / 2).as_matrix().T
         m -= m.mean(0)
     pairs = mirror_pairs(m)
     c = (m + m[pairs] * flip) / 2
