@@ -23,6 +23,7 @@ from chorushead.core import media
 from chorushead.demo import make_duet_frames, sing
 from chorushead.core.manifest import Manifest, Record, fingerprint
 from chorushead.runner import save_items
+from chorushead.stages import get_stage
 from chorushead.stages.base import Item
 
 FPS = 30
@@ -40,6 +41,7 @@ class ReviewBuild:
 
 
 def _record(out: Path, stage: str, item: str, outputs: dict) -> None:
+    get_stage(stage).outputs.check(outputs, stage)     # what the runner would accept from the stage
     Manifest(out, stage).append(Record(item=item, stage=stage, status="done",
                                        fingerprint=fingerprint(stage, item), outputs=outputs))
 
@@ -78,7 +80,7 @@ def _video(out: Path, root: Path, vid: str, seconds: float, start: int, end: int
         media.write_wav(mix, np.sum(voices, axis=0), SR)
         jobs.append(pool.submit(media.encode_video, source, frames.frames, fps=FPS, audio=mix))
     _record(out, "ingest", vid, {"source": str(source), "fps": FPS, "width": 384, "height": 192,
-                                 "n_frames": n_total})
+                                 "n_frames": n_total, "duration": seconds, "source_fps": float(FPS)})
     # vad: trimmed 16 kHz tracks
     (d / "vad").mkdir(parents=True, exist_ok=True)
     a, b = start * SR // FPS, end * SR // FPS
@@ -119,7 +121,8 @@ def _video(out: Path, root: Path, vid: str, seconds: float, start: int, end: int
     for j in jobs:
         j.result()
     pool.shutdown()
-    _record(out, "crop", vid, {"detections": f"items/{vid}/crop/detections.npz", "strips": strips})
+    _record(out, "crop", vid, {"detections": f"items/{vid}/crop/detections.npz", "strips": strips, "n_strips": 2,
+                               "frames": T, "start_frame": start, "crop_size": 224})
     _record(out, "contiguity", vid, {"segments": [list(s) for s in segments], "strip_runs": [], "n_frames": T})
     (d / "smooth").mkdir(parents=True, exist_ok=True)
     rels = []

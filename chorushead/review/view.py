@@ -17,6 +17,7 @@ from chorushead.core.decisions import segment_key
 from chorushead.core.manifest import Record, iter_records
 from chorushead.review.flags import SegmentFlags, Thresholds, flag_segment, order_by_suspicion
 from chorushead.runner import load_items
+from chorushead.stages import assign, contiguity, crop, ingest, smooth, vad
 
 # the stages whose records the review reads (review itself: the decisions)
 STAGES = ("ingest", "vad", "crop", "contiguity", "smooth", "assign")
@@ -90,9 +91,9 @@ class BuildView:
             recs = {s: r for s in latest if (r := latest[s].get(vid)) is not None and r.ok}
             if "contiguity" not in recs:
                 continue
-            ing = recs.get("ingest")
-            source = (ing.outputs.get("source") if ing else None) or (items[vid].source if vid in items else None)
-            fps = int((ing.outputs.get("fps") if ing else None) or self.th.fps)
+            ing = ingest.Outputs.of(recs["ingest"]) if "ingest" in recs else None
+            source = (ing.source if ing else None) or (items[vid].source if vid in items else None)
+            fps = ing.fps if ing else self.th.fps
             videos[vid] = Video(id=vid, source=source, fps=fps, records=recs)
             segments.update(self._video_segments(videos[vid]))
         order = order_by_suspicion([(k, s.flags) for k, s in segments.items()])
@@ -100,20 +101,19 @@ class BuildView:
 
     def _video_segments(self, v: Video) -> dict[str, Segment]:
         recs = v.records
-        ranges = recs["contiguity"].outputs.get("segments", [])
-        smooth = recs["smooth"].outputs.get("segments", []) if "smooth" in recs else []
-        offset = int(recs["vad"].outputs.get("start_frame", 0)) if "vad" in recs else 0
-        probs = None
-        if "crop" in recs and recs["crop"].outputs.get("detections"):
-            det = self.npz(recs["crop"].outputs["detections"])
-            probs = det.get("probs") if det else None
+        ranges = contiguity.Outputs.of(recs["contiguity"]).segments
+        fits = smooth.Outputs.of(recs["smooth"]).segments if "smooth" in recs else []
+        offset = vad.Outputs.of(recs["vad"]).start_frame if "vad" in recs else 0
+        crops = crop.Outputs.of(recs["crop"]) if "crop" in recs else None
+        det = self.npz(crops.detections) if crops else None
+        probs = det.get("probs") if det else None
         if probs is not None:
             n_strips = int(probs.shape[0])
         else:
-            n_strips = len(recs["crop"].outputs.get("strips", [])) if "crop" in recs else 2
+            n_strips = len(crops.strips) if crops else 2
         out = {}
         for i, (a, b) in enumerate(ranges):
-            rel = smooth[i] if i < len(smooth) else None
+            rel = fits[i] if i < len(fits) else None
             arr = self.npz(rel) if rel else None
             coeffs = arr.get("coeffs") if arr else None
             if coeffs is not None:
@@ -217,7 +217,7 @@ class BuildView:
                 "strips": [], "jaw": None, "jaw_raw": None, "pose": None, "audio": [], "mesh": None,
             }
             if "crop" in recs:
-                for k, rel in enumerate(recs["crop"].outputs.get("strips", [])):
+                for k, rel in enumerate(crop.Outputs.of(recs["crop"]).strips):
                     res["strips"].append({"strip": k, "base": f"/files/{rel.strip('/')}/", "first": s.start,
                                           "version": recs["crop"].fingerprint})
             if s.coeffs:
@@ -234,12 +234,10 @@ class BuildView:
 
     def _waveforms(self, s: Segment, v: Video) -> list[dict[str, Any]]:
         """Per strip: min/max envelope per video frame of that singer's voice track."""
-        vad = v.records.get("vad")
-        if vad is None:
+        if "vad" not in v.records:
             return []
-        tracks = vad.outputs.get("singers_16k", [])
-        asg = v.records.get("assign")
-        order = list(asg.outputs.get("order", [])) if asg else []
+        tracks = vad.Outputs.of(v.records["vad"]).singers_16k
+        order = list(assign.Outputs.of(v.records["assign"]).order) if "assign" in v.records else []
         assigned = len(order) == len(tracks) and len(tracks) > 0
         order = order if assigned else list(range(len(tracks)))
         res = []
