@@ -16,7 +16,7 @@ from chorushead.core import media
 from chorushead.core.manifest import Manifest
 from chorushead.review import flags as F
 from chorushead.core.decisions import decisions
-from chorushead.review.server import is_loopback, make_server, parse_range, serve, HttpError
+from chorushead.review.server import is_loopback, make_server, parse_range, pipeline_thresholds, serve, HttpError
 
 from conftest import validate_record
 from review_fixture import EXPECTED_FLAGS, EXPECTED_ORDER, shared_review_build
@@ -414,3 +414,14 @@ def test_clip_frames_are_the_segment_frames(server, build):
     for i in (0, d["frames"] // 2, d["frames"] - 1):
         err = ((src - cf[i]) ** 2).mean(axis=(1, 2, 3))
         assert int(np.argmin(err)) == d["abs_start"] + i
+
+
+def test_a_broken_pipeline_file_is_a_one_line_error_not_silent_defaults(out, tmp_path, monkeypatch):
+    import chorushead.runner as runner
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[stages.review\nmin_seconds = 5\n")
+    monkeypatch.setattr(runner, "default_pipeline_path", lambda: bad)
+    with pytest.raises(SystemExit, match="chorushead review: .*line 1"):
+        serve(out, port=0)
+    monkeypatch.setattr(runner, "default_pipeline_path", lambda: tmp_path / "absent.toml")
+    assert pipeline_thresholds() == F.Thresholds()          # no file at all: the defaults

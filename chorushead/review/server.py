@@ -158,10 +158,10 @@ def make_server(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allo
 
 def pipeline_thresholds() -> Thresholds:
     """Flag thresholds from the pipeline file's optional ``[stages.review]`` table, else the defaults."""
+    from chorushead.runner import Pipeline
     try:
-        from chorushead.runner import Pipeline
         given = Pipeline.load().params.get("review", {})
-    except Exception:   # no pipeline file (an installed wheel without it): defaults are fine
+    except FileNotFoundError:   # no pipeline file at all: defaults are fine (a broken one is an error)
         return Thresholds()
     known = {k: v for k, v in given.items() if k in Thresholds.__dataclass_fields__}
     return Thresholds(**known)
