@@ -33,10 +33,17 @@ def build(
                                             help="Dask scheduler / Ray cluster address (default: start a local one)."),
 ):
     """Run (or resume) the staged build. Rerun the same command after a crash: done work is kept."""
+    from chorushead.executors import BACKENDS
     from chorushead.runner import build as run_build
-    pl = _pipeline(pipeline, sets)
-    chosen = [s.strip() for s in stages.split(",")] if stages else None
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     try:
+        # Every argument is checked before anything is written (run_build checks the rest before
+        # it creates --out), so a typo leaves no output folder behind.
+        if backend not in BACKENDS:
+            raise ValueError(f"--backend {backend!r}: unknown; available: {', '.join(BACKENDS)}")
+        if videos is None and not (out / "items.json").exists():
+            raise FileNotFoundError(f"{out} has no build to rerun; give the raw videos with --videos DIR")
+        pl = _pipeline(pipeline, sets)
         summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet,
                               backend=backend, scheduler=scheduler)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
@@ -78,7 +85,11 @@ def demo(
 ):
     """Generate a short two-singer sample video (with stems) and build it as far as the installed assets allow."""
     from chorushead.demo import run_demo
-    code = run_demo(out, seconds=seconds, jobs=jobs, echo=typer.echo)
+    try:
+        code = run_demo(out, seconds=seconds, jobs=jobs, echo=typer.echo)
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2)
     raise typer.Exit(code)
 
 

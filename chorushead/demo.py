@@ -168,25 +168,72 @@ def write_sample(folder: Path, seconds: float = 12.0, size: tuple[int, int] = (2
     return path, stems.parent, vid
 
 
+# A 5 s segment (150 frames) must survive the sample's 1 s silent lead-in and 0.5 s tail, trimmed by VAD.
+MIN_DEMO_SECONDS = 7.0
+_MAX_REASON = 240   # characters of a failure message in the closing lines (status shows it whole)
+
+
 def run_demo(out: Path, seconds: float = 12.0, jobs: int = 1, echo: Callable[[str], None] = print) -> int:
     """Generate the sample and build it; report what ran and what needs assets. Returns an exit code."""
+    from chorushead.core.manifest import iter_records
     from chorushead.runner import Pipeline, build
-    from chorushead.status import collect, format_status
+    from chorushead.status import collect
 
+    if seconds < MIN_DEMO_SECONDS:   # checked before anything is written
+        raise ValueError(f"--seconds {seconds:g}: the demo needs at least {MIN_DEMO_SECONDS:g} s "
+                         "(a 5 s segment after the sample's silent start and end)")
     out = Path(out)
     sample = out / "sample"
+    pl = Pipeline.load()
     if not (sample / "videos" / "duet_sample.mp4").exists():
         echo(f"Generating a {seconds:g} s two-singer sample in {sample} ...")
         write_sample(sample, seconds=seconds)
-    pl = Pipeline.load()
-    build(sample / "videos", out / "build", pl, jobs=jobs, stems=sample / "stems")
+    summaries = build(sample / "videos", out / "build", pl, jobs=jobs, stems=sample / "stems")
     bs = collect(out / "build", pl)
-    echo(format_status(bs))
-    ran = [s.stage for s in bs.stages if s.done + s.skipped > 0]
-    waiting = [s.stage for s in bs.stages if s.done + s.skipped == 0]
-    echo(f"\nRan: {', '.join(ran) or 'nothing'}.")
-    if waiting:
-        echo(f"Not run: {', '.join(waiting)} — each waits for the stage before it; the failures above say "
-             "which asset is missing. `chorushead doctor` lists where each model is looked for and how to get it.")
-    ok = {"ingest", "vad", "crop", "contiguity"} <= set(ran)
+    echo(f"\n{bs.items} video(s), {bs.hours * 3600:.1f} s ingested, {bs.frames} frames cropped, "
+         f"{bs.segments} segment(s) kept ({bs.frames_in_segments} frames).")
+    lines, states = closing_lines(summaries, iter_records(out / "build", pl.stages), out / "build")
+    for line in lines:
+        echo(line)
+    ok = all(states.get(s) in ("ran", "reused") for s in ("ingest", "vad", "crop", "contiguity"))
     return 0 if ok else 1
+
+
+def closing_lines(summaries: list, latest: dict[str, dict], build_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """What the build did, one line per stage that did not simply run: ran / reused / skipped / failed /
+    waiting, with the reason; then the exact status command. Also returns each stage's state."""
+    import shlex
+
+    from chorushead.stages import get_stage
+
+    states: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for s in summaries:
+        records = list(latest.get(s.stage, {}).values())
+        failed = [r for r in records if r.status == "failed"]
+        skipped = [r for r in records if r.status == "skipped"]
+        if failed:
+            msg = f"{failed[0].error_class}: {failed[0].message}".replace("\n", " ")
+            states[s.stage] = "failed"
+            reasons[s.stage] = msg if len(msg) <= _MAX_REASON else msg[:_MAX_REASON - 3] + "..."
+        elif s.done + s.skipped > 0:
+            states[s.stage] = "ran"
+        elif s.reused > 0 or (records and all(r.ok for r in records)):
+            states[s.stage] = "reused"
+        else:
+            blockers = [n for n in get_stage(s.stage).needs if states.get(n) not in ("ran", "reused")]
+            states[s.stage] = "waiting"
+            reasons[s.stage] = (f"waits for {', '.join(blockers)}" if blockers
+                                else "not run (nothing to do for it yet)")
+        if skipped and states[s.stage] in ("ran", "reused"):
+            reasons[s.stage] = f"skipped: {skipped[0].reason or 'no reason given'}"
+    ran = [st for st, v in states.items() if v == "ran"]
+    reused = [st for st, v in states.items() if v == "reused"]
+    lines = ["", f"Ran: {', '.join(ran) or 'nothing'}.", f"Reused from an earlier run: {', '.join(reused) or 'nothing'}."]
+    for st, why in reasons.items():
+        label = "skipped" if why.startswith("skipped: ") else states[st]
+        lines.append(f"  {st} {label}: {why.removeprefix('skipped: ')}")
+    if "failed" in states.values():
+        lines.append("`chorushead doctor` lists where each model is looked for and how to get it.")
+    lines.append(f"Status of this build at any time: chorushead status --out {shlex.quote(str(build_dir))}")
+    return lines, states

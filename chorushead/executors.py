@@ -13,6 +13,10 @@ Backends:
   shut down afterwards. Tasks of a GPU stage ask Ray for one GPU each when the cluster has GPUs.
   ``pip install ray``.
 
+Nothing leaves this machine when the engine is started here: the LocalCluster binds 127.0.0.1 (its
+scheduler, workers and nannies), and the local Ray instance runs on 127.0.0.1 with no dashboard and
+no usage stats (see :func:`_local_ray_env` for the three outbound calls Ray 2.60 makes otherwise).
+
 A worker process that dies mid-task (segfault, OOM killer, ``kill -9``) costs that task only: it is
 not yielded, a :class:`WorkerLost` warning names it, and every other task still completes. For the
 runner this means the item has no new record, so it stays pending and the next build redoes it. How
@@ -39,10 +43,11 @@ import os
 import sys
 import warnings
 from collections import deque
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 BACKENDS = ("local", "dask", "ray")
+LOOPBACK = "127.0.0.1"   # where engines started here listen and talk (see the module docstring)
 
 # Loky pool workers are kept this long when idle, so per-process model caches survive between stages.
 _LOCAL_IDLE_TIMEOUT_S = 300
@@ -147,8 +152,10 @@ def _dask(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | 
         else:
             # Read by the scheduler when it is created (it runs in this process): see module docstring.
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                # host: scheduler, workers and nannies listen on loopback only (and Dask does not look
+                # up this machine's public address, which it does by a UDP connect to 8.8.8.8).
                 cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                                           dashboard_address=None))
+                                                           host=LOOPBACK, dashboard_address=None))
             client = stack.enter_context(Client(cluster))
             # One task per worker at a time: Dask would otherwise queue several on one worker, and a
             # worker's death fails every task it holds.
@@ -182,22 +189,72 @@ def _dask(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | 
 
 
 # ----------------------------------------------------------------------------- ray
-def _ray(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | None, gpu: bool) -> Iterator[Any]:
+# Proxy variables read by `requests` (upper and lower case): see _local_ray_env.
+_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+
+
+def _local_ray_env() -> dict[str, str]:
+    """Environment of a Ray instance started here, so that it makes no outbound connection.
+
+    Ray 2.60, started with a plain ``ray.init()``, contacts three outside addresses:
+
+    - usage stats (reported to Anyscale): off with ``RAY_USAGE_STATS_ENABLED=0``;
+    - the node address, guessed by a UDP connect to 8.8.8.8 (``services.get_node_ip_address``; an
+      explicit ``_node_ip_address="127.0.0.1"`` is routed through the same guess because it is
+      "localhost"): ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray take loopback instead (on
+      Linux that variable does nothing else). Read once, when ``ray`` is first imported.
+    - the cloud metadata address 169.254.169.254 and metadata.google.internal, asked by the usage
+      stats module of the API server process for the cloud provider, with usage stats off too and
+      with ``include_dashboard=False`` (``UsageStatsHead.run`` calls ``get_cluster_config_to_report``
+      before it checks). Those requests go through ``requests``, so a proxy at a closed loopback port
+      (9, discard) makes them fail at once without leaving the machine. gRPC, which Ray's processes
+      talk over, ignores proxy variables (Ray sets ``grpc.enable_http_proxy=0``) and loopback is
+      exempted anyway. Workers get the caller's proxy settings back (see ``_ray``).
+    """
+    dead_proxy = f"http://{LOOPBACK}:9"
+    return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy, "https_proxy": dead_proxy,
+            "HTTPS_PROXY": dead_proxy, "no_proxy": f"localhost,{LOOPBACK},::1", "NO_PROXY": f"localhost,{LOOPBACK},::1"}
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes started inside, then put the old values back."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
-        import ray
-        from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
-        from ray.job_config import JobConfig
-    except ImportError as e:
-        raise ImportError('backend "ray" needs Ray: pip install ray') from e
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _ray(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | None, gpu: bool) -> Iterator[Any]:
+    local = not address
+    callers_proxies = {k: os.environ.get(k, "") for k in _PROXY_VARS}
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when first imported, so a local run imports it inside.
+    with _environ(_local_ray_env() if local else {}):
+        try:
+            import ray
+            from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
+            from ray.job_config import JobConfig
+        except ImportError as e:
+            raise ImportError('backend "ray" needs Ray: pip install ray') from e
+        connected_here = not ray.is_initialized()   # someone else's ray.init() is theirs to shut down
+        if connected_here and address:
+            ray.init(address=address, logging_level="WARNING")
+        elif connected_here:
+            # Ray's workers do not inherit this process's sys.path (dask's and loky's do); hand it over
+            # so whatever imports here (a source checkout, test helpers) also imports in the workers.
+            # Workers get the caller's proxy settings back (an empty value means none to `requests`).
+            ray.init(num_cpus=jobs, include_dashboard=False, logging_level="WARNING",
+                     _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
+                     job_config=JobConfig(code_search_path=[p for p in sys.path if p],
+                                          runtime_env={"env_vars": callers_proxies}))
     died = (WorkerCrashedError, OutOfMemoryError, NodeDiedError, ObjectLostError)
-    connected_here = not ray.is_initialized()   # someone else's ray.init() is theirs to shut down
-    if connected_here and address:
-        ray.init(address=address, logging_level="WARNING")
-    elif connected_here:
-        # Ray's workers do not inherit this process's sys.path (dask's and loky's do); hand it over so
-        # whatever imports here (a source checkout, test helpers) also imports in the workers.
-        ray.init(num_cpus=jobs, include_dashboard=False, logging_level="WARNING",
-                 job_config=JobConfig(code_search_path=[p for p in sys.path if p]))
     try:
         options: dict[str, Any] = {"num_cpus": 1}
         if gpu and ray.cluster_resources().get("GPU", 0) >= 1:

@@ -135,7 +135,13 @@ def load_items(out: Path) -> dict[str, Item]:
 
 # ----------------------------------------------------------------------------- lock
 class BuildLock:
-    """One build per output folder at a time (flock: released by the OS if the process dies)."""
+    """One build per output folder at a time (flock: released by the OS if the process dies).
+
+    The lock file is removed when the build ends. It is unlinked while still locked, so a process
+    that opened it meanwhile and then gets the lock holds a file that is no longer in the folder; it
+    notices (the path is gone or names another inode) and starts over on a fresh file. A file left by
+    a build killed with -9 holds no lock (the OS dropped it with the process) and is simply reused.
+    """
 
     def __init__(self, out: Path):
         self.path = Path(out) / ".build.lock"
@@ -143,22 +149,40 @@ class BuildLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = self.path.read_text().strip() or "another process"
-            os.close(self.fd)
-            raise RuntimeError(f"Another build is running on {self.path.parent} ({other}). "
-                               "Wait for it to finish or stop it; two builds on one folder would race.")
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RuntimeError(f"Another build is running on {self.path.parent} ({other}). "
+                                   "Wait for it to finish or stop it; two builds on one folder would race.")
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)   # its holder removed it after we opened it: lock a fresh one
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         return self
 
     def __exit__(self, *exc):
         if self.fd is not None:
+            if _same_file(self.fd, self.path):
+                self.path.unlink()   # before unlocking: see the class docstring
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 # ----------------------------------------------------------------------------- one item, in a worker
@@ -337,6 +361,16 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
           log: Callable[[str], None] = print, backend: str = "local",
           scheduler: str | None = None) -> list[StageSummary]:
     out = Path(out)
+    # Arguments are checked before the output folder exists, so a typo leaves nothing behind.
+    if stages:
+        unknown = set(stages) - set(pipeline.stages)
+        if unknown:
+            raise ValueError(f"--stages: unknown stage(s) {sorted(unknown)}; pipeline has {pipeline.stages}")
+    order = [s for s in pipeline.stages if stages is None or s in stages]
+    stage_params = {name: get_stage(name).make_params(pipeline.params.get(name)) for name in order}
+    for flag, folder in (("--videos", videos), ("--stems", stems)):
+        if folder is not None and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with BuildLock(out):
         items = discover(videos, stems) if videos is not None else []
@@ -346,15 +380,10 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         if not all_items:
             log(f"No videos found under {videos} (extensions: {', '.join(sorted(VIDEO_EXTS))}).")
             return []
-        order = [s for s in pipeline.stages if stages is None or s in stages]
-        if stages:
-            unknown = set(stages) - set(pipeline.stages)
-            if unknown:
-                raise ValueError(f"--stages: unknown stage(s) {sorted(unknown)}; pipeline has {pipeline.stages}")
         summaries = []
         for name in order:
             stage = get_stage(name)
-            params = stage.make_params(pipeline.params.get(name))
+            params = stage_params[name]
             latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
             summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline,
                                         backend, scheduler))
