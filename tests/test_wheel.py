@@ -78,8 +78,9 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}    # the checkout must not leak in
 
     out = work / "demo"
-    demo = subprocess.run([str(exe), "demo", "--out", str(out), "--seconds", "6"], cwd=work, env=env,
+    demo = subprocess.run([str(exe), "demo", "--out", str(out), "--seconds", "8"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=600)
+    assert (out / "build" / "manifests").is_dir(), demo.stdout + demo.stderr
     # Without EMOCA the demo stops at fit (exit code 0 or not); everything before it must have run.
     ran = {json.loads(line)["stage"]: json.loads(line)["status"]
            for stage in ("ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity")
