@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from chorushead.backends.spleeter import JsonLinesWorker
+from chorushead.backends.worker import JsonLinesWorker
 from chorushead.core.errors import MissingAsset, StageError
 
 REPO = Path(__file__).resolve().parents[2]
