@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from chorushead.core.errors import StageError
-from chorushead.core.manifest import Manifest, Record, file_fingerprint, fingerprint, write_json_atomic
+from chorushead.core.manifest import (Manifest, Record, file_fingerprint, fingerprint, iter_records,
+                                      write_json_atomic)
 from chorushead.core.shapes import ShapeError
 from chorushead.stages import get_stage
 from chorushead.stages.base import DEFAULT_FPS, Context, GlobalContext, Item, Result, Stage, params_dict
@@ -384,7 +385,7 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         for name in order:
             stage = get_stage(name)
             params = stage_params[name]
-            latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
+            latest = iter_records(out, pipeline.stages)
             summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline,
                                         backend, scheduler))
         return summaries

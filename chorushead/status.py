@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from chorushead.core.manifest import Manifest
+from chorushead.core.manifest import iter_records
 from chorushead.runner import Pipeline, StageSummary, load_items
 from chorushead.stages import contiguity, crop, ingest, pack
 
@@ -23,7 +23,7 @@ class BuildStatus:
 def collect(out: Path, pipeline: Pipeline) -> BuildStatus:
     out = Path(out)
     items = load_items(out)
-    latest = {s: Manifest(out, s).latest() for s in pipeline.stages}
+    latest = iter_records(out, pipeline.stages)
     stages = []
     for s in pipeline.stages:
         st = StageSummary(s)

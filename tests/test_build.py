@@ -197,3 +197,42 @@ def test_same_lmdb_on_local_and_distributed_backends(tmp_path, monkeypatch, back
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
     for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
         del sys.modules[name]
+
+
+def test_build_at_25_fps_packs_5_s_windows_of_125_frames(tmp_path, monkeypatch):
+    """``pipeline.fps`` reaches every stage: frames, crops, the vad trim and the windows share one clock."""
+    from chorushead.core.windows import WindowReader
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    raw = tmp_path / "raw"
+    write_sample(raw, seconds=7.0, size=SIZE, name="clip", absent_s=None, seed=30)
+    out = tmp_path / "out"
+    build(raw / "videos", out, Pipeline.load(overrides=_fit_sets(tmp_path) + ["pipeline.fps=25"]),
+          stems=raw / "stems", progress=False)
+    latest = {s: Manifest(out, s).latest() for s in Pipeline.load().stages}
+    (iid,) = latest["ingest"]
+    assert {s: r[iid].status for s, r in latest.items()}["pack"] == "done"
+    ing, vad, crop = latest["ingest"][iid].outputs, latest["vad"][iid].outputs, latest["crop"][iid].outputs
+    assert ing["fps"] == 25 and ing["n_frames"] == 175
+    assert vad["start_s"] == vad["start_frame"] / 25
+    det = np.load(out / crop["detections"])
+    assert int(det["fps"]) == 25 and int(det["start_frame"]) == vad["start_frame"] == crop["start_frame"]
+    assert crop["frames"] == vad["end_frame"] - vad["start_frame"]
+    reader = WindowReader(out / "windows.lmdb", None)
+    assert (reader.meta["fps"], reader.meta["window"], reader.meta["stride"]) == (25, 125, 13)
+    assert reader.meta["fit_backend"] == "emoca"
+    segs = latest["contiguity"][iid].outputs["segments"]
+    smoothed = latest["smooth"][iid].outputs["segments"]
+    assert len(reader) > 0
+    for i in range(len(reader)):
+        w = reader[i]
+        a, _ = segs[w.segment]
+        c = np.load(out / smoothed[w.segment])["coeffs"]
+        np.testing.assert_array_equal(w.coeffs, c[:, w.start - a:w.start - a + 125])
+        assert w.vocals.shape[1] == 5 * 16000
+        for strip in crop["strips"]:        # window frames t are crop frames t = vad start_frame + t
+            assert all((out / strip / f"{t:06d}.jpg").exists() for t in range(w.start, w.start + 125))
+    for stage, recs in latest.items():
+        for rec in recs.values():
+            validate_record(rec.to_dict())
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
+        del sys.modules[name]

@@ -2,7 +2,7 @@
 
 A stage's manifest is ``<out>/manifests/<stage>.jsonl``. The newest record for an item wins. An item
 is done when its newest record says ``done`` (or ``skipped``, which downstream stages accept) AND its
-fingerprint equals the fingerprint the runner computes now (inputs + parameters + stage version).
+fingerprint equals the fingerprint the runner computes now (inputs + parameters + stage version + fps).
 Crash safety: outputs are renamed into place before the record is appended; each record is a single
 ``write`` of one line followed by flush + fsync; a torn last line (a crash mid-write) is ignored on read.
 """
@@ -74,7 +74,12 @@ def file_fingerprint(path: Path, sample: int = 1 << 20) -> str:
 
 
 class Manifest:
-    """Append-only JSONL of :class:`Record` for one stage. Only one process appends (the runner)."""
+    """Append-only JSONL of :class:`Record` for one stage.
+
+    Who appends: the runner, for the stage manifests (workers only return records to it), and the
+    review server, for ``review.jsonl`` (:mod:`chorushead.core.decisions`), possibly while a build runs.
+    No two writers share a file, and each record is one ``O_APPEND`` write, so concurrent appends to one
+    file would still not interleave within a line."""
 
     def __init__(self, out_dir: Path, stage: str):
         self.path = Path(out_dir) / "manifests" / f"{stage}.jsonl"
