@@ -10,7 +10,6 @@ would report, so IoU against it measures the detector pipeline, not MTCNN's own 
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -167,29 +166,15 @@ def write_duet_video(path: str | Path, n_frames: int, size: tuple[int, int] = (2
                      absent: tuple[int, int] | None = None, seed: int = 0, strips: int = 2,
                      face_frac: float = 0.3, fps: int = 30, crf: int = 20,
                      audio: str | Path | None = None) -> np.ndarray:
-    """Stream a duet clip straight into ffmpeg (no whole clip in memory); returns the true boxes.
-
-    Same encoder settings as :func:`chorushead.core.media.encode_video` (``audio``: a file to mux in, cut to
-    the video's length), for clips too large to hold in memory."""
-    from chorushead.core.media import ffmpeg_exe
+    """Stream a duet clip into :class:`chorushead.core.media.VideoWriter` (no whole clip in memory);
+    returns the true boxes. ``audio``: a file to mux in, cut to the video's length."""
+    from chorushead.core.media import VideoWriter
     h, w = size
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
-           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"]
-    if audio is not None:
-        cmd += ["-i", str(audio), "-c:a", "aac", "-b:a", "128k", "-shortest"]
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p", str(path)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     all_boxes = []
-    try:
+    with VideoWriter(path, w, h, fps, audio=audio, crf=crf) as vw:
         for frames, boxes in iter_duet_frames(n_frames, size, absent, seed, strips, face_frac):
-            proc.stdin.write(frames.tobytes())
+            vw.write(frames)
             all_boxes.append(boxes)
-    finally:
-        proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace")
-        rc = proc.wait()
-    if rc != 0:
-        raise RuntimeError(f"ffmpeg encode failed: {err[-500:]}")
     return np.concatenate(all_boxes, axis=1)
 
 
