@@ -5,7 +5,7 @@ errors". A person's time is the scarce resource, so every segment gets a few che
 the build outputs, a flag for each measurement past its threshold, and one suspicion score that
 orders the review list (most suspicious first). All functions here are pure: arrays in, numbers out.
 
-Measurements (``S`` strips = singers, ``T`` frames at 30 fps, coefficients ``[exp 50, jaw 3, pose 3]``):
+Measurements (``S`` strips = singers, ``T`` frames at the build's fps, coefficients ``[exp 50, jaw 3, pose 3]``):
 
 - ``jaw_std``: standard deviation of the jaw opening (``coeffs[..., 50]``, radians) over the segment,
   the smallest over singers. Low = someone barely moves their mouth (not singing, or a failed fit).
@@ -50,7 +50,7 @@ class Thresholds:
     max_det_doubt: float = 0.02      # 1 - mean MTCNN prob (contiguity already requires >= 0.9)
     min_assign_conf: float = 0.1     # as assign.min_confidence; used only when assign gives no low_confidence
     min_frames: int = 210            # 7 s: fewer than 5 windows of 5 s at 0.5 s stride
-    fps: int = 30
+    fps: int = 30                    # only for builds whose ingest records predate the fps field
 
 
 # How much each flag weighs in the suspicion score. Mouth movement and fit errors are the paper's
