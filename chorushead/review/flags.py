@@ -17,6 +17,8 @@ Measurements (``S`` strips = singers, ``T`` frames at the build's fps, coefficie
 - ``det_doubt``: 1 - mean MTCNN probability over the segment, the largest over singers.
 - ``assign_conf``: the assign stage's confidence that voice tracks go to the right faces.
 - ``frames``: segment length; short segments give few 5 s windows for the same review effort.
+- ``stems_warnings``: how many warnings ingest recorded about the user's stems (a stem longer or
+  shorter than the video, or at another sample rate than the others): voices may be out of sync.
 
 The thresholds are starting points, not truths: they are parameters, and the score is continuous so
 the order stays useful even where a threshold is off.
@@ -39,6 +41,7 @@ FLAG_INFO = {        # flag -> what a person sees in the list
     "low_assign": "low voice-to-singer assignment confidence",
     "short": "short segment",
     "no_fit": "no fitted coefficients yet",
+    "stems_mismatch": "supplied stems differ from the video (length or sample rate)",
 }
 
 
@@ -56,7 +59,7 @@ class Thresholds:
 # How much each flag weighs in the suspicion score. Mouth movement and fit errors are the paper's
 # reasons to reject; the rest make a rejection likelier but are not reasons on their own.
 WEIGHTS = {"still_mouth": 1.0, "jitter": 0.8, "jump": 0.8, "low_detection": 0.6, "low_assign": 0.6,
-           "short": 0.2, "no_fit": 0.1}
+           "short": 0.2, "no_fit": 0.1, "stems_mismatch": 0.6}
 
 
 @dataclass
@@ -137,7 +140,7 @@ def _soft(ratio: float, sharp: float = 4.0) -> float:
 def flag_segment(n_frames: int, coeffs: Optional[np.ndarray] = None, raw: Optional[np.ndarray] = None,
                  probs: Optional[np.ndarray] = None, seg_range: Optional[tuple[int, int]] = None,
                  assign: Optional[dict[str, Any]] = None, segment: int = 0,
-                 th: Thresholds = Thresholds()) -> SegmentFlags:
+                 th: Thresholds = Thresholds(), stems_warnings: Optional[list[str]] = None) -> SegmentFlags:
     """Measure one segment and flag it. Missing inputs (no fit yet, no assign) just skip their flags.
 
     ``probs`` is the crop stage's (S, T) array over the trimmed timeline and ``seg_range`` the
@@ -170,6 +173,9 @@ def flag_segment(n_frames: int, coeffs: Optional[np.ndarray] = None, raw: Option
     elif conf is not None:
         parts["low_assign"] = _soft(th.min_assign_conf / max(conf, 1e-9))
 
+    if stems_warnings:   # ingest's warnings about the user's stems (they hold for the whole video)
+        m["stems_warnings"] = float(len(stems_warnings))
+        parts["stems_mismatch"] = 1.0
     flags = [f for f, s in parts.items() if s >= 0.5]
     flags.sort(key=lambda f: -WEIGHTS[f])
     score = sum(WEIGHTS[f] * s for f, s in parts.items())

@@ -106,6 +106,7 @@ class BuildView:
         offset = vad.Outputs.of(recs["vad"]).start_frame if "vad" in recs else 0
         crops = crop.Outputs.of(recs["crop"]) if "crop" in recs else None
         det = self.npz(crops.detections) if crops else None
+        stems_warnings = ingest.Metrics.of(recs["ingest"]).warnings if "ingest" in recs else None
         probs = det.get("probs") if det else None
         if probs is not None:
             n_strips = int(probs.shape[0])
@@ -120,7 +121,7 @@ class BuildView:
                 n_strips = coeffs.shape[0]
             fl = flag_segment(b - a, coeffs=coeffs, raw=arr.get("raw") if arr else None, probs=probs,
                               seg_range=(a, b), assign=recs["assign"].outputs if "assign" in recs else None,
-                              segment=i, th=self.th)
+                              segment=i, th=self.th, stems_warnings=stems_warnings)
             key = segment_key(v.id, i)
             out[key] = Segment(key=key, video=v.id, index=i, start=int(a), end=int(b), abs_start=offset + int(a),
                                n_strips=n_strips, coeffs=rel if coeffs is not None else None, flags=fl)

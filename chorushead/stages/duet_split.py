@@ -181,11 +181,12 @@ def full_band_tracks(vocals: np.ndarray, sr: int, tracks8: np.ndarray, nfft: int
 
 def _skip_with_stems(ctx: Context, singers: list[str]) -> Result:
     paths16 = []
-    for k, rel in enumerate(singers):
+    for rel in singers:   # the user's singer<k>.wav becomes singer<k>_16k.wav: numbers kept
         a, sr = read_wav(ctx.out / rel)
         a = a.mean(axis=1) if a.ndim == 2 else a
-        write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", resample(a, sr, OUT_SR), OUT_SR)
-        paths16.append(f"singer{k}_16k.wav")
+        name = f"{Path(rel).stem}_16k.wav"
+        write_wav(Path(ctx.tmp) / name, resample(a, sr, OUT_SR), OUT_SR)
+        paths16.append(name)
     return Result(status="skipped", reason="stems supplied",
                   outputs=Outputs(singers=list(singers), singers_16k=paths16))
 
@@ -206,7 +207,7 @@ def process(ctx: Context, params: Params, model) -> Result:
         full = _fit_length(resample(st.tracks.T, MODEL_SR, sr).T, len(mono))
     n16 = int(round(len(mono) * OUT_SR / sr))
     outputs = Outputs(singers=[], singers_16k=[])
-    for k, track in enumerate(full):
+    for k, track in enumerate(full, start=1):   # numbered from 1, as users number their stems
         write_wav(Path(ctx.tmp) / f"singer{k}.wav", track, sr)
         write_wav(Path(ctx.tmp) / f"singer{k}_16k.wav", _fit_length(resample(track, sr, OUT_SR), n16), OUT_SR)
         outputs.singers.append(f"singer{k}.wav")

@@ -9,6 +9,7 @@ The video is trimmed logically: crop decodes only ``[start_frame, end_frame)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -102,9 +103,10 @@ def process(ctx: Context, p: Params, _model) -> Result:
     media.write_wav(ctx.tmp / "vocals_16k.wav", cut(vocals), p.sr)
     media.write_wav(ctx.tmp / "bgm_16k.wav", cut(media.load_audio(ctx.path(bgm.accompaniment), p.sr)), p.sr)
     singers = []
-    for k, rel in enumerate(duet_split.Outputs.of(ctx.upstream["duet_split"]).singers):
-        media.write_wav(ctx.tmp / f"singer{k}_16k.wav", cut(media.load_audio(ctx.path(rel), p.sr)), p.sr)
-        singers.append(f"singer{k}_16k.wav")
+    for rel in duet_split.Outputs.of(ctx.upstream["duet_split"]).singers:
+        name = f"{Path(rel).stem}_16k.wav"   # singer<k>.wav -> singer<k>_16k.wav: the user's numbers kept
+        media.write_wav(ctx.tmp / name, cut(media.load_audio(ctx.path(rel), p.sr)), p.sr)
+        singers.append(name)
     outputs = Outputs(start_frame=start_f, end_frame=end_f, start_s=a, end_s=b, sr=p.sr,
                       vocals_16k="vocals_16k.wav", bgm_16k="bgm_16k.wav", singers_16k=singers)
     metrics = Metrics(kept_seconds=round(b - a, 3), trimmed_seconds=round(n_frames / fps - (b - a), 3),
