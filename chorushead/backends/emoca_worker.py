@@ -17,11 +17,8 @@ Each ``seg{i:03d}.npz`` holds, for S strips and T = end - start frames:
 from __future__ import print_function
 
 import argparse
-import json
 import os
 import sys
-import time
-import traceback
 
 IMAGE_SIZE = 224
 
@@ -89,50 +86,26 @@ class EmocaRunner(object):
         return outputs, len(jobs)
 
 
-def serve(runner, inp, out):
-    for line in inp:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            job = json.loads(line)
-            t0 = time.time()
-            outputs, n = runner.fit(job["strips"], [tuple(s) for s in job["segments"]], job["output_dir"],
-                                    int(job.get("batch_size", 32)))
-            reply = {"ok": True, "outputs": outputs, "images": n, "seconds": time.time() - t0}
-        except Exception as e:  # a bad video must not kill the worker
-            reply = {"ok": False, "error": "%s: %s" % (type(e).__name__, e),
-                     "traceback": traceback.format_exc()[-2000:]}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+def handle(runner, job):
+    """One video: strip folders + segments -> seg{i:03d}.npz files in ``output_dir``."""
+    outputs, n = runner.fit(job["strips"], [tuple(s) for s in job["segments"]], job["output_dir"],
+                            int(job.get("batch_size", 32)))
+    return {"outputs": outputs, "images": n}
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))   # don't let chorushead/backends shadow anything
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    import worker_protocol as wp   # this file's folder is still sys.path[0]; isolate() drops it
+    proto = wp.isolate(__file__)
     ap = argparse.ArgumentParser(description="EMOCA worker (JSON lines on stdin/stdout)")
     ap.add_argument("--models-dir", required=True)
     ap.add_argument("--model-name", default="EMOCA_v2_lr_mse_20")
     ap.add_argument("--stage", default="detail")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    proto = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)            # library prints go to stderr; stdout is the protocol
-    sys.stdout = sys.stderr
-    try:
-        runner = EmocaRunner(args.models_dir, args.model_name, args.stage, args.device)
-    except ImportError as e:
-        proto.write(json.dumps({"ready": False, "missing": "gdl", "error": "%s: %s" % (type(e).__name__, e)}) + "\n")
-        proto.flush()
-        sys.exit(3)
-    except Exception as e:
-        proto.write(json.dumps({"ready": False, "missing": "", "error": "%s: %s" % (type(e).__name__, e),
-                                "traceback": traceback.format_exc()[-2000:]}) + "\n")
-        proto.flush()
-        sys.exit(4)
-    proto.write(json.dumps({"ready": True, "device": runner.device, "python": sys.version.split()[0]}) + "\n")
-    proto.flush()
-    serve(runner, sys.stdin, proto)
+    runner = wp.start(proto, lambda: EmocaRunner(args.models_dir, args.model_name, args.stage, args.device),
+                      lambda r: {"device": r.device},
+                      missing=lambda e: "gdl" if isinstance(e, ImportError) else None)
+    wp.serve(lambda job: handle(runner, job), sys.stdin, proto)
 
 
 if __name__ == "__main__":

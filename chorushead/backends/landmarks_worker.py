@@ -20,11 +20,8 @@ can import mediapipe.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-import traceback
 
 N_POINTS = 478
 MODEL_FILES = ("modules/face_landmark/face_landmark_with_attention.tflite",
@@ -69,51 +66,26 @@ class LandmarkRunner:
         return out
 
 
-def serve(runner: LandmarkRunner, inp, out) -> None:
+def handle(runner: LandmarkRunner, job: dict) -> dict:
+    """One batch: ``images`` -> (N, 478, 3) landmarks saved to ``output`` (NaN where no face)."""
     import numpy as np
-    for line in inp:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            job = json.loads(line)
-            t0 = time.time()
-            lm = runner.detect(job["images"])
-            np.save(job["output"], lm)
-            reply = {"ok": True, "output": job["output"], "found": int((~np.isnan(lm[:, 0, 0])).sum()),
-                     "seconds": time.time() - t0}
-        except Exception as e:  # one bad batch must not kill the worker
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+    lm = runner.detect(job["images"])
+    np.save(job["output"], lm)
+    return {"output": job["output"], "found": int((~np.isnan(lm[:, 0, 0])).sum())}
 
 
 def main() -> None:
-    here = os.path.dirname(os.path.abspath(__file__))   # chorushead/backends must not shadow anything
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    import worker_protocol as wp   # this file's folder is still sys.path[0]; isolate() drops it
+    proto = wp.isolate(__file__)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--min-confidence", type=float, default=0.5)
     args = ap.parse_args()
-    # Keep the protocol channel clean: whatever TFLite or absl print goes to stderr.
-    proto = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    try:
-        runner = LandmarkRunner(args.min_confidence)
-    except ImportError as e:
-        proto.write(json.dumps({"ready": False, "missing": True, "error": f"{type(e).__name__}: {e}"}) + "\n")
-        proto.flush()
-        sys.exit(3)
-    except Exception as e:
-        proto.write(json.dumps({"ready": False, "missing": isinstance(e, FileNotFoundError),
-                                "error": f"{type(e).__name__}: {e}",
-                                "traceback": traceback.format_exc()[-2000:]}) + "\n")
-        proto.flush()
-        sys.exit(4)
-    proto.write(json.dumps({"ready": True, "mediapipe": runner.version, "models": model_paths(),
-                            "python": sys.version.split()[0]}) + "\n")
-    proto.flush()
-    serve(runner, sys.stdin, proto)
+
+    def missing(e: Exception):
+        return True if isinstance(e, (ImportError, FileNotFoundError)) else None
+    runner = wp.start(proto, lambda: LandmarkRunner(args.min_confidence),
+                      lambda r: {"mediapipe": r.version, "models": model_paths()}, missing=missing)
+    wp.serve(lambda job: handle(runner, job), sys.stdin, proto)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,8 @@ cross-fading them changes nothing but the memory: about 1.3 GB whatever the song
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-import traceback
 
 SAMPLE_RATE = 44100
 
@@ -141,58 +138,31 @@ def separate_chunked(mix, separate_fn, chunk: int, overlap: int):
     return out
 
 
-def serve(runner: SpleeterRunner, inp, out) -> None:
+def handle(runner: SpleeterRunner, job: dict) -> dict:
+    """One song: ``input`` (.npy mix) -> one ``<stem>.npy`` per stem in ``output_dir``."""
     import numpy as np
-    for line in inp:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            job = json.loads(line)
-            t0 = time.time()
-            mix = np.load(job["input"])
-            stems = runner.separate(mix, float(job.get("chunk_seconds", 60.0)),
-                                    float(job.get("overlap_seconds", 4.0)))
-            outputs = {}
-            for name, wav in stems.items():
-                path = os.path.join(job["output_dir"], f"{name}.npy")
-                np.save(path, wav)
-                outputs[name] = path
-            reply = {"ok": True, "outputs": outputs, "seconds": time.time() - t0}
-        except Exception as e:  # one bad song must not kill the worker
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}",
-                     "traceback": traceback.format_exc()[-2000:]}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+    mix = np.load(job["input"])
+    stems = runner.separate(mix, float(job.get("chunk_seconds", 60.0)), float(job.get("overlap_seconds", 4.0)))
+    outputs = {}
+    for name, wav in stems.items():
+        path = os.path.join(job["output_dir"], f"{name}.npy")
+        np.save(path, wav)
+        outputs[name] = path
+    return {"outputs": outputs}
 
 
 def main() -> None:
     # Run as a script, this file's folder is sys.path[0] and holds chorushead's adapters (``spleeter.py``,
-    # ``worker.py``, ...); ``spleeter.py`` would shadow the real package on ``import spleeter``.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    # ``worker.py``, ...); ``isolate`` drops it, since ``spleeter.py`` would shadow the real package.
+    import worker_protocol as wp
+    proto = wp.isolate(__file__)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-path", default=os.environ.get("MODEL_PATH", "pretrained_models"))
     ap.add_argument("--model", default="2stems")
     args = ap.parse_args()
-    # Keep the protocol channel clean: whatever TensorFlow or Spleeter print goes to stderr.
-    proto = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    try:
-        runner = SpleeterRunner(args.model_path, args.model)
-    except ModelMissing as e:
-        proto.write(json.dumps({"ready": False, "missing": True, "error": str(e)}) + "\n")
-        proto.flush()
-        sys.exit(3)
-    except Exception as e:
-        proto.write(json.dumps({"ready": False, "missing": False, "error": f"{type(e).__name__}: {e}",
-                                "traceback": traceback.format_exc()[-2000:]}) + "\n")
-        proto.flush()
-        sys.exit(4)
-    proto.write(json.dumps({"ready": True, "spleeter": runner.version, "python": sys.version.split()[0]}) + "\n")
-    proto.flush()
-    serve(runner, sys.stdin, proto)
+    runner = wp.start(proto, lambda: SpleeterRunner(args.model_path, args.model),
+                      lambda r: {"spleeter": r.version}, missing=lambda e: True if isinstance(e, ModelMissing) else None)
+    wp.serve(lambda job: handle(runner, job), sys.stdin, proto)
 
 
 if __name__ == "__main__":
