@@ -15,7 +15,7 @@ Backends:
 
 Nothing leaves this machine when the engine is started here: the LocalCluster binds 127.0.0.1 (its
 scheduler, workers and nannies), and the local Ray instance runs on 127.0.0.1 with no dashboard and
-no usage stats (see :func:`_local_ray_env` for the three outbound calls Ray 2.60 makes otherwise).
+no usage stats (see :func:`_local_ray_env` for the outbound calls Ray 2.60 makes otherwise).
 
 A worker process that dies mid-task (segfault, OOM killer, ``kill -9``) costs that task only: it is
 not yielded, a :class:`WorkerLost` warning names it, and every other task still completes. For the
@@ -196,13 +196,16 @@ _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_pro
 def _local_ray_env() -> dict[str, str]:
     """Environment of a Ray instance started here, so that it makes no outbound connection.
 
-    Ray 2.60, started with a plain ``ray.init()``, contacts three outside addresses:
+    What Ray 2.60 does otherwise (observed with strace, read in its source):
 
-    - usage stats (reported to Anyscale): off with ``RAY_USAGE_STATS_ENABLED=0``;
-    - the node address, guessed by a UDP connect to 8.8.8.8 (``services.get_node_ip_address``; an
-      explicit ``_node_ip_address="127.0.0.1"`` is routed through the same guess because it is
-      "localhost"): ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray take loopback instead (on
-      Linux that variable does nothing else). Read once, when ``ray`` is first imported.
+    - usage stats (reported to Anyscale): ``ray.init()`` turns them off itself for a local instance
+      of a release wheel; ``RAY_USAGE_STATS_ENABLED=0`` keeps them off whatever the version or
+      ``~/.ray/config.json`` says.
+    - the node address is guessed by a UDP connect to 8.8.8.8 (``services.get_node_ip_address``),
+      and then every Ray process listens and talks on the machine's public address. An explicit
+      ``_node_ip_address="127.0.0.1"`` is routed through the same guess (it is "localhost");
+      ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray take loopback instead (on Linux that
+      variable does nothing else). Ray reads it once, when ``ray`` is first imported.
     - the cloud metadata address 169.254.169.254 and metadata.google.internal, asked by the usage
       stats module of the API server process for the cloud provider, with usage stats off too and
       with ``include_dashboard=False`` (``UsageStatsHead.run`` calls ``get_cluster_config_to_report``
