@@ -14,7 +14,7 @@ from chorushead.cli import app
 
 
 # ----------------------------------------------------------------------------- demo
-@pytest.mark.slow   # ~8 s on a quiet machine: generates a 7 s sample, runs ingest..contiguity twice
+@pytest.mark.slow   # generates the demo's sample videos (7 s each) and builds them twice
 def test_demo_says_what_ran_what_was_reused_and_how_to_see_status(tmp_path):
     from chorushead.runner import Pipeline
     out = tmp_path / "demo out"   # a space: the status command must quote it
