@@ -11,7 +11,8 @@ from chorushead.core.windows import WindowReader
 
 
 class HostWindowDataset(Dataset):
-    """Sample j of a split = window j // S with singer j % S as host (``WindowReader.host_sample``).
+    """Sample j of a split = one (window, singer-as-host) pair, every singer of every window in turn
+    (``WindowReader.host_sample``; windows may have different singer counts).
 
     Returns float32 tensors: ``host``/``partner``/``bgm`` (N,) audio at the LMDB's sample rate,
     ``coeffs`` (W, 56), ``pose0`` (3,); plus ``key`` (str) and ``singer`` (int) for bookkeeping.

@@ -105,7 +105,7 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
     files = []
     for kk in range(coeffs.shape[0]):
         for s in range(coeffs.shape[1]):
-            p = out / f"singer{s}_sample{kk}.npy"
+            p = out / f"singer{s + 1}_sample{kk}.npy"   # singer k = the k-th --vocals file, as the user numbers them
             np.save(p, coeffs[kk, s])
             files.append(str(p))
     videos = []
