@@ -52,7 +52,7 @@ class Thresholds:
     max_jump: float = 0.25           # rad in one frame (~14°)
     max_det_doubt: float = 0.02      # 1 - mean MTCNN prob (contiguity already requires >= 0.9)
     min_assign_conf: float = 0.1     # as assign.min_confidence; used only when assign gives no low_confidence
-    min_frames: int = 210            # 7 s: fewer than 5 windows of 5 s at 0.5 s stride
+    min_seconds: float = 7.0         # fewer than 5 windows of 5 s at 0.5 s stride
     fps: int = 30                    # only for builds whose ingest records predate the fps field
 
 
@@ -140,16 +140,18 @@ def _soft(ratio: float, sharp: float = 4.0) -> float:
 def flag_segment(n_frames: int, coeffs: Optional[np.ndarray] = None, raw: Optional[np.ndarray] = None,
                  probs: Optional[np.ndarray] = None, seg_range: Optional[tuple[int, int]] = None,
                  assign: Optional[dict[str, Any]] = None, segment: int = 0,
-                 th: Thresholds = Thresholds(), stems_warnings: Optional[list[str]] = None) -> SegmentFlags:
+                 th: Thresholds = Thresholds(), stems_warnings: Optional[list[str]] = None,
+                 fps: Optional[float] = None) -> SegmentFlags:
     """Measure one segment and flag it. Missing inputs (no fit yet, no assign) just skip their flags.
 
     ``probs`` is the crop stage's (S, T) array over the trimmed timeline and ``seg_range`` the
     segment's [start, end) in it.
     """
-    m: dict[str, Optional[float]] = {"frames": float(n_frames), "seconds": n_frames / th.fps}
+    fps = fps or th.fps              # the build's frame rate (from its ingest record)
+    m: dict[str, Optional[float]] = {"frames": float(n_frames), "seconds": n_frames / fps}
     parts: dict[str, float] = {}    # flag -> soft severity in 0..1
 
-    parts["short"] = _soft(th.min_frames / max(n_frames, 1e-9))
+    parts["short"] = _soft(th.min_seconds * fps / max(n_frames, 1e-9))
     if coeffs is not None and coeffs.size:
         r = raw if raw is not None else coeffs
         if not (np.isfinite(coeffs).all() and np.isfinite(r).all()):

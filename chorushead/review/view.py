@@ -28,9 +28,9 @@ class Segment:
     key: str
     video: str
     index: int
-    start: int                    # [start, end) in the trimmed 30 fps timeline
+    start: int                    # [start, end) in the trimmed timeline (the build's fps)
     end: int
-    abs_start: int                # start in the full 30 fps timeline (vad start_frame + start)
+    abs_start: int                # start in the full timeline (vad start_frame + start)
     n_strips: int
     coeffs: Optional[str]         # smooth npz, relative to out
     flags: SegmentFlags = field(default_factory=SegmentFlags)
@@ -121,7 +121,7 @@ class BuildView:
                 n_strips = coeffs.shape[0]
             fl = flag_segment(b - a, coeffs=coeffs, raw=arr.get("raw") if arr else None, probs=probs,
                               seg_range=(a, b), assign=recs["assign"].outputs if "assign" in recs else None,
-                              segment=i, th=self.th, stems_warnings=stems_warnings)
+                              segment=i, th=self.th, stems_warnings=stems_warnings, fps=v.fps)
             key = segment_key(v.id, i)
             out[key] = Segment(key=key, video=v.id, index=i, start=int(a), end=int(b), abs_start=offset + int(a),
                                n_strips=n_strips, coeffs=rel if coeffs is not None else None, flags=fl)
