@@ -80,13 +80,16 @@ def status(out: Path = typer.Option(..., "--out"), pipeline: Optional[Path] = ty
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Where the sample video and the build go."),
-    seconds: float = typer.Option(12.0, "--seconds", help="Length of the generated duet."),
+    seconds: float = typer.Option(12.0, "--seconds", help="Length of each generated duet."),
+    videos: int = typer.Option(4, "--videos", help="How many duets (split by video: 4 give train, val and test)."),
+    fit: str = typer.Option("landmarks", "--fit", help="Fit backend: landmarks (open: jaw + head pose) or emoca "
+                            "(the paper's; needs EMOCA's licensed assets)."),
     jobs: int = typer.Option(1, "--jobs", "-j"),
 ):
-    """Generate a short two-singer sample video (with stems) and build it as far as the installed assets allow."""
+    """Generate short two-singer sample videos (with stems) and build them into a packed LMDB."""
     from chorushead.demo import run_demo
     try:
-        code = run_demo(out, seconds=seconds, jobs=jobs, echo=typer.echo)
+        code = run_demo(out, seconds=seconds, jobs=jobs, echo=typer.echo, fit=fit, n_videos=videos)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2)

@@ -1,4 +1,4 @@
-"""The built-in sample: a generated duet video with real faces, synthesised singing, music and stems.
+"""The built-in sample: generated duet videos with real faces, synthesised singing, music and stems.
 
 Faces are real photographs that ship inside scikit-image and matplotlib (the astronaut Eileen Collins
 and Grace Hopper), one per half of the frame, drifting and bobbing; the second singer leaves the frame for a
@@ -171,31 +171,58 @@ def write_sample(folder: Path, seconds: float = 12.0, size: tuple[int, int] = (2
 # A 5 s segment (150 frames) must survive the sample's 1 s silent lead-in and 0.5 s tail, trimmed by VAD.
 MIN_DEMO_SECONDS = 7.0
 _MAX_REASON = 240   # characters of a failure message in the closing lines (status shows it whole)
+# pack splits by video (60/10/30): four videos give 2 train / 1 val / 1 test, so `pachorus eval` (test
+# split by default) and the trainer's validation both have data. With pack's seed 0, duet3 is the test song.
+DEMO_VIDEOS = 4
+FIT_BACKENDS = {
+    "landmarks": "Fitting with the open landmark backend (jaw + head pose, no expression); for the paper's "
+                 "EMOCA v2 fit: `chorushead demo --fit emoca` after fetching EMOCA's assets (README \"Model assets\").",
+    "emoca": "Fitting with EMOCA v2 (50 expression + jaw + head pose); it needs EMOCA's licensed assets "
+             "(README \"Model assets\"); without them: `chorushead demo --fit landmarks`.",
+}
 
 
-def run_demo(out: Path, seconds: float = 12.0, jobs: int = 1, echo: Callable[[str], None] = print) -> int:
-    """Generate the sample and build it; report what ran and what needs assets. Returns an exit code."""
+def sample_names(n_videos: int = DEMO_VIDEOS) -> list[str]:
+    return [f"duet{k + 1}" for k in range(n_videos)]
+
+
+def run_demo(out: Path, seconds: float = 12.0, jobs: int = 1, echo: Callable[[str], None] = print,
+             fit: str = "landmarks", n_videos: int = DEMO_VIDEOS) -> int:
+    """Generate the sample videos and build them to the LMDB; report what ran and what needs assets.
+    Returns an exit code: 0 when every stage ran or was reused (the LMDB is there), else 1."""
     from chorushead.core.manifest import iter_records
     from chorushead.runner import Pipeline, build
     from chorushead.status import collect
 
-    if seconds < MIN_DEMO_SECONDS:   # checked before anything is written
+    # checked before anything is written
+    if seconds < MIN_DEMO_SECONDS:
         raise ValueError(f"--seconds {seconds:g}: the demo needs at least {MIN_DEMO_SECONDS:g} s "
                          "(a 5 s segment after the sample's silent start and end)")
+    if fit not in FIT_BACKENDS:
+        raise ValueError(f"--fit {fit!r}: choose one of {', '.join(FIT_BACKENDS)}")
+    if n_videos < 1:
+        raise ValueError(f"--videos {n_videos}: the demo needs at least one video")
     out = Path(out)
     sample = out / "sample"
-    pl = Pipeline.load()
-    if not (sample / "videos" / "duet_sample.mp4").exists():
-        echo(f"Generating a {seconds:g} s two-singer sample in {sample} ...")
-        write_sample(sample, seconds=seconds)
+    pl = Pipeline.load(None, [f"fit.backend={fit}"])
+    missing = [(k, name) for k, name in enumerate(sample_names(n_videos))
+               if not (sample / "videos" / f"{name}.mp4").exists()]
+    if missing:
+        echo(f"Generating {len(missing)} two-singer sample video(s) of {seconds:g} s in {sample} ...")
+        for k, name in missing:   # a seed per video: other melodies and head motion
+            write_sample(sample, seconds=seconds, name=name, seed=k)
+    echo(FIT_BACKENDS[fit])
     summaries = build(sample / "videos", out / "build", pl, jobs=jobs, stems=sample / "stems")
     bs = collect(out / "build", pl)
     echo(f"\n{bs.items} video(s), {bs.hours * 3600:.1f} s ingested, {bs.frames} frames cropped, "
          f"{bs.segments} segment(s) kept ({bs.frames_in_segments} frames).")
+    if bs.windows:
+        counts = " / ".join(f"{bs.windows.get(s, 0)} {s}" for s in ("train", "val", "test"))
+        echo(f"Packed {out / 'build' / 'windows.lmdb'}: {counts} windows (split by video).")
     lines, states = closing_lines(summaries, iter_records(out / "build", pl.stages), out / "build")
     for line in lines:
         echo(line)
-    ok = all(states.get(s) in ("ran", "reused") for s in ("ingest", "vad", "crop", "contiguity"))
+    ok = all(states.get(s) in ("ran", "reused") for s in pl.stages)
     return 0 if ok else 1
 
 

@@ -1,0 +1,105 @@
+"""The README's journey on the built-in sample, run verbatim: demo (every stage, landmark fit, LMDB) →
+pachorus train → eval → infer. The commands are read from README.md between ``<!-- journey -->`` and
+``<!-- /journey -->``, so the README and this test cannot drift apart."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- journey -->", "<!-- /journey -->"
+
+
+def journey_commands(readme: Path = ROOT / "README.md") -> list[list[str]]:
+    """The shell lines of the README's journey block: comments dropped, backslash continuations joined."""
+    text = readme.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise AssertionError(f"README.md has no journey block: put the quick-start commands between "
+                             f"{BEGIN} and {END} (a ```bash block)")
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    code = re.search(r"```(?:bash|sh)?\n(.*?)```", block, re.S)
+    assert code, f"the journey block in README.md holds no ``` code block: {block!r}"
+    joined = re.sub(r"\\\n\s*", " ", code.group(1))
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if shlex.split(line, comments=True)]
+
+
+def _env() -> dict[str, str]:
+    # the console scripts of this interpreter first (a venv need not be activated)
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    env.pop("CHORUSHEAD_LANDMARKS_PYTHON", None)   # the demo must find envs/landmarks itself
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return res, time.perf_counter() - t0
+
+
+def test_journey_block_parses_to_the_four_commands():
+    cmds = journey_commands()
+    assert [c[:2] for c in cmds] == [["chorushead", "demo"], ["pachorus", "train"], ["pachorus", "eval"],
+                                     ["pachorus", "infer"]], cmds
+
+
+@pytest.mark.slow   # ~1.5 min on 2 cores: builds 4 × 12 s duets, trains 100 steps, evaluates, animates
+def test_readme_journey_runs_verbatim(tmp_path):
+    from chorushead.core.windows import WindowReader
+
+    env, times, outputs = _env(), {}, {}
+    for args in journey_commands():
+        step = f"{args[0]} {args[1]}"
+        res, times[step] = _run(args, tmp_path, env)
+        outputs[step] = res.stdout + res.stderr
+        assert res.returncode == 0, f"`{shlex.join(args)}` failed ({res.returncode}):\n{outputs[step][-4000:]}"
+    print("journey step times (s):", {k: round(v, 1) for k, v in times.items()})
+
+    demo, out = outputs["chorushead demo"], tmp_path / "demo-out"
+    assert "Fitting with the open landmark backend" in demo, demo
+    assert "Ran: ingest, bgm_split, duet_split, vad, crop, contiguity, fit, smooth, assign, pack." in demo, demo
+    lmdb = out / "build" / "windows.lmdb"
+    counts = {split: len(WindowReader(lmdb, split)) for split in ("train", "val", "test")}
+    assert all(n > 0 for n in counts.values()), counts   # split by video: 4 videos → 2 / 1 / 1
+    assert f"{counts['train']} train / {counts['val']} val / {counts['test']} test windows" in demo, demo
+
+    run = out / "run"
+    assert {"model.pt", "best.pt", "last.pt", "config.json", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in steps if r["type"] == "train") == 100
+    assert any(r["type"] == "val" for r in steps)   # the val split is not empty, so validation ran
+
+    ev = outputs["pachorus eval"]
+    assert re.search(r"full \(z=0\)\s*\|\s*\d\.\d+", ev) and "PPE" in ev, ev
+    assert "samples of split 'test'" in ev and "masked (not estimated by the fit): exp" in ev, ev
+    res = json.loads((run / "eval_test.json").read_text())
+    assert res["n_samples"] == 2 * counts["test"] and np.isfinite(res["model"]["PPE"]), res
+
+    infer = out / "infer"
+    for singer in (1, 2):   # one file per singer (numbered like the stems) and prior sample (-k 3), 12 s at 30 fps
+        files = sorted(infer.glob(f"singer{singer}_sample*.npy"))
+        assert len(files) == 3, sorted(p.name for p in infer.iterdir())
+        for f in files:
+            c = np.load(f)
+            assert c.shape == (360, 56) and np.isfinite(c).all(), (f.name, c.shape)
+    assert not list(infer.glob("*.mp4"))   # no FLAME here: coefficients only
+
+
+@pytest.mark.slow   # ~15 s: one 7 s duet through crop, then fit fails
+def test_demo_without_the_landmark_env_fails_fit_with_the_setup_hint_and_no_fallback(tmp_path):
+    env = dict(_env(), CHORUSHEAD_LANDMARKS_PYTHON=str(tmp_path / "no-such-env" / "bin" / "python"))
+    res, _ = _run(["chorushead", "demo", "--out", "d", "--videos", "1", "--seconds", "7"], tmp_path, env)
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text
+    line = re.search(r"^  fit failed: (.*)$", text, re.M)
+    assert line and "MissingAsset" in line.group(1) and "scripts/setup.sh" in line.group(1), text
+    assert re.search(r"^  smooth waiting: waits for fit$", text, re.M), text
+    assert "Packed " not in text   # nothing was fitted, so no windows (pack publishes an empty LMDB)
