@@ -156,6 +156,9 @@ def infer(
     tracks = [str(v) for v in vocals] + list(ctx.args)  # click options take one value; the rest arrive here
     res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size)
     typer.echo(json.dumps(res, indent=2))
+    if flame is None:
+        typer.echo("note: no --flame given: wrote coefficients only, no video. Rendering needs FLAME 2020 "
+                   "(https://flame.is.tue.mpg.de, registration); see README 'Model assets'.", err=True)
 
 
 @app.command()

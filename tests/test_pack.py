@@ -86,8 +86,8 @@ def test_no_lmdb_before_pack_has_written_one(tmp_path):
     items = make_upstream(out, n_videos=1)
     Manifest(out, "fit").append(Manifest(out, "fit").latest()[items[0].id].__class__(
         item=items[0].id, stage="fit", status="failed", fingerprint="f" * 16, error_class="X", message="x"))
-    assert run_pack(out, items) == []                           # nothing ready: an empty LMDB, published
-    assert (out / "windows.lmdb").is_dir() and not (out / ".windows.lmdb.tmp").exists()
+    assert run_pack(out, items) == []                           # nothing ready, nothing packed before
+    assert not (out / "windows.lmdb").exists() and not (out / ".windows.lmdb.tmp").exists()
 
 
 def test_kept_segments():

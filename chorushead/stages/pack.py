@@ -180,6 +180,8 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
     out = Path(ctx.out)
     g = Geometry.of(p, ctx.fps)
     meta = fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()])
+    if not ctx.upstream and not (out / p.lmdb).exists():
+        return {}   # nothing ready and nothing packed before: no LMDB at all, rather than an empty one
     db = _Lmdb(out / p.lmdb, p.map_size_gb << 30)
     results: dict[str, Result] = {}
     try:
