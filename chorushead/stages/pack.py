@@ -15,6 +15,7 @@ The format is documented in :mod:`chorushead.core.windows`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,13 +32,13 @@ from chorushead.core.decisions import decisions as review_decisions
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import Record
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
-from chorushead.core.windows import (DONE_PREFIX, WINDOW_PREFIX, encode_arrays, open_env, rebuild_index, window_key,
-                                     write_meta)
+from chorushead.core.windows import (DONE_PREFIX, META_KEY, WINDOW_PREFIX, encode_arrays, open_env, rebuild_index,
+                                     window_key, write_meta)
 from chorushead.stages import assign, contiguity, fit, smooth, vad
 from chorushead.stages.base import GlobalContext, Result, Stage
 from chorushead.stages.selection import assign_splits, kept_segments
 
-VERSION = "1"
+VERSION = "2"   # 2: windows carry each singer's identity (``shape``) when the fit gave one
 NEEDS = ("vad", "contiguity", "fit", "smooth", "assign")
 
 
@@ -114,6 +115,21 @@ def plan(ctx: GlobalContext, p: Params) -> dict[str, Any]:
             for vid, recs in ctx.upstream.items()}
 
 
+def segment_identity(fit_npz: Path) -> np.ndarray | None:
+    """Each singer's identity over one segment: the per-dimension median over frames of EMOCA's shape
+    code (S, 100) float32 (the median, so a few badly fitted frames, a blink or a turned head, do not
+    move it), or None when the fit wrote no ``shape`` (the landmarks backend)."""
+    if not fit_npz.is_file():
+        raise StageError(f"pack: the fit output {fit_npz} is missing; rerun fit")
+    with np.load(fit_npz) as z:
+        if "shape" not in z.files:
+            return None
+        shape = z["shape"]                                              # (S, T, 100)
+    if shape.ndim != 3 or shape.shape[1] == 0:
+        raise StageError(f"pack: {fit_npz} has a shape array of shape {shape.shape}, expected (S, T, 100); rerun fit")
+    return np.median(shape, axis=1).astype(np.float32)
+
+
 def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, split: str,
                   keep: set[int]) -> Iterator[tuple[int, list[tuple[bytes, bytes]]]]:
     """Yield (segment index, [(key, value bytes), ...]) for one video."""
@@ -122,10 +138,15 @@ def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, s
     singers = [media.read_wav(out / trim.singers_16k[j])[0] for j in order]
     bgm = media.read_wav(out / trim.bgm_16k)[0]
     segments = contiguity.Outputs.of(recs["contiguity"]).segments
+    fitted = fit.Outputs.of(recs["fit"]).segments          # the raw fits: smooth keeps only coefficients
     for i, ((a, b), rel) in enumerate(zip(segments, smooth.Outputs.of(recs["smooth"]).segments)):
         if i not in keep:
             continue
         coeffs = np.load(out / rel)["coeffs"].astype(np.float32)      # (S, b - a, 56)
+        identity = segment_identity(out / fitted[i])                  # (S, 100) in strip order, like coeffs
+        if identity is not None and identity.shape[0] != coeffs.shape[0]:
+            raise StageError(f"pack: {video} segment {i}: the fit has {identity.shape[0]} singers' shape codes "
+                             f"but smooth has {coeffs.shape[0]}; rerun fit and smooth")
         entries = []
         for s in range(a, b - g.window + 1, g.stride):
             c = coeffs[:, s - a:s - a + g.window]
@@ -133,6 +154,8 @@ def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, s
             vox = np.stack([_take(x, s0, g.n_audio) for x in singers])
             arrays = {"coeffs": c, "vocals": vox.astype(np.float16),
                       "bgm": _take(bgm, s0, g.n_audio).astype(np.float16), "pose0": c[:, 0, 53:56].copy()}
+            if identity is not None:
+                arrays["shape"] = identity
             header = {"video": video, "segment": i, "start": s, "split": split}
             entries.append((window_key(video, i, s), encode_arrays(arrays, header)))
         yield i, entries
@@ -184,6 +207,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
         return {}   # nothing ready and nothing packed before: no LMDB at all, rather than an empty one
     db = _Lmdb(out / p.lmdb, p.map_size_gb << 30)
     results: dict[str, Result] = {}
+    packed: dict[str, dict[str, Any]] = {}   # per video, for the meta's summary
     try:
         with db.env.begin(write=True) as txn:
             write_meta(txn, fps=g.fps, sr=g.sr, window=g.window, stride=g.stride, extra=meta)
@@ -225,6 +249,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                     txn.put(marker_key, json.dumps({"fingerprint": fp, "windows": n_windows}).encode())
                 db.publish()
             bar.update(1)
+            packed[vid] = video_summary(recs, split, sorted(keep), n_windows, fp)
             prev = ctx.previous.get(vid)
             if reused and prev is not None and prev.ok and prev.fingerprint == fp:
                 continue  # nothing new to say about this video
@@ -237,11 +262,37 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
         bar.close()
         with db.env.begin(write=True) as txn:
             rebuild_index(txn)
+            add_summary(txn, packed, ctx.upstream, p)
         db.publish()
         db.env.sync(True)
     finally:
         db.env.close()
     return results
+
+
+def video_summary(recs: dict[str, Record], split: str, keep: list[int], n_windows: int, fp: str) -> dict[str, Any]:
+    """What the meta's summary says of one packed video: its split, windows, kept segments and frames."""
+    segments = contiguity.Outputs.of(recs["contiguity"]).segments
+    return {"split": split, "windows": n_windows, "segments": len(keep),
+            "frames": int(sum(segments[i][1] - segments[i][0] for i in keep)), "fingerprint": fp}
+
+
+def add_summary(txn, packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str, Record]], p: Params) -> None:
+    """``__meta__["summary"]``: per video what was packed, the upstream stage versions and pack's
+    parameters, so a copied LMDB still says what it holds and where it came from (the dataset card
+    reads it)."""
+    raw = txn.get(META_KEY)
+    meta = json.loads(bytes(raw))
+    versions: dict[str, list[str]] = {}
+    for recs in upstream.values():
+        for stage, r in recs.items():
+            versions.setdefault(stage, [])
+            if r.stage_version not in versions[stage]:
+                versions[stage].append(r.stage_version)
+    meta["summary"] = {"videos": dict(sorted(packed.items())), "pack_version": VERSION,
+                       "stage_versions": {k: sorted(v) for k, v in sorted(versions.items())},
+                       "pack_params": {k: v for k, v in dataclasses.asdict(p).items() if k != "map_size_gb"}}
+    txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
 
 
 STAGE = Stage(name="pack", version=VERSION, params=Params, outputs=Outputs, metrics=Metrics, kind="global",
