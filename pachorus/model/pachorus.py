@@ -19,6 +19,9 @@ Variants (``ModelConfig.variant``):
 - ``mono``: FaceFormer-style baseline on host audio only (+ pose0): causal self-attention and
   a diagonal alignment mask for audio cross-attention (FaceFormer's two masks), one decoder for
   all 56 coefficients. Unlike FaceFormer it is not autoregressive on its own past motion.
+- ``faceformer``: FaceFormer as published (autoregressive over past motion, periodic positional
+  encoding, biased causal attention, alignment mask), host audio + pose0, teacher-forced in
+  training and generated step by step otherwise (see :mod:`pachorus.model.faceformer`).
 
 Latent at test time: ``z = 0`` (the prior's mean) for evaluation, ``z ~ N(0, I)`` for K samples.
 """
@@ -30,8 +33,9 @@ import torch
 from torch import nn
 
 from .audio import SinusoidalPE, build_audio_encoder, to_frames
+from .faceformer import FaceFormer
 
-VARIANTS = ("full", "no_bgm", "no_kl", "no_prior", "mono")
+VARIANTS = ("full", "no_bgm", "no_kl", "no_prior", "mono", "faceformer")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ModelConfig:
     ff_mult: int = 2
     latent: int = 16
     dropout: float = 0.1
+    period: int = 30                # faceformer: PPE / attention-bias period in frames (FaceFormer's 25 at 25 fps)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -156,6 +161,11 @@ class PaChorus(nn.Module):
         # each stream has its own projection in the branch that reads it.
         self.audio = build_audio_encoder(cfg.audio_encoder, cfg.d_model)
         adim = self.audio.out_dim
+        if cfg.variant == "faceformer":
+            self.animator = FaceFormer(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.ff_mult, cfg.dropout, adim,
+                                       cfg.period)
+            self.prior = None
+            return
         self.animator = HostAnimator(cfg, adim, causal=cfg.variant == "mono")
         self.prior = MotionPrior(cfg, adim, use_bgm=cfg.variant != "no_bgm") \
             if cfg.variant in ("full", "no_kl", "no_bgm") else None
@@ -163,7 +173,17 @@ class PaChorus(nn.Module):
     def forward(self, host: torch.Tensor, partner: torch.Tensor, bgm: torch.Tensor, pose0: torch.Tensor,
                 n_frames: int, target: torch.Tensor | None = None, z_mode: str = "posterior",
                 generator: torch.Generator | None = None) -> ModelOutput:
-        """``z_mode``: ``posterior`` (training; needs ``target``), ``mean`` (z = 0) or ``sample`` (z ~ N(0, I))."""
+        """``z_mode``: ``posterior`` (training; needs ``target``), ``mean`` (z = 0) or ``sample`` (z ~ N(0, I)).
+
+        ``faceformer`` ignores ``z_mode``: teacher-forced on ``target`` when given, generated otherwise."""
+        if self.cfg.variant == "faceformer":
+            feat = self.audio(host)
+            if target is not None:
+                motion = torch.cat([target[..., :53], target[..., 53:56] - pose0[:, None]], dim=-1)
+                m = self.animator.teacher_forced(feat, pose0, motion)
+            else:
+                m = self.animator.generate(feat, pose0, n_frames)
+            return ModelOutput(coeffs=torch.cat([m[..., :53], pose0[:, None] + m[..., 53:]], dim=-1))
         a = self.animator(self.audio(host), pose0, n_frames)
         exp_jaw, d_host = a[..., :53], _anchor(a[..., 53:])
         mu = logvar = None
