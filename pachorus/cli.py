@@ -130,6 +130,8 @@ def eval_cmd(
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
     if res["masked_groups"]:
         typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
+    if res["vertex_metrics"]:
+        typer.echo(f"vertex metrics on {res['identity']['heads']}")
     typer.echo(f"{res['n_samples']} samples of split {split!r}; {res['units']}. JSON: {out}")
 
 

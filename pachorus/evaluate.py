@@ -4,6 +4,11 @@ Predictions use z = 0 (the prior's mean): one deterministic answer per window. V
 FLAME; they are computed with the global head rotation zeroed (paper §5.3), in millimetres
 (squared LVE in mm²). Without FLAME, PPE and coefficient errors are still reported.
 
+Identity: where a window carries its singers' shape codes (EMOCA's, packed per segment), vertex
+metrics are computed on each sample's own head (FLAME with the host's shape code, prediction and
+ground truth alike); samples without one use FLAME's mean head. The result says how many samples
+had their own head (``identity``); the CLI prints it under the table.
+
 Mean-motion baseline: expression and jaw = their mean over the training split, pose = frame-0 pose
 held constant (it gets the same pose0 the models get).
 
@@ -43,8 +48,29 @@ def train_mean_coeffs(data: str | Path, max_windows: int = 2000) -> np.ndarray:
     return np.mean([r[int(i)].coeffs.reshape(-1, 56).mean(0) for i in idx], axis=0).astype(np.float32)
 
 
-def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None, groups=ALL_GROUPS) -> dict[str, float]:
-    """All metrics for one (T, 56) prediction/GT pair, over the coefficient groups in ``groups``."""
+def head_vertices(flame, coeffs: np.ndarray, shape: np.ndarray | None = None, zero_pose: bool = False,
+                  chunk: int = 512) -> np.ndarray:
+    """Vertices (..., V, 3) of coefficients (..., 56) on one head: FLAME's mean head when ``shape`` is
+    None, else the head of identity code ``shape`` (EMOCA's first 100 of FLAME's shape directions; the
+    rest are zero)."""
+    if shape is None:
+        return flame.vertices_np(coeffs, zero_pose=zero_pose, chunk=chunk)
+    code = np.asarray(shape, np.float32).reshape(-1)
+    if len(code) > flame.n_shape:
+        raise ValueError(f"a shape code of {len(code)} values, but this FLAME model has {flame.n_shape} shape directions")
+    betas = np.zeros(flame.n_shape, np.float32)
+    betas[:len(code)] = code
+    flat = np.asarray(coeffs, np.float32).reshape(-1, coeffs.shape[-1])
+    with torch.no_grad():
+        parts = [flame.vertices(flat[i:i + chunk], shape=torch.from_numpy(betas), zero_pose=zero_pose).cpu().numpy()
+                 for i in range(0, len(flat), chunk)]
+    return np.concatenate(parts).reshape(*coeffs.shape[:-1], flame.n_vertices, 3)
+
+
+def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None, groups=ALL_GROUPS,
+                     shape: np.ndarray | None = None) -> dict[str, float]:
+    """All metrics for one (T, 56) prediction/GT pair, over the coefficient groups in ``groups``; vertex
+    metrics on the head of identity ``shape`` (100,), or FLAME's mean head when None."""
     out = {k: v for k, v in M.coeff_mse(pred, gt).items() if k.split("_")[0] in groups}
     if "pose" in groups:
         out["PPE"] = M.ppe(pred[:, 53:56], gt[:, 53:56])
@@ -54,9 +80,11 @@ def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None, groups=ALL_GR
             if g not in groups:   # meaningless in the data: zero it on both sides
                 pred[:, sl] = 0.0
                 gt[:, sl] = 0.0
-        vp = flame.vertices_np(pred, zero_pose=True) * MM
-        vg = flame.vertices_np(gt, zero_pose=True) * MM
-        tmpl = flame.v_template.cpu().numpy() * MM
+        vp = head_vertices(flame, pred, shape, zero_pose=True) * MM
+        vg = head_vertices(flame, gt, shape, zero_pose=True) * MM
+        # FDD's rest shape is this head's neutral face (the mean head's template when no identity)
+        tmpl = (flame.v_template.cpu().numpy() if shape is None
+                else head_vertices(flame, np.zeros(56, np.float32), shape)) * MM
         lips, face = flame.masks["lips"], flame.masks["face"]
         out.update(LVE_sq=M.lve_squared(vp, vg, lips), LVE_l2=M.lve_l2(vp, vg, lips),
                    FVE_max=M.fve_max_l2(vp, vg, face), FVE_mean=M.fve_mean_l2(vp, vg, face),
@@ -89,20 +117,36 @@ def evaluate_model(model: PaChorus, data: str | Path, split: str = "test", flame
     groups = data_info(ds.meta)["coeff_groups"]
     if mean_coeffs is None:
         mean_coeffs = train_mean_coeffs(data)
+    shapes, known = ds.reader.host_shapes()   # in sample order, which predict keeps (no shuffling)
     rows, base_rows = [], []
     for pred, gt in predict(model, ds, batch_size, device):
         for p, g in zip(pred, gt):
-            rows.append(sequence_metrics(p, g, flame, groups))
+            j = len(rows)
+            head = shapes[j] if known[j] else None
+            rows.append(sequence_metrics(p, g, flame, groups, head))
             base = np.broadcast_to(mean_coeffs, g.shape).copy()
             base[:, 53:56] = g[0, 53:56]  # pose0 held constant
-            base_rows.append(sequence_metrics(base, g, flame, groups))
+            base_rows.append(sequence_metrics(base, g, flame, groups, head))
     masked = [g for g in ALL_GROUPS if g not in groups]
     return {"split": split, "n_samples": len(rows), "z": "mean (z = 0)", "vertex_metrics": flame is not None,
+            "identity": identity_summary(int(known.sum()), len(rows)),
             "singer_counts": ds.reader.singer_counts, "masked_groups": masked,
             "units": "vertex metrics in mm (LVE_sq, FDD in mm²), PPE in rad, lip/face metrics with head pose zeroed"
                      + (f"; {', '.join(masked)} not estimated by the fit: masked (zeroed on both sides for "
                         "vertex metrics)" if masked else ""),
             "model": _summarise(rows), "mean_motion_baseline": _summarise(base_rows)}
+
+
+def identity_summary(personalised: int, n: int) -> dict:
+    """Which heads the vertex metrics were computed on: ``personalised`` of ``n`` samples had a shape code."""
+    if personalised == n:
+        heads = f"personalised heads from shape codes: {n} of {n} samples"
+    elif personalised == 0:
+        heads = f"mean head (no shape codes in the data): {n} of {n} samples"
+    else:
+        heads = (f"personalised heads from shape codes: {personalised} of {n} samples; "
+                 f"mean head for the other {n - personalised}")
+    return {"personalised": personalised, "samples": n, "heads": heads}
 
 
 def format_table(results: dict[str, dict], spread: dict[str, dict] | None = None) -> str:

@@ -10,6 +10,8 @@ Layout (all keys are UTF-8 bytes):
     ``vocals``  float16 (S, W*sr/fps) each singer's vocal at 16 kHz
     ``bgm``     float16 (W*sr/fps,)   the accompaniment at 16 kHz
     ``pose0``   float32 (S, 3)        each singer's global pose at the window's first frame
+    ``shape``   float32 (S, 100)      optional: each singer's identity (EMOCA's FLAME shape code, the
+                                      median over the segment's frames); absent when the fit gives none
   and the header carries ``video``, ``segment``, ``start`` (frame in the trimmed video), ``split``.
 
 Windows with different singer counts S (duets and trios) may share one LMDB: each window carries its
@@ -17,6 +19,10 @@ own S, and the index lists ``[key, S]`` per window (format version 2; version 1 
 S for the whole file in the meta). The trainer's unit is a host sample (host, partner = sum of the
 others, BGM, host coefficients), whose shapes do not depend on S, so batches mix duets and trios
 freely: no padding, no mask, no grouping by S.
+
+``shape`` is optional within version 2 (no version bump: readers ignore arrays they do not know and
+treat a missing ``shape`` as "identity unknown", so files written before it existed still read).
+The meta says how many windows carry one (``shape_windows`` of ``windows``; ``has_shape`` when all do).
 
 The partner vocal of singer *i* is the sum of the other singers' vocals (paper Eq. 3); the reader
 derives it rather than storing it S times. Values are a small JSON header + raw little-endian
@@ -42,6 +48,7 @@ DONE_PREFIX = b"__done__/"
 WINDOW_PREFIX = b"w/"
 SPLITS = ("train", "val", "test")
 N_COEFFS = 56
+N_SHAPE = 100   # EMOCA's identity code: the first 100 of FLAME's 300 shape directions
 EXP, JAW, POSE = slice(0, 50), slice(50, 53), slice(53, 56)
 
 
@@ -87,6 +94,7 @@ class Window:
     vocals: np.ndarray   # (S, N) float16 as stored
     bgm: np.ndarray      # (N,) float16 as stored
     pose0: np.ndarray    # (S, 3) float32
+    shape: np.ndarray | None = None   # (S, 100) float32 identity codes, None when the fit gave none
 
     @property
     def n_singers(self) -> int:
@@ -120,6 +128,8 @@ def open_env(path: str | Path, *, write: bool = False, map_size: int = 1 << 30):
     key = (os.getpid(), str(path.resolve()))
     env = _ENVS.get(key)
     if env is None:
+        for k in [k for k in _ENVS if k[1] == key[1]]:   # inherited over fork: py-lmdb refuses a second
+            _ENVS.pop(k).close()                          # open of the path, and the parent's is unusable here
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=True, meminit=False,
                         max_readers=512, subdir=True)
         _ENVS[key] = env
@@ -176,7 +186,7 @@ class WindowReader:
             arrays, head = decode_arrays(blob, copy=True)
         return Window(key=key, video=head["video"], segment=int(head["segment"]), start=int(head["start"]),
                       split=head["split"], coeffs=arrays["coeffs"], vocals=arrays["vocals"], bgm=arrays["bgm"],
-                      pose0=arrays["pose0"])
+                      pose0=arrays["pose0"], shape=arrays.get("shape"))
 
     def __iter__(self) -> Iterator[Window]:
         for i in range(len(self)):
@@ -187,14 +197,35 @@ class WindowReader:
 
     def host_sample(self, j: int) -> dict[str, np.ndarray]:
         """Sample j = (window i, host h), counting every singer of every window as a host in turn:
-        host/partner vocals, BGM, host coefficients, pose0."""
+        host/partner vocals, BGM, host coefficients, pose0, and the host's identity: ``shape`` (100,)
+        (zeros = FLAME's mean head when unknown) with ``has_shape`` saying which."""
         if not 0 <= j < self.n_host_samples():
             raise IndexError(f"host sample {j} out of range ({self.n_host_samples()})")
         i = int(np.searchsorted(self._ends, j, side="right"))
         h = j - (int(self._ends[i - 1]) if i else 0)
         w = self[i]
+        known = w.shape is not None
         return {"host": w.vocals[h].astype(np.float32), "partner": w.partner(h), "bgm": w.bgm.astype(np.float32),
-                "coeffs": w.coeffs[h], "pose0": w.pose0[h], "key": w.key, "singer": h}
+                "coeffs": w.coeffs[h], "pose0": w.pose0[h], "key": w.key, "singer": h,
+                "shape": w.shape[h].astype(np.float32) if known else np.zeros(N_SHAPE, np.float32),
+                "has_shape": known}
+
+    def host_shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Identity of every host sample, in sample order, without reading audio: ``shapes`` (N, 100)
+        float32 (zeros where unknown) and ``known`` (N,) bool."""
+        n = self.n_host_samples()
+        shapes, known = np.zeros((n, N_SHAPE), np.float32), np.zeros(n, bool)
+        with open_env(self.path).begin(buffers=True) as txn:
+            for i, key in enumerate(self.keys):
+                blob = txn.get(key.encode())
+                if blob is None:
+                    raise KeyError(f"window {key} listed in the index but missing from {self.path}")
+                arrays, _ = decode_arrays(blob, copy=False)
+                if "shape" in arrays:
+                    a = int(self._ends[i - 1]) if i else 0
+                    shapes[a:a + int(self.singers[i])] = arrays["shape"]
+                    known[a:a + int(self.singers[i])] = True
+        return shapes, known
 
 
 def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, extra: dict | None = None):
@@ -208,8 +239,10 @@ def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, extra: dict 
 
 def rebuild_index(txn) -> dict[str, list]:
     """Scan window keys and write ``__index__``: ``[key, S]`` per window grouped by split (sorted,
-    deterministic); record in ``__meta__`` which singer counts the file holds."""
+    deterministic); record in ``__meta__`` which singer counts the file holds and how many windows
+    carry identity codes (``shape_windows`` of ``windows``, ``has_shape`` when every one does)."""
     index: dict[str, list] = {s: [] for s in SPLITS}
+    with_shape = 0
     cur = txn.cursor()
     if cur.set_range(WINDOW_PREFIX):
         for k, v in cur:
@@ -217,12 +250,15 @@ def rebuild_index(txn) -> dict[str, list]:
                 break
             arrays, head = decode_arrays_header(v)
             index[head["split"]].append([bytes(k).decode(), int(arrays["coeffs"][1][0])])
+            with_shape += "shape" in arrays
     txn.put(INDEX_KEY, json.dumps(index, sort_keys=True).encode())
     raw = txn.get(META_KEY)
     if raw is not None:
         meta = json.loads(bytes(raw))
         meta["singer_counts"] = sorted({s for e in index.values() for _, s in e})
         meta.pop("n_singers", None)
+        n = sum(len(e) for e in index.values())
+        meta.update(windows=n, shape_windows=with_shape, has_shape=bool(n) and with_shape == n)
         txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
     return index
 
