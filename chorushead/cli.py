@@ -1,4 +1,4 @@
-"""The `chorushead` command line: build, status, demo, doctor, review."""
+"""The `chorushead` command line: build, status, report, demo, doctor, review."""
 from __future__ import annotations
 
 import sys
@@ -50,6 +50,14 @@ def build(
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2)
     _print_summary(summaries)
+    _print_card_hint(out, pl)
+
+
+def _print_card_hint(out: Path, pl) -> None:
+    from chorushead.report import card_hint
+    hint = card_hint(out, pl)
+    if hint:
+        typer.echo(hint)
 
 
 def _print_summary(summaries) -> None:
@@ -74,7 +82,28 @@ def status(out: Path = typer.Option(..., "--out"), pipeline: Optional[Path] = ty
         typer.secho(f"{out} has no build yet (no items.json). Run `chorushead build --videos DIR --out {out}`.",
                     fg="red", err=True)
         raise typer.Exit(2)
-    typer.echo(format_status(collect(out, _pipeline(pipeline, []))))
+    pl = _pipeline(pipeline, [])
+    typer.echo(format_status(collect(out, pl)))
+    _print_card_hint(out, pl)
+
+
+@app.command()
+def report(out: Path = typer.Option(..., "--out", help="Build output folder; the card goes to OUT/report/."),
+           pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline TOML the build used "
+                                                   "(default: pipelines/chorushead.toml)."),
+           sets: List[str] = typer.Option([], "--set", help="The --set overrides the build used (shown as its parameters).")):
+    """Write the dataset card: OUT/report/index.html, report.md and its plots, from the manifests and the LMDB."""
+    from chorushead.report import report as write_report
+    if not (out / "items.json").exists():
+        typer.secho(f"{out} has no build yet (no items.json). Run `chorushead build --videos DIR --out {out}`.",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        index = write_report(out, _pipeline(pipeline, sets), str(pipeline or ""))
+    except (FileNotFoundError, ValueError) as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"Dataset card: {index} (report.md and the plots beside it)")
 
 
 @app.command()
