@@ -57,7 +57,7 @@ def head_vertices(flame, coeffs: np.ndarray, shape: np.ndarray | None = None, ze
         return flame.vertices_np(coeffs, zero_pose=zero_pose, chunk=chunk)
     code = np.asarray(shape, np.float32).reshape(-1)
     if len(code) > flame.n_shape:
-        raise ValueError(f"a shape code of {len(code)} values, but this FLAME model has {flame.n_shape} shape directions")
+        raise ValueError(f"a shape code of {len(code)} values, but this FLAME has {flame.n_shape} shape directions")
     betas = np.zeros(flame.n_shape, np.float32)
     betas[:len(code)] = code
     flat = np.asarray(coeffs, np.float32).reshape(-1, coeffs.shape[-1])
