@@ -147,6 +147,9 @@ def infer(
     flame: Optional[Path] = typer.Option(None, help="FLAME folder: also render sample<k>.mp4"),
     seed: int = typer.Option(0), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
     size: int = typer.Option(256, help="render size per singer (pixels)"),
+    formats: Optional[List[str]] = typer.Option(None, "--format", help="npz | gltf | ply | mp4, repeatable or "
+                                                "comma list (default: npz, + mp4 with --flame; gltf/ply/mp4 need "
+                                                "--flame); see `pachorus export`"),
 ):
     """Animate N ≥ 2 singers from per-singer vocal tracks + BGM (partner = sum of the others).
 
@@ -156,11 +159,51 @@ def infer(
     """
     from .infer import infer as run
     tracks = [str(v) for v in vocals] + list(ctx.args)  # click options take one value; the rest arrive here
-    res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size)
+    res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size, formats=formats)
     typer.echo(json.dumps(res, indent=2))
     if flame is None:
         typer.echo("note: no --flame given: wrote coefficients only, no video. Rendering needs FLAME 2020 "
                    "(https://flame.is.tue.mpg.de, registration); see README 'Model assets'.", err=True)
+
+
+@app.command()
+@clean_errors
+def export(
+    out: Path = typer.Option(..., help="output folder"),
+    data: Optional[Path] = typer.Option(None, help="packed LMDB: export the ground truth of --split"),
+    split: str = typer.Option("test", help="train | val | test (with --data)"),
+    video: Optional[str] = typer.Option(None, help="only this video of the split (with --data)"),
+    run: Optional[Path] = typer.Option(None, help="a `pachorus infer` output folder: export its predictions"),
+    formats: Optional[List[str]] = typer.Option(None, "--format", help="npz | gltf | ply | mp4, repeatable or comma "
+                                                "list (default: npz, + mp4 with --flame)"),
+    flame: Optional[Path] = typer.Option(None, help="FLAME folder (gltf, ply and mp4 need the mesh)"),
+    fps: Optional[int] = typer.Option(None, help="frame rate of a --run without infer.json"),
+    audio: Optional[Path] = typer.Option(None, help="the mix to mux into a --run's mp4 (default: the tracks "
+                                         "infer.json names)"),
+    size: int = typer.Option(256, help="mp4 render size per singer (pixels)"),
+):
+    """Export motion for other tools: FLAME parameters (.npz), glTF morph-target animation (.glb),
+    one .ply per frame, an mp4 with audio.
+
+    --data: each segment's ground-truth coefficients, overlapping windows stitched back into one
+    continuous sequence (each frame once), the window audio stitched the same way for the mp4.
+    --run: the singer<i>_sample<k>.npy predictions `pachorus infer` wrote.
+    """
+    from .export import export_run, export_split, parse_formats
+    if (data is None) == (run is None):
+        raise ValueError("give exactly one source: --data X.lmdb (ground truth of a split) or --run DIR (predictions)")
+    fmts = parse_formats(formats, flame=flame is not None)
+    model = None
+    if flame is not None:   # before anything is written: a missing FLAME folder leaves no output behind
+        from chorushead.core.flame import FlameModel
+        model = FlameModel.load(flame)
+    if data is not None:
+        res = export_split(data, split, out, fmts, model, video=video, size=size)
+    else:
+        if not run.is_dir():
+            raise FileNotFoundError(f"run folder not found: {run}")
+        res = export_run(run, out, fmts, model, fps=fps, audio=audio, size=size)
+    typer.echo(json.dumps(res, indent=2))
 
 
 @app.command()

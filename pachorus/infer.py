@@ -8,6 +8,7 @@ seeded generator, so samples differ only in the prior's head motion (exp/jaw com
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -84,8 +85,10 @@ def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndar
 
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,
           flame_dir: str | Path | None = None, seed: int = 0, pose0: list[float] | None = None,
-          device: str = "auto", size: int = 256) -> dict:
+          device: str = "auto", size: int = 256, formats: tuple[str, ...] | None = None) -> dict:
+    from .export import RUN_INFO, Motion, export_motion, parse_formats
     from .train import Dist, pick_device
+    formats = parse_formats(list(formats or []), flame=bool(flame_dir))   # npz (+ mp4 with FLAME) by default
     device = str(pick_device(device, Dist()))
     model, meta = load_model(ckpt, map_location=device)
     if meta.get("data_info") is None:
@@ -108,8 +111,17 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
             p = out / f"singer{s + 1}_sample{kk}.npy"   # singer k = the k-th --vocals file, as the user numbers them
             np.save(p, coeffs[kk, s])
             files.append(str(p))
+    groups = tuple(info.get("coeff_groups") or ("exp", "jaw", "pose"))
+    exports = [str(f) for kk in range(coeffs.shape[0]) for s in range(coeffs.shape[1])
+               for f in export_motion(out, Motion(name=f"singer{s + 1}_sample{kk}", coeffs=coeffs[kk, s], fps=fps,
+                                                  coeff_groups=groups), formats, flame)]
+    # what `pachorus export --run` needs to redo any format later: frame rate, groups, the audio animated
+    (out / RUN_INFO).write_text(json.dumps({"fps": fps, "sr": sr, "coeff_groups": list(groups),
+                                            "fit_backend": info.get("fit_backend"),
+                                            "vocals": [str(Path(v).resolve()) for v in vocals],
+                                            "bgm": str(Path(bgm).resolve())}, indent=2))
     videos = []
-    if flame is not None:
+    if flame is not None and "mp4" in formats:
         n = coeffs.shape[2] * sr // fps
         mix = (np.sum([t[:n] for t in tracks], 0) if all(len(t) >= n for t in tracks) else None)
         if mix is not None and len(music) >= n:
@@ -117,6 +129,6 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
         for kk in range(coeffs.shape[0]):
             videos.append(str(render_video(coeffs[kk], flame, out / f"sample{kk}.mp4", audio=mix, fps=fps, sr=sr,
                                        size=size)))
-    return {"coeffs": files, "videos": videos, "frames": int(coeffs.shape[2]), "singers": int(coeffs.shape[1]),
-            "samples": int(coeffs.shape[0])}
+    return {"coeffs": files, "exports": exports, "videos": videos, "frames": int(coeffs.shape[2]),
+            "singers": int(coeffs.shape[1]), "samples": int(coeffs.shape[0])}
 
