@@ -258,9 +258,10 @@ def _plots(card: Card, dest: Path) -> dict[str, str]:
         fig = _figure(7, 3.4)
         ax = fig.add_subplot(111)
         x = np.arange(len(card.funnel))
-        ax.bar(x, [r.hours * 60 for r in card.funnel], color="#4477aa")
+        in_hours = max(r.hours for r in card.funnel) >= 1.0     # a real corpus; the demo is minutes
+        ax.bar(x, [r.hours * (1 if in_hours else 60) for r in card.funnel], color="#4477aa")
         ax.set_xticks(x, [r.stage for r in card.funnel], rotation=30, ha="right")
-        ax.set_ylabel("minutes")
+        ax.set_ylabel("hours" if in_hours else "minutes")
         ax2 = ax.twinx()
         ax2.plot(x, [r.videos for r in card.funnel], "o-", color="#cc6677")
         ax2.set_ylabel("videos", color="#cc6677")
@@ -481,7 +482,7 @@ def write_card(card: Card, dest: Path | None = None) -> Path:
         old.unlink()
     plots = _plots(card, dest)
     secs = _sections(card, plots)
-    title = f"ChorusHead dataset card: {card.out.name}"
+    title = f"ChorusHead dataset card: {card.out.resolve().parent.name}/{card.out.name}"
     (dest / "report.md").write_text(_md(secs, title))
     (dest / "index.html").write_text(_html(secs, title))
     return dest / "index.html"

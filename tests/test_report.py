@@ -1,0 +1,201 @@
+"""`chorushead report`: the dataset card's numbers against the manifests and the LMDB, read raw here
+(JSON lines and the LMDB's own keys), not through the report's code."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from chorushead.cli import app
+from chorushead.core.decisions import record_decision
+from chorushead.core.windows import open_env
+from chorushead.report import _splits, card_hint, collect, write_card
+from chorushead.runner import Pipeline, build
+
+from packfixture import make_upstream
+
+
+def records(out: Path, stage: str) -> dict[str, dict]:
+    """Newest raw record per item of one stage manifest."""
+    path = out / "manifests" / f"{stage}.jsonl"
+    res = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                d = json.loads(line)
+                res[d["item"]] = d
+    return res
+
+
+def raw_lmdb(out: Path) -> tuple[dict, dict]:
+    """__meta__ and __index__ as stored (through the process's shared read-only environment: the report
+    has opened this file in this process already)."""
+    with open_env(out / "windows.lmdb").begin() as txn:
+        return json.loads(txn.get(b"__meta__")), json.loads(txn.get(b"__index__"))
+
+
+def md_row(md: str, label: str) -> str:
+    m = re.search(rf"^\| {re.escape(label)} \| (.*) \|$", md, re.M)
+    assert m, f"no row {label!r} in report.md"
+    return m.group(1)
+
+
+def funnel_rows(md: str) -> dict[str, list[str]]:
+    block = md.split("## Yield funnel", 1)[1].split("## ", 1)[0]
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0] not in ("stage", "---"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+# ----------------------------------------------------------------------------- fast: a build without ingest/crop
+def test_card_before_and_after_pack_says_what_exists(tmp_path):
+    out = tmp_path / "b"
+    make_upstream(out, n_videos=3, fit_backend="landmarks")    # vad .. assign records, nothing of ingest/crop
+    record_decision(out, "song1-abcdef", 0, "reject")
+    pl = Pipeline.load()
+
+    card = collect(out, pl)
+    assert card.lmdb is None and any("pack has not written an LMDB" in n for n in card.notes)
+    write_card(card)
+    md = (out / "report" / "report.md").read_text()
+    assert md_row(md, "Windows") == "not packed yet" and "Not packed yet: no splits." in md
+    funnel = funnel_rows(md)
+    assert funnel["ingest"][:1] == ["0"] and funnel["ingest"][-1] == "3"      # no ingest: 3 pending
+    assert funnel["contiguity"][0] == "3" and funnel["pack"][-1] == "3"
+    assert md_row(md, "Videos registered") == "3" and md_row(md, "Videos ingested") == "0"
+    # motion comes from the smoothed segments even without a pack: both singer positions
+    assert sorted(card.dists["jaw"]) == [0, 1] and len(card.dists["jaw"][0]) == 3 * (200 + 140)
+    assert card.dists["review"] == {"accept": 0, "reject": 1, "unreviewed": 5}
+    assert card_hint(out, pl) is None     # nothing packed: build/status say nothing of a card
+
+    build(None, out, pl, stages=["pack"], progress=False)
+    card = collect(out, pl)
+    index_html = write_card(card)
+    meta, index = raw_lmdb(out)
+    want = {s: len(index[s]) for s in ("train", "val", "test")}
+    assert {s.split: s.windows for s in card.splits} == want
+    md = (out / "report" / "report.md").read_text()
+    assert md_row(md, "Windows") == f"{sum(want.values())} (train {want['train']}, val {want['val']}, test {want['test']})"
+    # hours packed: the frames of the packed segments (song1's segment 0 rejected) at 30 fps
+    packs, cont = records(out, "pack"), records(out, "contiguity")
+    frames = sum(cont[v]["outputs"]["segments"][i][1] - cont[v]["outputs"]["segments"][i][0]
+                 for v, r in packs.items() for i in r["outputs"]["segments_packed"])
+    assert frames == 2 * 340 + 140
+    assert md_row(md, "Hours packed") == f"{frames / 30 / 3600:.4f}"
+    assert funnel_rows(md)["pack"][:2] == ["3", f"{frames / 30 / 3600:.4f}"]
+    # the meta's summary (pack writes it) agrees with the index, video by video
+    summ = meta["summary"]["videos"]
+    per_video = Counter(k.split("/")[1] for s in index.values() for k, _ in s)
+    # song1 keeps only its 140-frame segment: shorter than a window, so packed with no windows
+    assert {v: s["windows"] for v, s in summ.items()} == {v: per_video.get(v, 0) for v in packs}
+    assert per_video.get("song1-abcdef", 0) == 0
+    assert {v: s["split"] for v, s in summ.items()} == {v: r["outputs"]["split"] for v, r in packs.items()}
+    assert summ["song1-abcdef"]["segments"] == 1 and summ["song0-abcdef"]["frames"] == 340
+    assert "Check passed: no video has windows in two splits." in md
+    assert not card.split_violations
+    assert card_hint(out, pl) == (f"Dataset card: {index_html} (refresh: chorushead report --out {out})")
+
+
+def test_split_check_lists_a_video_in_two_splits():
+    index = {"train": ["w/a/0000/0000000", "w/b/0000/0000000"], "val": [], "test": ["w/a/0001/0000000"]}
+    rows, violations = _splits(index, {}, {}, lambda v: 30)
+    assert violations == ["a: windows in train, test"]
+    assert [(r.split, r.videos, r.windows) for r in rows] == [("train", ["a", "b"], 2), ("val", [], 0),
+                                                             ("test", ["a"], 1)]
+
+
+def test_report_refuses_a_folder_without_a_build(tmp_path):
+    res = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "has no build yet" in res.output
+    assert not (tmp_path / "nothing").exists()
+
+
+# ----------------------------------------------------------------------------- slow: the demo, end to end
+def shared_demo(tmp_path_factory) -> Path:
+    """The demo (2 duets of 8 s, landmark fit) built once per test session; returns its build folder."""
+    from chorushead.demo import run_demo
+    root = tmp_path_factory.getbasetemp() / "report-demo"
+    out = root / "build"
+    if not (out / "windows.lmdb").exists():
+        assert run_demo(root, seconds=8.0, n_videos=2, echo=lambda m: None) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory) -> Path:
+    return shared_demo(tmp_path_factory)
+
+
+@pytest.mark.slow   # builds the demo (~25 s)
+def test_card_numbers_match_the_demo_build(demo_build):
+    out = demo_build
+    res = CliRunner().invoke(app, ["report", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"Dataset card: {out / 'report' / 'index.html'} (report.md and the plots beside it)"
+    md = (out / "report" / "report.md").read_text()
+    html = (out / "report" / "index.html").read_text()
+    ing, cont, crop = records(out, "ingest"), records(out, "contiguity"), records(out, "crop")
+    meta, index = raw_lmdb(out)
+
+    assert md_row(md, "Videos registered") == "2" == md_row(md, "Videos ingested")
+    hours = sum(r["outputs"]["duration"] for r in ing.values()) / 3600
+    assert md_row(md, "Hours ingested") == f"{hours:.4f}" and abs(hours - 16 / 3600) < 1e-3
+    segs = [s for r in cont.values() for s in r["outputs"]["segments"]]
+    kept = sum(b - a for a, b in segs) / 30 / 3600
+    assert md_row(md, "Hours kept (contiguous segments)") == f"{kept:.4f}"
+    packed = sum(len(r["outputs"]["segments_packed"]) for r in records(out, "pack").values())
+    assert md_row(md, "Segments (kept / packed)") == f"{len(segs)} / {packed}"
+    w = {s: len(index[s]) for s in ("train", "val", "test")}
+    assert w["train"] > 0 and w["test"] > 0     # 2 videos: 1 train, 1 test
+    assert md_row(md, "Windows") == f"{sum(w.values())} (train {w['train']}, val {w['val']}, test {w['test']})"
+    assert md_row(md, "Singers per video") == "2 (2 videos)"
+    res_ = Counter(f"{r['outputs']['width']}x{r['outputs']['height']}" for r in ing.values())
+    assert md_row(md, "Resolutions") == ", ".join(f"{k} ({n} videos)" for k, n in res_.items())
+    assert md_row(md, "Window / stride") == f"{meta['window']} / {meta['stride']} frames at {meta['fps']} fps"
+
+    # the funnel: every stage's videos and done/skipped/failed against its manifest
+    funnel = funnel_rows(md)
+    for stage in Pipeline.load().stages:
+        recs = records(out, stage)
+        st = Counter(r["status"] for r in recs.values())
+        assert funnel[stage][0] == str(st["done"] + st["skipped"]), stage
+        assert funnel[stage][2:5] == [str(st["done"]), str(st["skipped"]), str(st["failed"])], stage
+    vad = records(out, "vad")
+    assert funnel["vad"][1] == f"{sum(r['outputs']['end_s'] - r['outputs']['start_s'] for r in vad.values()) / 3600:.4f}"
+    assert "| bgm_split | skipped: stems supplied | 2 |" in md      # the demo supplies stems
+
+    # distributions: detection probabilities and motion per singer position
+    card = collect(out, Pipeline.load())
+    import numpy as np
+    det = {k: [] for k in range(2)}
+    for r in crop.values():
+        d = np.load(out / r["outputs"]["detections"])
+        for k in range(2):
+            det[k] += list(d["probs"][k][d["detected"][k] & (d["probs"][k] > 0)])
+    assert {k: len(a) for k, a in card.dists["detection"].items()} == {k: len(a) for k, a in det.items()}
+    assert sorted(card.dists["pose"]) == [0, 1] and card.dists["pose"][0].shape == (sum(b - a for a, b in segs), 3)
+    assert len(card.dists["assign"]) == 2
+
+    # splits: per split videos, windows and hours; no video in two splits
+    assert "Check passed: no video has windows in two splits." in html
+    for s in card.splits:
+        assert s.windows == w[s.split] and s.videos == sorted({k.split("/")[1] for k, _ in index[s.split]})
+    # provenance: stage versions, every video's fingerprint per stage, the LMDB meta's summary
+    for v, r in ing.items():
+        assert r["fingerprint"] in md and v in md
+    assert set(meta["summary"]["videos"]) == set(ing)
+    for png in ("funnel", "segment_seconds", "kept_minutes", "jaw", "head_pose", "detection", "assign", "review",
+                "splits"):
+        assert (out / "report" / f"{png}.png").stat().st_size > 1000
+        assert f'src="{png}.png"' in html and f"]({png}.png)" in md
+
+    status = CliRunner().invoke(app, ["status", "--out", str(out)])
+    assert status.output.strip().splitlines()[-1] == (f"Dataset card: {out / 'report' / 'index.html'} "
+                                                      f"(refresh: chorushead report --out {out})")
