@@ -219,6 +219,10 @@ def run_demo(out: Path, seconds: float = 12.0, jobs: int = 1, echo: Callable[[st
     if bs.windows:
         counts = " / ".join(f"{bs.windows.get(s, 0)} {s}" for s in ("train", "val", "test"))
         echo(f"Packed {out / 'build' / 'windows.lmdb'}: {counts} windows (split by video).")
+        from chorushead.report import card_hint
+        hint = card_hint(out / "build", pl)
+        if hint:
+            echo(hint)
     lines, states = closing_lines(summaries, iter_records(out / "build", pl.stages), out / "build")
     for line in lines:
         echo(line)

@@ -54,7 +54,8 @@ def funnel_rows(md: str) -> dict[str, list[str]]:
     return rows
 
 
-# ----------------------------------------------------------------------------- fast: a build without ingest/crop
+# ----------------------------------------------------------------------------- a build without ingest/crop
+@pytest.mark.slow   # packs 3 videos and draws the card twice (~9-14 s)
 def test_card_before_and_after_pack_says_what_exists(tmp_path):
     out = tmp_path / "b"
     make_upstream(out, n_videos=3, fit_backend="landmarks")    # vad .. assign records, nothing of ingest/crop
