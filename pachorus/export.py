@@ -79,22 +79,6 @@ def write_npz(path: str | Path, m: Motion) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ meshes
-def mesh_vertices(flame, coeffs: np.ndarray, shape: np.ndarray | None = None, chunk: int = 256) -> np.ndarray:
-    """(T, 56) -> (T, V, 3) float32 vertices; a shape code shorter than FLAME's shape space (EMOCA: 100
-    of 300 dims) fills its first dimensions."""
-    if shape is None:
-        return flame.vertices_np(np.asarray(coeffs, np.float32)).astype(np.float32)
-    import torch
-    betas = np.zeros(flame.n_shape, np.float32)
-    n = min(len(shape), flame.n_shape)
-    betas[:n] = np.asarray(shape, np.float32)[:n]
-    c = np.asarray(coeffs, np.float32)
-    with torch.no_grad():
-        parts = [flame.vertices(c[i:i + chunk], shape=torch.from_numpy(betas)).cpu().numpy()
-                 for i in range(0, len(c), chunk)]
-    return np.concatenate(parts).astype(np.float32)
-
-
 def write_glb(path: str | Path, verts: np.ndarray, faces: np.ndarray, fps: int, name: str = "head",
               extras: dict | None = None) -> Path:
     """Vertex sequence (T, V, 3) -> binary glTF: frame 0 as the mesh, one morph target per frame
@@ -196,7 +180,8 @@ def export_motion(out: str | Path, m: Motion, formats: tuple[str, ...], flame=No
     if "npz" in formats:
         files.append(write_npz(out / f"{m.name}.npz", m))
     if flame is not None and ("gltf" in formats or "ply" in formats):
-        verts = mesh_vertices(flame, m.coeffs, m.shape)
+        from .evaluate import head_vertices   # the one place identity codes meet FLAME
+        verts = head_vertices(flame, np.asarray(m.coeffs, np.float32), m.shape).astype(np.float32)
         faces = np.asarray(flame.faces)
         if "gltf" in formats:
             files.append(write_glb(out / f"{m.name}.glb", verts, faces, m.fps, name=m.name,
