@@ -196,10 +196,13 @@ def export_motion(out: str | Path, m: Motion, formats: tuple[str, ...], flame=No
 
 
 def export_video(path: str | Path, coeffs: np.ndarray, flame, audio: np.ndarray | None, *, fps: int, sr: int,
-                 size: int = 256) -> Path:
-    """Singers (S, T, 56) side by side as H.264 with the mix muxed in (the renderer infer uses)."""
+                 size: int = 256, shapes: np.ndarray | None = None) -> Path:
+    """Singers (S, T, 56) side by side as H.264 with the mix muxed in (the renderer infer uses), each
+    on their own head when ``shapes`` (S, D) are known."""
     from .infer import render_video
-    return render_video(coeffs, flame, path, audio=audio, fps=fps, sr=sr, size=size)
+    if shapes is None:   # also works with a render_video that predates identity codes
+        return render_video(coeffs, flame, path, audio=audio, fps=fps, sr=sr, size=size)
+    return render_video(coeffs, flame, path, audio=audio, fps=fps, sr=sr, size=size, shapes=shapes)
 
 
 # ------------------------------------------------------------------------------- a packed split
@@ -292,7 +295,7 @@ def export_split(lmdb: str | Path, split: str, out: str | Path, formats: tuple[s
             files += export_motion(out, m, formats, flame)
         if "mp4" in formats and flame is not None:
             files.append(export_video(out / f"{q.name}.mp4", q.coeffs, flame, q.vocals.sum(0) + q.bgm,
-                                      fps=fps, sr=sr, size=size))
+                                      fps=fps, sr=sr, size=size, shapes=q.shape))
         listing.append({"name": q.name, "video": q.video, "segment": q.segment, "start": q.start,
                         "frames": int(q.coeffs.shape[1]), "singers": int(q.coeffs.shape[0]),
                         "shape": q.shape is not None})
@@ -324,6 +327,10 @@ def export_run(run: str | Path, out: str | Path, formats: tuple[str, ...], flame
         raise ValueError(f"{run} has no {RUN_INFO} saying the frame rate: pass --fps")
     groups = _groups(info)
     sr = int(info.get("sr", 16000))
+    shapes = info.get("shapes")   # per singer, when infer animated personalised heads
+    n_singers = max(len(singers) for singers in preds.values())
+    if shapes is not None and len(shapes) != n_singers:
+        raise ValueError(f"{run / RUN_INFO}: {len(shapes)} shape codes for {n_singers} singers")
     mix = None
     if "mp4" in formats:
         from chorushead.core import media
@@ -343,10 +350,11 @@ def export_run(run: str | Path, out: str | Path, formats: tuple[str, ...], flame
     for k, singers in sorted(preds.items()):
         coeffs = [np.load(singers[s]) for s in sorted(singers)]
         for s, c in zip(sorted(singers), coeffs):
+            shape = None if shapes is None else np.asarray(shapes[s - 1], np.float32)
             files += export_motion(out, Motion(name=f"singer{s}_sample{k}", coeffs=c, fps=int(fps),
-                                               coeff_groups=groups), formats, flame)
+                                               coeff_groups=groups, shape=shape), formats, flame)
         if mix is not None:
             files.append(export_video(out / f"sample{k}.mp4", np.stack(coeffs), flame, mix, fps=int(fps), sr=sr,
-                                      size=size))
+                                      size=size, shapes=None if shapes is None else np.asarray(shapes, np.float32)))
     return {"files": [str(f) for f in files], "fps": int(fps), "coeff_groups": list(groups),
             "samples": len(preds)}

@@ -257,6 +257,18 @@ def test_infer_formats_and_export_of_a_run(tmp_path, lmdb, flame_dir):
                                   np.load(inf / "singer1_sample0.npy")[:, 50:53])
     pr = media.probe(out / "sample0.mp4")
     assert pr.has_audio and _frames(out / "sample0.mp4") == 30
+    # identity codes recorded in infer.json reach the npz and the mesh
+    from pachorus.evaluate import head_vertices
+    info = json.loads((inf / "infer.json").read_text())
+    assert info["fps"] == FPS and Path(info["bgm"]) == wavs[2].resolve()
+    shapes = np.random.default_rng(5).normal(0, 1, (2, 100)).astype(np.float32)
+    (inf / "infer.json").write_text(json.dumps({**info, "shapes": shapes.tolist()}))
+    out2 = tmp_path / "ex2"
+    _ok(cli("export", "--run", inf, "--out", out2, "--flame", flame_dir, "--format", "npz,gltf"))
+    np.testing.assert_array_equal(np.load(out2 / "singer2_sample0.npz")["shape"], shapes[1])
+    gltf, bin_ = read_glb(out2 / "singer2_sample0.glb")
+    base = _accessor(gltf, bin_, gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
+    np.testing.assert_allclose(base, head_vertices(FlameModel.load(flame_dir), pred[:1], shapes[1])[0], atol=1e-6)
     # errors: one line, exit 2
     _error(cli("export", "--run", inf, "--out", out, "--format", "gltf"), "--flame")
     _error(cli("export", "--run", inf, "--out", out, "--format", "obj"), "unknown obj")
