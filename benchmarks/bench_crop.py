@@ -1,19 +1,24 @@
 """Benchmark the crop stage against the naive facenet-pytorch loop on a generated duet clip.
 
-    python benchmarks/bench_crop.py [--seconds 12] [--size 1024] [--naive-frames 60] [--threads 1]
+    python benchmarks/bench_crop.py [--seconds 12] [--size 1024] [--naive-frames 40] [--threads 1] [--json F]
 
 The clip is 30 fps, size×size, with two real faces (astronaut, Grace Hopper) at known positions, one
-per half; the right one leaves for 1 s. Printed:
-  * naive loop: one ``MTCNN().detect()`` per half-frame at full resolution, default parameters,
-    frames/s (on the first --naive-frames frames: it is slow) and accuracy vs the known positions;
-  * the crop stage (decode + detect + crop + JPEG save), frames/s on the whole clip, and accuracy;
-  * speed ratio, IoU of the stage's boxes vs the naive boxes, and the real-time factor.
+per half; the right one leaves for 1 s and returns. Printed:
+  * naive loop: one ``MTCNN().detect()`` per half-frame at full resolution, default parameters, on
+    --naive-frames frames spread over the clip (it is slow) including the frames where the singer
+    leaves and returns; frames/s (its detect time plus its share of decoding) and accuracy vs the
+    known positions (mean and 5th-percentile IoU, faces missed / invented);
+  * the crop stage (decode + detect + crop + JPEG save), frames/s on the whole clip, its accuracy on
+    every frame and on the naive loop's frames;
+  * the speed ratio and whether the targets hold (>= 30x, IoU mean and p5 >= naive's, none missed or
+    invented).
 Both use the same torch thread count (--threads), so the ratio compares algorithms, not threading.
 The machine may be shared: the load average before and after is printed; compare runs with care.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -31,38 +36,45 @@ from synth_video import box_iou, write_duet_video  # noqa: E402
 from chorushead.core.manifest import Record  # noqa: E402
 from chorushead.core.media import iter_frames  # noqa: E402
 from chorushead.stages.base import Context, Item  # noqa: E402
-from chorushead.stages.crop import STAGE, CropParams  # noqa: E402
+from chorushead.stages.crop import STAGE, Params as CropParams  # noqa: E402
 
 
 def accuracy(boxes: np.ndarray, truth: np.ndarray) -> dict:
-    """Mean/min IoU on frames where both have a face; faces missed and invented (by strip-frame)."""
+    """Mean/5th-percentile/min IoU on frames where both have a face; faces missed and invented (by
+    strip-frame)."""
     have, want = ~np.isnan(boxes[..., 0]), ~np.isnan(truth[..., 0])
     iou = box_iou(boxes, truth)[have & want]
     return {"mean_iou": float(iou.mean()) if iou.size else float("nan"),
+            "p5_iou": float(np.percentile(iou, 5)) if iou.size else float("nan"),
             "min_iou": float(iou.min()) if iou.size else float("nan"),
             "iou_ge_0.8": float((iou >= 0.8).mean()) if iou.size else float("nan"),
             "missed": int((want & ~have).sum()), "invented": int((have & ~want).sum()),
             "faces": int(want.sum())}
 
 
-def naive_loop(video: Path, n_frames: int, strips: int = 2) -> tuple[np.ndarray, float]:
-    """The obvious implementation: MTCNN with defaults, one detect() per half-frame, full resolution."""
+def naive_loop(video: Path, frames: np.ndarray, strips: int = 2) -> tuple[np.ndarray, float]:
+    """The obvious implementation: MTCNN with defaults, one detect() per half-frame, full resolution,
+    on the frames numbered ``frames``. Returns boxes (strips, len(frames), 4) and the seconds spent
+    in detect() (decoding is added by the caller, at the measured decode rate)."""
     from facenet_pytorch import MTCNN
     mtcnn = MTCNN(keep_all=True)
-    boxes = np.full((strips, n_frames, 4), np.nan)
-    t = 0
-    t0 = time.perf_counter()
-    for chunk in iter_frames(video, fps=30, n_frames=n_frames):
+    boxes = np.full((strips, len(frames), 4), np.nan)
+    want = {int(f): i for i, f in enumerate(frames)}
+    t, spent = 0, 0.0
+    for chunk in iter_frames(video, fps=30, n_frames=int(frames.max()) + 1):
         sw = chunk.shape[2] // strips
         for frame in chunk:
-            for k in range(strips):
-                b, p = mtcnn.detect(frame[:, k * sw:(k + 1) * sw])
-                if b is not None:
-                    p = np.asarray(p, float)
-                    if p[0] >= 0.9:                          # same confidence bar as the stage
-                        boxes[k, t] = np.asarray(b[0], float)
+            if t in want:
+                t0 = time.perf_counter()
+                for k in range(strips):
+                    b, p = mtcnn.detect(frame[:, k * sw:(k + 1) * sw])
+                    if b is not None:
+                        p = np.asarray(p, float)
+                        if p[0] >= 0.9:                      # same confidence bar as the stage
+                            boxes[k, want[t]] = np.asarray(b[0], float)
+                spent += time.perf_counter() - t0
             t += 1
-    return boxes, time.perf_counter() - t0
+    return boxes, spent
 
 
 def run_stage(video: Path, n_frames: int, size: int, params: CropParams, workdir: Path,
@@ -87,7 +99,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--naive-frames", type=int, default=60, help="frames for the (slow) naive loop")
+    ap.add_argument("--naive-frames", type=int, default=40, help="frames for the (slow) naive loop")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a CropParams override")
     args = ap.parse_args()
@@ -101,7 +114,8 @@ def main() -> None:
     params = CropParams(torch_threads=args.threads, **overrides)
     n = int(round(args.seconds * 30))
     absent = (int(n * 0.4), int(n * 0.4) + 30)
-    print(f"load average before: {os.getloadavg()}  (cores: {os.cpu_count()})")
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before}  (cores: {os.cpu_count()})")
     print(f"params: {params}")
 
     with tempfile.TemporaryDirectory() as d:
@@ -117,30 +131,49 @@ def main() -> None:
         dec = time.perf_counter() - t0
         print(f"decode only: {m / dec:.0f} frames/s")
 
-        nn = min(args.naive_frames, n)
-        naive_boxes, naive_s = naive_loop(video, nn)
-        naive_fps = nn / naive_s
-        acc_naive = accuracy(naive_boxes, truth[:, :nn])
-        print(f"naive loop ({nn} frames): {naive_fps:.2f} frames/s; vs truth {fmt(acc_naive)}")
+        # Naive frames: spread over the clip, plus both sides of the singer leaving and returning.
+        edges = [absent[0] - 1, absent[0], absent[1] - 1, absent[1]]
+        picks = np.unique(np.r_[np.linspace(0, n - 1, max(2, args.naive_frames - 4)).round(), edges]
+                          .clip(0, n - 1).astype(int))
+        naive_boxes, naive_det_s = naive_loop(video, picks)
+        naive_s = naive_det_s + len(picks) / (m / dec)          # its detect time + its share of decoding
+        naive_fps = len(picks) / naive_s
+        acc_naive = accuracy(naive_boxes, truth[:, picks])
+        print(f"naive loop ({len(picks)} frames incl. {edges}): {naive_fps:.2f} frames/s; vs truth {fmt(acc_naive)}")
 
         metrics, boxes, wall = run_stage(video, n, args.size, params, work)
         stage_fps = n / wall
         print(f"crop stage ({n} frames): {stage_fps:.1f} frames/s (decode wait {metrics['decode_wait_s']} s, "
               f"detect {metrics['detect_s']} s, save {metrics['save_s']} s, total {wall:.1f} s; "
-              f"detector ran on {metrics['detected_fraction']:.0%} of strip-frames)")
-        print(f"crop stage vs truth (all frames): {fmt(accuracy(boxes, truth))}")
-        print(f"crop stage vs truth (first {nn}): {fmt(accuracy(boxes[:, :nn], truth[:, :nn]))}")
-        both = ~np.isnan(boxes[:, :nn, 0]) & ~np.isnan(naive_boxes[..., 0])
-        iou_vn = box_iou(boxes[:, :nn], naive_boxes)[both]
-        print(f"crop stage vs naive boxes (first {nn}): mean IoU {iou_vn.mean():.3f}, min {iou_vn.min():.3f}")
-        print(f"speed-up vs naive: {stage_fps / naive_fps:.1f}x")
+              f"full pyramid on {metrics['detected_fraction']:.1%} of strip-frames, R-Net/O-Net on the rest)")
+        acc_all, acc_same = accuracy(boxes, truth), accuracy(boxes[:, picks], truth[:, picks])
+        print(f"crop stage vs truth (all frames): {fmt(acc_all)}")
+        print(f"crop stage vs truth (naive's {len(picks)} frames): {fmt(acc_same)}")
+        both = ~np.isnan(boxes[:, picks, 0]) & ~np.isnan(naive_boxes[..., 0])
+        iou_vn = box_iou(boxes[:, picks], naive_boxes)[both]
+        print(f"crop stage vs naive boxes: mean IoU {iou_vn.mean():.3f}, min {iou_vn.min():.3f}")
+        ratio = stage_fps / naive_fps
+        ok = {"speed >= 30x": ratio >= 30,
+              "mean IoU >= naive": min(acc_all["mean_iou"], acc_same["mean_iou"]) >= acc_naive["mean_iou"],
+              "p5 IoU >= naive": min(acc_all["p5_iou"], acc_same["p5_iou"]) >= acc_naive["p5_iou"],
+              "none missed or invented": acc_all["missed"] + acc_all["invented"] == 0}
+        print(f"speed-up vs naive: {ratio:.1f}x")
         print(f"real-time factor (decode+detect+save time / clip duration): {wall / (n / 30):.2f} "
               f"({(n / 30) / wall:.2f}x real time)")
-    print(f"load average after: {os.getloadavg()}")
+        print("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in ok.items()))
+    load_after = os.getloadavg()
+    print(f"load average after: {load_after}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "load_before": load_before, "load_after": load_after, "frames": n, "size": args.size,
+            "threads": args.threads, "decode_fps": m / dec, "naive": {"frames": len(picks), "fps": naive_fps, **acc_naive},
+            "stage": {"fps": stage_fps, "seconds": wall, **acc_all, "on_naive_frames": acc_same,
+                      "metrics": dict(metrics)},
+            "speedup": ratio, "targets": ok}, indent=1))
 
 
 def fmt(a: dict) -> str:
-    return (f"mean IoU {a['mean_iou']:.3f} (min {a['min_iou']:.3f}, {a['iou_ge_0.8']:.0%} >= 0.8), "
+    return (f"mean IoU {a['mean_iou']:.3f} (p5 {a['p5_iou']:.3f}, min {a['min_iou']:.3f}, {a['iou_ge_0.8']:.0%} >= 0.8), "
             f"missed {a['missed']}/{a['faces']}, invented {a['invented']}")
 
 

@@ -80,12 +80,18 @@ def test_crop_stage_on_real_faces(tmp_path, duet, detector):
     assert np.array_equal(found, has_face)                  # nothing missed, nothing invented
     assert (det["probs"][found] >= params.prob_threshold).all()
     assert np.isnan(det["boxes"][~found]).all()
-    iou = box_iou(det["boxes"], truth)[has_face]
-    assert iou.mean() >= 0.8 and iou.min() >= 0.6, (iou.mean(), iou.min())
+    # Per-frame accuracy: every frame's box is measured (no interpolation), also right before the
+    # singer leaves and right after they return (tracked back from the search that found them).
+    iou = box_iou(det["boxes"], truth)
+    # Measured: mean 0.938, p5 0.916, min 0.904.
+    assert np.nanmean(iou) >= 0.92 and np.nanpercentile(iou, 5) >= 0.89 and np.nanmin(iou) >= 0.85, \
+        (np.nanmean(iou), np.nanpercentile(iou, 5), np.nanmin(iou))
+    edges = [ABSENT[0] - START - 1, ABSENT[1] - START, ABSENT[1] - START + 1]
+    assert (iou[1, edges] >= 0.8).all(), iou[1, edges]
     assert (det["n_faces"][found] == 1).all()
-    # Keyframes skip most frames, but strip 1's appearance/disappearance forced re-detection there.
-    assert det["detected"].mean() < 0.7
-    assert det["detected"][1, ABSENT[0] - START - 1:ABSENT[0] - START + 1].all()
+    # The pyramid ran on few strip-frames (R-Net/O-Net tracking on the rest), and where the singer left.
+    assert det["detected"].mean() < 0.3
+    assert det["detected"][1, ABSENT[0] - START]
 
     assert res.outputs["detections"] == "detections.npz" and res.outputs["frames"] == T
     assert res.metrics["faces_per_strip"] == [T, int(has_face[1].sum())]
@@ -115,10 +121,19 @@ def test_emoca_crop_geometry():
 
 
 class _FakeDetector:
-    """Reads the face from pixel (0, 0): channel 0 = present, channel 1 = box x1 (100×100 box)."""
+    """Reads the face from pixel (0, 0): channel 0 = present, channel 1 = box x1 (100×100 box).
+    ``refine`` finds it only near the box it is given (as R-Net/O-Net around last frame's box)."""
 
     def __init__(self):
-        self.calls: list[int] = []
+        self.calls: list[int] = []          # images per detect() (full pyramid) call
+        self.refined = 0
+
+    @staticmethod
+    def _read(im, out, i):
+        x = float(im[0, 0, 1])
+        out.boxes[i] = [x, 0, x + 100, 100]
+        out.landmarks[i] = x
+        out.probs[i], out.n_faces[i] = 0.999, 1
 
     def detect(self, images):
         from chorushead.backends.mtcnn import Faces
@@ -126,42 +141,57 @@ class _FakeDetector:
         out.detected[:] = True
         for i, im in enumerate(images):
             if im[0, 0, 0]:
-                x = float(im[0, 0, 1])
-                out.boxes[i] = [x, 0, x + 100, 100]
-                out.landmarks[i] = x
-                out.probs[i], out.n_faces[i] = 0.99, 1
+                self._read(im, out, i)
         self.calls.append(len(images))
         return out
 
+    def refine(self, images, boxes):
+        from chorushead.backends.mtcnn import Faces
+        out = Faces.empty((len(images),))
+        for i, (im, b) in enumerate(zip(images, boxes)):
+            if im[0, 0, 0] and abs(float(im[0, 0, 1]) - b[0]) < 30:
+                self._read(im, out, i)
+        self.refined += len(images)
+        return out
 
-@pytest.mark.parametrize("k,chunk", [(1, 5), (3, 7), (4, 4), (5, 32)])
-def test_keyframe_schedule(k, chunk):
-    """Interpolation only between agreeing keyframes, re-detection elsewhere, across chunk edges."""
-    from chorushead.backends.mtcnn import track_strips
-    T = 40
-    frames = np.zeros((T, 1, 2, 3), np.uint8)                  # 2 strips of 1 pixel
-    x0 = np.arange(T) + np.where(np.arange(T) >= 21, 120, 0)   # strip 0 moves, then jumps at t=21
-    frames[:, 0, 0, 0], frames[:, 0, 0, 1] = 1, x0
-    absent = (np.arange(T) >= 10) & (np.arange(T) < 17)         # strip 1 gone for t in [10, 17)
+
+@pytest.mark.parametrize("chunk", [1, 7, 32])
+def test_tracking_schedule(chunk):
+    """Every frame measured; the pyramid only on keyframes (spacing doubling while tracking holds),
+    where tracking loses the face, and in periodic searches of an empty strip; a returning face is
+    tracked back to its first frame; all of it across chunk edges."""
+    from chorushead.backends.mtcnn import TrackParams, track_strips
+    T, k0, kmax, search = 200, 4, 16, 3
+    frames = np.zeros((T, 1, 2, 3), np.uint8)                    # 2 strips of 1 pixel
+    # strip 0 drifts (1 px every 4 frames), then jumps by 120 px at t=101: too far for refine to follow
+    frames[:, 0, 0, 0], frames[:, 0, 0, 1] = 1, np.arange(T) // 4 + np.where(np.arange(T) >= 101, 120, 0)
+    x0 = frames[:, 0, 0, 1].astype(float)
+    absent = (np.arange(T) >= 50) & (np.arange(T) < 71)          # strip 1 gone for t in [50, 71)
     frames[:, 0, 1, 0], frames[:, 0, 1, 1] = ~absent, 50
     det = _FakeDetector()
-    out = list(track_strips((frames[i:i + chunk] for i in range(0, T, chunk)), det, strips=2, keyframe_every=k))
+    tp = TrackParams(keyframe_every=k0, keyframe_max=kmax, search_every=search)
+    out = list(track_strips((frames[i:i + chunk] for i in range(0, T, chunk)), det, strips=2, tp=tp))
     assert [t for t, _, _ in out] == list(range(T))
     boxes = np.stack([f.boxes for _, _, f in out], axis=1)       # (2, T, 4)
     detected = np.stack([f.detected for _, _, f in out], axis=1)
-    np.testing.assert_allclose(boxes[0, :, 0], x0, atol=1e-4)   # linear motion: interpolation is exact
-    assert np.isnan(boxes[1, absent, 0]).all() and (boxes[1, ~absent, 0] == 50).all()
-    # Expected: detector on keyframes, and between two keyframes that disagree (jump, face gone).
-    keys = np.flatnonzero((np.arange(T) % k == 0) | (np.arange(T) == T - 1))
-    expect = np.zeros((2, T), bool)
-    expect[:, keys] = True
-    for a, b in zip(keys[:-1], keys[1:]):
-        expect[0, a + 1:b] = a < 21 <= b
-        expect[1, a + 1:b] = absent[a] != absent[b]
-    np.testing.assert_array_equal(detected, expect)
-    if k > 1:
-        assert detected.sum() < 2 * T                            # something was interpolated
+    n_faces = np.stack([f.n_faces for _, _, f in out], axis=1)
+    np.testing.assert_array_equal(boxes[0, :, 0], x0)            # measured on every frame, jump included
+    assert np.isnan(boxes[1, absent, 0]).all() and (boxes[1, ~absent, 0] == 50).all()   # exact leave/return
+    assert (n_faces[0] == 1).all() and (n_faces[1] == ~absent).all()
+
+    d0 = np.flatnonzero(detected[0])
+    assert d0[0] == 0 and 101 in d0                              # start, and where tracking lost the jump
+    for a, b in ((0, 101), (101, T)):                            # steady stretches: spacing k0, 2k0, ... kmax
+        gaps = np.diff(d0[(d0 >= a) & (d0 < b)])
+        assert gaps[0] == k0 and (np.diff(gaps) >= 0).all() and gaps.max() == kmax, gaps
+    d1 = np.flatnonzero(detected[1])
+    assert 50 in d1                                              # lost as the singer left
+    gaps = np.diff(d1[(d1 >= 50) & (d1 < 71)])
+    assert (gaps == search).all()                                # searched every `search` frames while empty
+    assert d1[d1 >= 71][0] < 71 + search                          # found by the next search, tracked back
+    assert detected.sum() < 0.2 * detected.size                  # the pyramid ran on few strip-frames
     assert sum(det.calls) == detected.sum()
+    assert det.refined >= (~detected & ~np.isnan(boxes[..., 0])).sum()
 
 
 def test_synth_video_writer_with_audio(tmp_path):

@@ -1,22 +1,22 @@
-"""Fast face detection for video strips: facenet-pytorch's MTCNN, batched, on keyframes.
+"""Fast face detection for video strips: facenet-pytorch's MTCNN, full pyramid on keyframes only,
+its refinement stages on every frame.
 
-Two pieces:
-
-* :class:`MtcnnDetector` runs MTCNN on a batch of equal-sized images (strips) and keeps, per image,
-  the most probable face plus the number of confident faces (a strip showing two people is then
-  visible to later stages).
-* :func:`track_strips` walks a video (chunks of frames), splits every frame into N vertical strips
-  and decides WHERE the detector runs: on keyframes (every k-th frame), and on the frames between two
-  keyframes only when those keyframes disagree (a face appears/vanishes, jumps, or the face count
-  changes). Where they agree, boxes and landmarks are linearly interpolated.
+* :class:`MtcnnDetector` ``detect()`` runs the whole MTCNN (P-Net pyramid, R-Net, O-Net) on a batch of
+  equal-sized images (strips) and keeps, per image, the most probable face plus the number of
+  confident faces (a strip showing two people is then visible to later stages). ``refine()`` runs
+  only R-Net and O-Net on the square around a given box: MTCNN's own second and third stages, fed
+  last frame's box instead of P-Net's proposals.
+* :func:`track_strips` walks a video (chunks of frames), splits every frame into N vertical strips and
+  measures every strip on every frame: ``refine`` around the box carried from the previous frame, and
+  the full pyramid only where needed (keyframes, spaced further apart while tracking holds; frames
+  where tracking loses the face; a periodic search on strips without a face, tracked backwards when
+  it finds one).
 
 Why it is fast: MTCNN's cost is its image pyramid (the naive loop, one ``detect()`` per half-frame at
-full resolution, runs ~8-9 frames/s on 2 CPU cores; measured levers: ``min_face`` 40 -> 2x, strips
-downscaled /2 -> 2x, keyframes every 3 frames -> 3x, up to 13-15x combined).
-The pyramid starts at 12 / min_face_size, so asking only for faces >= ``min_face`` px cuts the
-largest (most expensive) levels; detecting on a strip downscaled by ``detect_scale`` makes each level's
-resampling cheaper; batching shares one network call per pyramid level across many strips; keyframes
-skip most frames outright. Faces in sung video move smoothly, so the skipped frames cost little accuracy.
+full resolution, runs ~1-2 frames/s with one torch thread). R-Net + O-Net on one 24² and one 48²
+crop cost a few ms. For the pyramid, asking only for faces >= ``min_face`` px cuts its largest levels,
+and detecting on a strip downscaled by ``detect_scale`` makes each level cheaper; boxes are then
+measured at full resolution by ``refine``.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ class MtcnnDetector:
                            select_largest=False, post_process=False, device=self.device)
         self.mtcnn.eval()
         self.seconds = 0.0      # time spent inside detect(), for the stage's metrics
-        self.images = 0         # images (strips) passed through the detector
+        self.images = 0         # images (strips) passed through the full pyramid
+        self.refined = 0        # boxes re-measured by refine() (R-Net + O-Net only)
 
     def detect(self, images: Sequence[np.ndarray]) -> Faces:
         """Detect in equal-sized (h, w, 3) uint8 RGB images (views into frames are fine)."""
@@ -120,6 +121,69 @@ class MtcnnDetector:
         self.seconds += time.perf_counter() - t0
         self.images += n
         return out
+
+    def refine(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> Faces:
+        """MTCNN's second and third stages only: R-Net then O-Net on the square around ``boxes[i]``
+        (x1, y1, x2, y2 in ``images[i]``'s pixels, e.g. last frame's face), at the images' full
+        resolution. Returns O-Net's box, probability and landmarks; a face counts (``found``) when
+        R-Net passes MTCNN's own threshold and O-Net reaches ``prob_threshold``. ``n_faces`` is 1
+        where found (refine sees one face only). Images may differ in size.
+        (O-Net alone on last frame's box was measured less accurate: it expects R-Net's boxes.)"""
+        t0 = time.perf_counter()
+        n = len(images)
+        out = Faces.empty((n,))
+        if n == 0:
+            return out
+        prev_threads = self.torch.get_num_threads()
+        if self.threads:
+            self.torch.set_num_threads(self.threads)
+        try:
+            self._refine(images, np.asarray(boxes, np.float32).reshape(n, 4), out)
+        finally:
+            if self.threads:
+                self.torch.set_num_threads(prev_threads)
+        self.seconds += time.perf_counter() - t0
+        self.refined += n
+        return out
+
+    def _net_input(self, images: Sequence[np.ndarray], sq: np.ndarray, size: int):
+        """Crops of the square boxes ``sq`` resized to size² (INTER_AREA, as MTCNN's area resampling),
+        normalised as MTCNN does. Crop = pixels trunc(x1)-1 .. trunc(x2)-1 (facenet-pytorch's pad()),
+        zero-padded where the box leaves the image."""
+        batch = np.zeros((len(images), size, size, 3), np.uint8)
+        for i, (im, b) in enumerate(zip(images, sq)):
+            h, w = im.shape[:2]
+            x0, y0 = int(b[0]) - 1, int(b[1]) - 1
+            x1, y1 = int(b[2]), int(b[3])
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+                patch = im[y0:y1, x0:x1]
+            else:
+                patch = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+                cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+                if cx1 > cx0 and cy1 > cy0:
+                    patch[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = im[cy0:cy1, cx0:cx1]
+            batch[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        x = self.torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+        return (x - 127.5) * 0.0078125
+
+    def _refine(self, images: Sequence[np.ndarray], boxes: np.ndarray, out: Faces) -> None:
+        torch = self.torch
+        with torch.inference_mode():
+            sq = _square(boxes)
+            reg, prob = self.mtcnn.rnet(self._net_input(images, sq, 24))
+            r_ok = prob[:, 1].cpu().numpy() > self.mtcnn.thresholds[1]
+            sq = _square(_regress(sq, reg.cpu().numpy()))
+            reg, pts, prob = self.mtcnn.onet(self._net_input(images, sq, 48))
+            reg, pts, p = reg.cpu().numpy(), pts.cpu().numpy(), prob[:, 1].cpu().numpy()
+        # Landmarks relative to O-Net's input square, then its box regression (as detect_face does).
+        wh = (sq[:, 2:4] - sq[:, 0:2] + 1)[:, None, :]
+        lm = np.stack([pts[:, :5], pts[:, 5:]], axis=-1) * wh + sq[:, None, 0:2] - 1
+        bx = _regress(sq, reg)
+        ok = r_ok & (p >= self.prob_threshold) & np.isfinite(bx).all(axis=1)
+        out.boxes[ok], out.landmarks[ok], out.probs[ok] = bx[ok], lm[ok], p[ok]
+        out.n_faces[ok] = 1
 
     def _detect(self, images: Sequence[np.ndarray], out: Faces) -> None:
         n = len(images)
@@ -149,6 +213,20 @@ class MtcnnDetector:
                 out.probs[b0 + i] = p[0]
 
 
+def _square(b: np.ndarray) -> np.ndarray:
+    """MTCNN's rerec: the square with side max(w, h) around each box's centre."""
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    side = np.maximum(w, h)
+    x0, y0 = b[:, 0] + (w - side) / 2, b[:, 1] + (h - side) / 2
+    return np.stack([x0, y0, x0 + side, y0 + side], axis=1).astype(np.float32)
+
+
+def _regress(b: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """MTCNN's bbreg: move each edge by reg × (side + 1)."""
+    wh = np.concatenate([b[:, 2:4] - b[:, 0:2] + 1] * 2, axis=1)
+    return (b[:, :4] + reg[:, :4] * wh).astype(np.float32)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     iw = min(a[2], b[2]) - max(a[0], b[0])
     ih = min(a[3], b[3]) - max(a[1], b[1])
@@ -158,14 +236,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
-def _agree(a: Faces, ia, b: Faces, ib, min_iou: float) -> bool:
-    """May frames between keyframes a and b be interpolated? Same face count, and either no face in
-    both or the best faces overlap enough (same person, moving smoothly)."""
-    if a.n_faces[ia] != b.n_faces[ib] or a.found[ia] != b.found[ib]:
-        return False
-    return not a.found[ia] or box_iou(a.boxes[ia], b.boxes[ib]) >= min_iou
-
-
 def strip_bounds(width: int, strips: int) -> list[tuple[int, int]]:
     """Equal strips of ``width // strips`` px (the last few columns are dropped when not divisible,
     so every strip has the same size and strips batch together)."""
@@ -173,72 +243,138 @@ def strip_bounds(width: int, strips: int) -> list[tuple[int, int]]:
     return [(k * sw, (k + 1) * sw) for k in range(strips)]
 
 
+@dataclass
+class TrackParams:
+    """When the full pyramid runs (see :func:`track_strips`)."""
+    keyframe_every: int = 15        # shortest spacing of full detections on a tracked strip
+    keyframe_max: int = 120         # longest spacing, reached while tracking holds
+    search_every: int = 5           # full detection on a strip without a face every this many frames
+    steady_prob: float = 0.99       # tracking "holds" from this O-Net probability on ...
+    steady_drift: float = 0.1       # ... with the box centre moving less than this × side per frame
+    steady_iou: float = 0.7         # ... and the keyframe's detection overlapping the tracked box this much
+
+
+@dataclass
+class _Strip:
+    box: np.ndarray | None = None   # last measured box (strip pixels); None: no face being tracked
+    n_faces: int = 0                # confident faces at the last full detection
+    since_key: int = 0              # frames since the last full detection
+    interval: int = 1               # current keyframe spacing
+    steady: bool = True             # every tracked frame since the last keyframe held
+
+
 def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: int = 2,
-                 keyframe_every: int = 5, agree_iou: float = 0.5) -> Iterator[tuple[int, np.ndarray, Faces]]:
-    """Yield ``(t, frame, faces)`` for every frame, in order; ``faces`` has shape (strips,).
+                 tp: TrackParams | None = None) -> Iterator[tuple[int, np.ndarray, Faces]]:
+    """Yield ``(t, frame, faces)`` for every frame, in order; ``faces`` has shape (strips,), each
+    strip's box, probability and landmarks MEASURED on that frame.
 
     chunks: (k, H, W, 3) uint8 frame chunks, e.g. from :func:`chorushead.core.media.iter_frames`.
-    Keyframes are t % keyframe_every == 0 and the last frame. Frames are held until the next keyframe
-    is seen, so memory is about one decode chunk plus ``keyframe_every`` frames.
+    Per strip, the full MTCNN pyramid (``detector.detect``) runs only on keyframes; on every other
+    frame R-Net and O-Net re-measure the face around the box carried from the previous frame
+    (``detector.refine``). A full detection happens when:
+      * the strip has no face: every ``search_every`` frames; when a face turns up, the frames held
+        since the last search are tracked BACKWARDS from it, so its first frame is exact;
+      * tracking loses the face (O-Net below the threshold): right on that frame;
+      * the keyframe interval is due: it doubles (up to ``keyframe_max``) while tracking holds
+        (high O-Net probability, small drift, keyframe detection agrees) and drops back to
+        ``keyframe_every`` when it does not.
+    Every box comes from ``refine`` at full resolution, the pyramid only says where to look, so
+    keyframes and tracked frames share one box convention. ``detected`` marks frames where the
+    pyramid ran. ``n_faces`` is counted by the pyramid and carried between keyframes.
+    Output lags the input by ``search_every`` frames (the backtracking window).
     """
-    k = max(1, int(keyframe_every))
-    pending: list[np.ndarray] = []     # frames after the last resolved keyframe
-    t_next = 0                         # global index of pending[0]
-    last: Faces | None = None          # faces (strips,) of the last resolved keyframe, at t_next - 1
+    tp = tp or TrackParams()
+    lag = max(1, int(tp.search_every))
+    state = [_Strip() for _ in range(strips)]
+    held: list[tuple[int, np.ndarray, Faces]] = []     # frames not yet yielded, oldest first
     bounds: list[tuple[int, int]] = []
+    t = 0
 
-    def detect(items: list[tuple[int, int]]) -> Faces:
-        """Detect strips given as (pending index, strip)."""
-        return detector.detect([pending[i][:, bounds[s][0]:bounds[s][1]] for i, s in items])
+    def view(frame: np.ndarray, s: int) -> np.ndarray:
+        return frame[:, bounds[s][0]:bounds[s][1]]
 
-    def resolve(final: bool) -> Iterator[tuple[int, np.ndarray, Faces]]:
-        nonlocal pending, t_next, last
-        n = len(pending)
-        keys = [i for i in range(n) if (t_next + i) % k == 0]
-        if final and n and (not keys or keys[-1] != n - 1):
-            keys.append(n - 1)
-        if not keys:
-            return
-        faces = Faces.empty((strips, keys[-1] + 1))
-        items = [(i, s) for i in keys for s in range(strips)]
-        found = detect(items)
-        for j, (i, s) in enumerate(items):
-            faces.put((s, i), found, j)
-        # Frames between consecutive keyframes; the first span starts at the last resolved keyframe (-1).
-        spans = [(-1, keys[0])] if last is not None else []
-        spans += list(zip(keys[:-1], keys[1:]))
-        redo: list[tuple[int, int]] = []
-        for a, b in spans:
-            if b - a < 2:
-                continue
-            for s in range(strips):
-                src, si = (last, s) if a < 0 else (faces, (s, a))
-                if _agree(src, si, faces, (s, b), agree_iou):
-                    for i in range(a + 1, b):
-                        w = (i - a) / (b - a)
-                        faces.boxes[s, i] = src.boxes[si] + w * (faces.boxes[s, b] - src.boxes[si])
-                        faces.landmarks[s, i] = src.landmarks[si] + w * (faces.landmarks[s, b] - src.landmarks[si])
-                        faces.probs[s, i] = min(src.probs[si], faces.probs[s, b])
-                        faces.n_faces[s, i] = faces.n_faces[s, b]
+    def backtrack(s: int, box: np.ndarray) -> None:
+        """Track strip ``s``'s new face back through the held frames where it had none."""
+        for _, frame, faces in reversed(held[:-1]):
+            if faces.found[s]:
+                return
+            got = detector.refine([view(frame, s)], box[None])
+            if not got.found[0]:
+                return
+            faces.put(s, got, 0)
+            faces.n_faces[s] = max(1, int(faces.n_faces[s]))
+            box = got.boxes[0]
+
+    def step(frame: np.ndarray) -> Faces:
+        faces = Faces.empty((strips,))
+        tracked = [s for s in range(strips) if state[s].box is not None]
+        if tracked:
+            got = detector.refine([view(frame, s) for s in tracked], np.stack([state[s].box for s in tracked]))
+            for j, s in enumerate(tracked):
+                st = state[s]
+                if got.found[j]:
+                    side = float(st.box[2] - st.box[0] + st.box[3] - st.box[1]) / 2
+                    drift = float(np.abs((got.boxes[j, :2] + got.boxes[j, 2:]) / 2
+                                         - (st.box[:2] + st.box[2:]) / 2).max()) / max(side, 1.0)
+                    st.steady &= bool(got.probs[j] >= tp.steady_prob and drift <= tp.steady_drift)
+                    faces.put(s, got, j)
+                    faces.n_faces[s] = max(1, st.n_faces)
+                    st.box = got.boxes[j]
                 else:
-                    redo += [(i, s) for i in range(a + 1, b)]
-        if redo:
-            again = detect(redo)
-            for j, (i, s) in enumerate(redo):
-                faces.put((s, i), again, j)
-        end = keys[-1] + 1
-        for i in range(end):
-            f = Faces.empty((strips,))
-            f.put(slice(None), faces, (slice(None), i))
-            yield t_next + i, pending[i], f
-        last = Faces.empty((strips,))
-        last.put(slice(None), faces, (slice(None), end - 1))
-        pending = pending[end:]
-        t_next += end
+                    st.box = None                       # lost: the pyramid looks on this very frame
+                    st.steady = False
+        due = []
+        for s, st in enumerate(state):
+            st.since_key += 1
+            lost = s in tracked and st.box is None
+            if lost or st.since_key >= st.interval:
+                due.append(s)
+        if not due:
+            return faces
+        found = detector.detect([view(frame, s) for s in due])
+        hit = [j for j, s in enumerate(due) if found.found[j]]
+        # The pyramid says where; R-Net/O-Net at full resolution measure (as on every other frame).
+        fine = detector.refine([view(frame, due[j]) for j in hit], found.boxes[hit]) if hit else None
+        for j, s in enumerate(due):
+            st = state[s]
+            faces.detected[s] = True
+            was_tracking = s in tracked and faces.found[s]
+            appeared = not (s in tracked)
+            if j in hit and fine.found[hit.index(j)]:
+                i = hit.index(j)
+                if was_tracking:
+                    st.steady &= box_iou(faces.boxes[s], fine.boxes[i]) >= tp.steady_iou
+                faces.put(s, fine, i)
+                faces.detected[s] = True
+                faces.n_faces[s] = max(1, int(found.n_faces[j]))
+                st.box, st.n_faces = fine.boxes[i], int(faces.n_faces[s])
+            elif was_tracking:              # the pyramid (at detection scale) missed a face O-Net holds
+                st.steady = False
+                faces.n_faces[s] = max(1, int(found.n_faces[j]))
+            else:
+                faces.n_faces[s] = found.n_faces[j]
+                st.box, st.n_faces = None, int(found.n_faces[j])
+            # Spacing: a tracked face that held since the last keyframe earns a longer one.
+            if st.box is None:
+                st.interval = lag
+            elif appeared or not st.steady:
+                st.interval = max(1, int(tp.keyframe_every))
+            else:
+                st.interval = min(max(1, int(tp.keyframe_max)), st.interval * 2)
+            st.since_key, st.steady = 0, True
+        return faces
 
     for chunk in chunks:
         if not bounds:
             bounds = strip_bounds(chunk.shape[2], strips)
-        pending.extend(chunk)
-        yield from resolve(final=False)
-    yield from resolve(final=True)
+        for frame in chunk:
+            had = [st.box is not None for st in state]
+            faces = step(frame)
+            held.append((t, frame, faces))
+            for s in range(strips):
+                if not had[s] and faces.found[s]:
+                    backtrack(s, faces.boxes[s])
+            t += 1
+            while len(held) > lag:
+                yield held.pop(0)
+    yield from held

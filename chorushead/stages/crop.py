@@ -1,13 +1,15 @@
 """crop: one square face crop per strip and frame, ready for EMOCA (paper §3).
 
 Each frame of the trimmed range (vad's start_frame..end_frame on the pipeline's timeline) is split into
-``strips`` equal vertical strips, one singer each. MTCNN finds the most probable face per strip (on
-keyframes, see :mod:`chorushead.backends.mtcnn`), and we save
+``strips`` equal vertical strips, one singer each. MTCNN measures the most probable face per strip on
+EVERY frame (full pyramid on keyframes, R-Net + O-Net around last frame's box elsewhere, see
+:mod:`chorushead.backends.mtcnn`), and we save
 
   strip{k}/{t:06d}.jpg   224×224 crop, t = frame index in the trimmed video (no file: no face)
   detections.npz         boxes (S,T,4) NaN where missing, probs (S,T) 0 where missing,
                          landmarks (S,T,5,2), n_faces (S,T), crop_boxes (S,T,4), detected (S,T)
-                         (False = interpolated between keyframes), strip_x0 (S,), fps, start_frame
+                         (True = the full pyramid ran; False = tracked by R-Net/O-Net, still a
+                         measured box), strip_x0 (S,), fps, start_frame
 All coordinates are in STRIP pixels of the full-resolution frame (add strip_x0 for frame pixels).
 
 The crop follows EMOCA's own test-time crop for detector boxes, so the fit stage feeds these files
@@ -39,8 +41,9 @@ class Params:
     strips: int = 2                 # equal vertical strips per frame: one singer each
     min_face: float = 80.0          # smallest face side (px of the full frame) that must be found
     detect_scale: float = 0.0       # strip resize before MTCNN; 0 = auto (min_face lands at 40 px)
-    keyframe_every: int = 5         # detect every k-th frame; between them only where keyframes disagree
-    agree_iou: float = 0.5          # keyframes "agree" (interpolate between) from this box IoU on
+    keyframe_every: int = 15        # full MTCNN pyramid on a tracked face at least this often ...
+    keyframe_max: int = 120         # ... spacing doubling up to this while tracking holds
+    search_every: int = 5           # full pyramid on a strip without a face every k frames
     batch_size: int = 16            # strips per MTCNN call
     prob_threshold: float = 0.9     # a face counts from this MTCNN probability on
     device: str = "auto"            # auto | cpu | cuda | cuda:N
@@ -67,7 +70,7 @@ class Metrics(MetricsShape):
     frames_expected: int
     faces_per_strip: list[int]      # frames with a face, per strip
     multi_face_frames: int
-    detected_fraction: float        # strips the detector ran on (the rest interpolated)
+    detected_fraction: float        # strip-frames the full pyramid ran on (the rest: R-Net/O-Net tracking)
     decode_wait_s: float            # decoding not hidden behind MTCNN
     detect_s: float
     save_s: float
@@ -151,7 +154,7 @@ class _Prefetch:
 
 
 def process(ctx: Context, p: Params, detector) -> Result:
-    from chorushead.backends.mtcnn import strip_bounds, track_strips
+    from chorushead.backends.mtcnn import TrackParams, strip_bounds, track_strips
     from chorushead.core.media import iter_frames
     from tqdm import tqdm
 
@@ -166,6 +169,7 @@ def process(ctx: Context, p: Params, detector) -> Result:
     S = p.strips
     t_start = time.perf_counter()
     det_s0, det_n0 = detector.seconds, detector.images
+    tp = TrackParams(keyframe_every=p.keyframe_every, keyframe_max=p.keyframe_max, search_every=p.search_every)
 
     out_dir = Path(ctx.tmp)
     strip_dirs = [out_dir / f"strip{k}" for k in range(S)]
@@ -190,7 +194,7 @@ def process(ctx: Context, p: Params, detector) -> Result:
     save_s = 0.0
     count = 0
     try:
-        for t, frame, faces in track_strips(frames, detector, S, p.keyframe_every, p.agree_iou):
+        for t, frame, faces in track_strips(frames, detector, S, tp):
             if t >= n:      # the decoder gave more than asked for (should not happen with trim)
                 break
             if not bounds:
@@ -237,6 +241,7 @@ def process(ctx: Context, p: Params, detector) -> Result:
     return Result(outputs=outputs, metrics=metrics)
 
 
-STAGE = Stage(name="crop", version="1", params=Params, outputs=Outputs, metrics=Metrics, setup=setup, process=process,
+STAGE = Stage(name="crop", version="2", params=Params, outputs=Outputs, metrics=Metrics, setup=setup, process=process,
               needs=("ingest", "vad"), gpu=True,
-              description="MTCNN per strip on keyframes; EMOCA-style 224×224 face crops + detections.npz")
+              description="MTCNN per strip and frame (pyramid on keyframes, R/O-Net tracking between); "
+                          "EMOCA-style 224×224 face crops + detections.npz")
