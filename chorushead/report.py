@@ -20,9 +20,9 @@ import numpy as np
 from chorushead.core.decisions import decisions as review_decisions
 from chorushead.core.manifest import Record, iter_records
 from chorushead.core.windows import SPLITS, WindowReader
-from chorushead.runner import Pipeline, load_items
-from chorushead.stages import assign, contiguity, crop, ingest, pack, smooth, vad
-from chorushead.stages.base import DEFAULT_FPS
+from chorushead.runner import Pipeline, load_items, ready_upstream, upstream_fingerprint
+from chorushead.stages import assign, contiguity, crop, get_stage, ingest, pack, smooth, vad
+from chorushead.stages.base import DEFAULT_FPS, GlobalContext
 
 REPORT_DIR = "report"
 FINGERPRINT_ROWS = 200   # videos listed with their fingerprints (the rest are counted)
@@ -60,6 +60,7 @@ class Card:
     split_violations: list[str]              # "video: in train, test"; empty = the check passes
     versions: dict[str, dict[str, int]]      # stage -> version -> videos
     fingerprints: dict[str, dict[str, str]]  # video -> stage -> fingerprint
+    same_params: dict[str, tuple[int, int]]  # stage -> (records these parameters reproduce, records)
     lmdb: Path | None                        # None: pack has not written one
     meta: dict[str, Any] | None
     dists: dict[str, Any]                    # arrays/counters the plots draw
@@ -131,9 +132,36 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
                 for s in stages}
     prints = {v: {s: latest[s][v].fingerprint for s in stages if v in latest.get(s, {})} for v in sorted(items)}
     dists = _distributions(out, ok, cont, crops, fps, notes)
+    same = _same_params(out, items, latest, pipeline)
+    if any(n < total for n, total in same.values()):
+        notes.append("Some records were made with other parameters than the pipeline file's (Provenance says "
+                     "which stages): the card shows the file's; pass the build's --pipeline/--set to report.")
     return Card(out=out, pipeline=pipeline, pipeline_file=pipeline_file, summary=summary, funnel=funnel,
-                splits=splits, split_violations=violations, versions=versions, fingerprints=prints,
+                splits=splits, split_violations=violations, versions=versions, fingerprints=prints, same_params=same,
                 lmdb=lmdb_path, meta=meta, dists=dists, notes=notes)
+
+
+def _same_params(out: Path, items: dict, latest: dict[str, dict[str, Record]],
+                 pipeline: Pipeline) -> dict[str, tuple[int, int]]:
+    """Per stage: of its ok records, how many carry the fingerprint these parameters give now (the
+    runner's own computation, over the recorded upstream fingerprints). All of them: the parameters the
+    card shows are exactly the ones the data came from."""
+    res = {}
+    its = list(items.values())
+    for name in pipeline.stages:
+        stage = get_stage(name)
+        params = stage.make_params(pipeline.params.get(name))
+        mine = {v: r for v, r in latest.get(name, {}).items() if r.ok and v in items}
+        ready = ready_upstream(stage, its, latest)
+        plans: dict[str, Any] = {}
+        if stage.kind == "global" and stage.plan is not None:
+            ctx = GlobalContext(out=out, fps=pipeline.fps, upstream=dict(sorted(ready.items())), previous={},
+                                fingerprints={}, progress=False)
+            plans = stage.plan(ctx, params)
+        same = sum(1 for v, r in mine.items() if v in ready and r.fingerprint == upstream_fingerprint(
+            stage, params, items[v], ready[v], pipeline.fps, plans.get(v)))
+        res[name] = (same, len(mine))
+    return res
 
 
 def _frames(segments: list[list[int]]) -> int:
@@ -407,8 +435,10 @@ def _sections(card: Card, plots: dict[str, str]) -> list[Section]:
                                        f"(its parameters as they read now; the fingerprints identify exactly what "
                                        f"each video's data came from).",
                                        f"fps {card.pipeline.fps}"])
-    prov.tables.append((["stage", "version(s) in the manifests (videos)", "parameters"],
+    prov.tables.append((["stage", "version(s) in the manifests (videos)", "records these parameters reproduce",
+                         "parameters"],
                         [[s, ", ".join(f"v{v} ({n})" for v, n in sorted(card.versions.get(s, {}).items())) or "not run",
+                          "{} of {}".format(*card.same_params.get(s, (0, 0))),
                           json.dumps(card.pipeline.params.get(s, {}), sort_keys=True)] for s in card.pipeline.stages]))
     if card.meta is not None:
         summ = card.meta.get("summary")

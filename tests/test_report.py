@@ -137,7 +137,13 @@ def demo_build(tmp_path_factory) -> Path:
 @pytest.mark.slow   # builds the demo (~25 s)
 def test_card_numbers_match_the_demo_build(demo_build):
     out = demo_build
+    # the demo fits with the landmark backend; the pipeline file says emoca: the card says fit's records
+    # were made with other parameters, and with the demo's --set every record is reproduced
     res = CliRunner().invoke(app, ["report", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "report" / "report.md").read_text()
+    assert re.search(r"^\| fit \| v\d+ \(2\) \| 0 of 2 \| ", md, re.M) and "other parameters" in md
+    res = CliRunner().invoke(app, ["report", "--out", str(out), "--set", "fit.backend=landmarks"])
     assert res.exit_code == 0, res.output
     assert res.output.strip() == f"Dataset card: {out / 'report' / 'index.html'} (report.md and the plots beside it)"
     md = (out / "report" / "report.md").read_text()
@@ -192,6 +198,9 @@ def test_card_numbers_match_the_demo_build(demo_build):
     for v, r in ing.items():
         assert r["fingerprint"] in md and v in md
     assert set(meta["summary"]["videos"]) == set(ing)
+    for stage in Pipeline.load().stages:
+        assert re.search(rf"^\| {stage} \| v\d+ \(2\) \| 2 of 2 \| ", md, re.M), stage
+    assert "other parameters" not in md
     for png in ("funnel", "segment_seconds", "kept_minutes", "jaw", "head_pose", "detection", "assign", "review",
                 "splits"):
         assert (out / "report" / f"{png}.png").stat().st_size > 1000
