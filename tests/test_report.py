@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 from chorushead.cli import app
 from chorushead.core.decisions import record_decision
+from chorushead.core.manifest import Manifest, Record
 from chorushead.core.windows import open_env
 from chorushead.report import _splits, card_hint, collect, write_card
-from chorushead.runner import Pipeline, build
+from chorushead.runner import Pipeline, build, save_items
+from chorushead.stages.base import Item
 
 from packfixture import make_upstream
 
@@ -60,6 +62,10 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
     out = tmp_path / "b"
     make_upstream(out, n_videos=3, fit_backend="landmarks")    # vad .. assign records, nothing of ingest/crop
     record_decision(out, "song1-abcdef", 0, "reject")
+    # a fourth video that failed at ingest: counted in the funnel with its reason
+    save_items(out, [Item(id="broken-123456", source="/raw/broken.mp4")])
+    Manifest(out, "ingest").append(Record(item="broken-123456", stage="ingest", status="failed", fingerprint="x",
+                                          error_class="BadInput", message="no video stream\nffprobe said ..."))
     pl = Pipeline.load()
 
     card = collect(out, pl)
@@ -68,9 +74,10 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
     md = (out / "report" / "report.md").read_text()
     assert md_row(md, "Windows") == "not packed yet" and "Not packed yet: no splits." in md
     funnel = funnel_rows(md)
-    assert funnel["ingest"][:1] == ["0"] and funnel["ingest"][-1] == "3"      # no ingest: 3 pending
-    assert funnel["contiguity"][0] == "3" and funnel["pack"][-1] == "3"
-    assert md_row(md, "Videos registered") == "3" and md_row(md, "Videos ingested") == "0"
+    assert funnel["ingest"] == ["0", "0.0000", "0", "0", "1", "3"]      # 1 failed, 3 without ingest records
+    assert "| ingest | failed: BadInput: no video stream | 1 |" in md
+    assert funnel["contiguity"][0] == "3" and funnel["pack"][-1] == "4"
+    assert md_row(md, "Videos registered") == "4" and md_row(md, "Videos ingested") == "0"
     # motion comes from the smoothed segments even without a pack: both singer positions
     assert sorted(card.dists["jaw"]) == [0, 1] and len(card.dists["jaw"][0]) == 3 * (200 + 140)
     assert card.dists["review"] == {"accept": 0, "reject": 1, "unreviewed": 5}
