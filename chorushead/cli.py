@@ -126,6 +126,33 @@ def demo(
 
 
 @app.command()
+def separate(
+    song: Path = typer.Option(..., "--song", help="The mixed song: an audio file, or a video (its soundtrack)."),
+    out: Path = typer.Option(..., "--out", help="Folder for vocals.wav, accompaniment.wav, singer<k>.wav, "
+                             "separation.json (and build/, the one-song build: a rerun reuses it)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="The song's video (the same file as --song): "
+                                         "the assign step orders the singers as the faces, left to right."),
+    pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline TOML (default: pipelines/chorushead.toml)."),
+    sets: List[str] = typer.Option([], "--set", help="Override a parameter: stage.param=value (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Separate a mixed song exactly as the build does: Spleeter vocals/accompaniment, MossFormer2 singers.
+
+    A video (--song video.mp4) also goes through vad, crop, fit, smooth and assign, so singer k is the
+    k-th face from the left; an audio file keeps the separator's order (and separation.json says so)."""
+    from chorushead.core.errors import StageError
+    from chorushead.separate import separate as run_separate
+    try:
+        sep = run_separate(song, out, _pipeline(pipeline, sets), video=video, progress=not quiet,
+                           log=lambda m: typer.echo(m, err=True))
+    except (RuntimeError, FileNotFoundError, ValueError, StageError) as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{out}: vocals.wav, accompaniment.wav, {', '.join(sep.singers)} ({sep.order_source} order)")
+    typer.echo(f"note: {sep.note}")
+
+
+@app.command()
 def doctor():
     """Where each model-backed stage looks for its assets, whether they were found, how to get them."""
     try:

@@ -26,6 +26,8 @@ STEMS_REFUSE_S = 5.0
 STEMS_REFUSE_FRAC = 0.10
 STEMS_REFUSE_MIN_S = 1.0
 _SINGER = re.compile(r"singer(\d+)\.wav")
+# A song without a picture (`chorushead separate --song mix.wav`): only the audio stages can use it.
+AUDIO_EXTS = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus"}
 
 
 @dataclass
@@ -115,18 +117,39 @@ def _check_stems(video: str, duration: float, stems: dict[str, tuple[float, int]
     return warnings, worst
 
 
+def _audio_only(ctx: Context, p: Params, src: Path) -> Result:
+    """An audio file: the mix, a timeline of its length at the pipeline's fps, no picture (0x0)."""
+    mix = media.load_audio(src, MIX_SR, mono=False)
+    if mix.size == 0:
+        raise BadInput(f"{src.name}: the audio decodes to nothing (damaged file?)")
+    duration = len(mix) / MIX_SR
+    _check_length(src, duration, p, ctx.fps)
+    media.write_wav(ctx.tmp / "mix_44k.wav", mix, MIX_SR)
+    n_frames = media.count_frames(duration, ctx.fps)
+    outputs = Outputs(source=str(src), n_frames=n_frames, fps=ctx.fps, width=0, height=0, duration=duration,
+                      source_fps=0.0, audio_44k="mix_44k.wav")
+    return Result(outputs=outputs, metrics=Metrics(seconds_of_video=round(duration, 3), frames=n_frames,
+                                                   resolution="audio only", source_fps=0.0))
+
+
+def _check_length(src: Path, duration: float, p: Params, fps: int) -> None:
+    if duration < p.min_seconds:
+        raise BadInput(f"{src.name}: {duration:.2f} s long; a segment needs at least {p.min_seconds:g} s "
+                       f"({int(p.min_seconds * fps)} frames at {fps} fps).")
+    if duration > p.max_seconds:
+        raise BadInput(f"{src.name}: {duration / 3600:.1f} h is longer than max_seconds={p.max_seconds:g}; "
+                       "split it or raise the limit with --set ingest.max_seconds=...")
+
+
 def process(ctx: Context, p: Params, _model) -> Result:
     src = Path(ctx.item.source)
+    if src.suffix.lower() in AUDIO_EXTS and not ctx.item.stems:
+        return _audio_only(ctx, p, src)
     info = media.probe(src)
     if not info.has_audio and not ctx.item.stems:
         raise BadInput(f"{src.name}: the video has no audio stream; ChorusHead needs the song "
                        "(or supply per-singer stems with --stems DIR).")
-    if info.duration < p.min_seconds:
-        raise BadInput(f"{src.name}: {info.duration:.2f} s long; a segment needs at least {p.min_seconds:g} s "
-                       f"({int(p.min_seconds * ctx.fps)} frames at {ctx.fps} fps).")
-    if info.duration > p.max_seconds:
-        raise BadInput(f"{src.name}: {info.duration / 3600:.1f} h is longer than max_seconds={p.max_seconds:g}; "
-                       "split it or raise the limit with --set ingest.max_seconds=...")
+    _check_length(src, info.duration, p, ctx.fps)
     n_frames = media.count_frames(info.duration, ctx.fps)
     outputs = Outputs(source=str(src), n_frames=n_frames, fps=ctx.fps, width=info.width, height=info.height,
                       duration=info.duration, source_fps=info.fps)
