@@ -66,7 +66,7 @@ def train(
     data: Path = typer.Option(..., help="packed LMDB (chorushead build ... pack, or pachorus synth)"),
     out: Path = typer.Option(..., help="run folder (created; never deleted)"),
     resume: bool = typer.Option(False, help="continue the run in --out from last.pt"),
-    variant: str = typer.Option("full", help="full | no_bgm | no_kl | no_prior | mono"),
+    variant: str = typer.Option("full", help="full | no_bgm | no_kl | no_prior | mono | faceformer"),
     audio_encoder: str = typer.Option("logmel", help="logmel, or wav2vec2:<hub id or local folder>"),
     epochs: int = typer.Option(100), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-4),
     w_mse: float = typer.Option(1.0), w_kl: float = typer.Option(0.005), w_vel: float = typer.Option(1.0),
@@ -217,6 +217,8 @@ def synth(
     seed: int = typer.Option(0), noise: float = typer.Option(1.0, help="scale of the per-frame noise"),
     coeff_groups: str = typer.Option("exp,jaw,pose", help="groups 'the fit estimated' (e.g. jaw,pose like the "
                                      "landmarks backend); the others are written as zeros and masked by train/eval"),
+    anticipation: float = typer.Option(0.1, help="seconds the mouth starts opening before a host phrase onset "
+                                       "(0 = off; see pachorus.synth)"),
 ):
     """Write a synthetic packed LMDB whose motion follows known, learnable rules (see pachorus.synth)."""
     from .synth import SynthConfig, write_synth_lmdb
@@ -225,10 +227,38 @@ def synth(
     except ValueError:
         raise ValueError(f"--singers takes comma-separated integers such as 2 or 2,3, got {singers!r}") from None
     cfg = SynthConfig(videos=videos, seconds=seconds, n_singers=counts_s[0] if len(counts_s) == 1 else counts_s,
-                      window=window, stride=stride, fps=fps, seed=seed, noise=noise,
+                      window=window, stride=stride, fps=fps, seed=seed, noise=noise, anticipation=anticipation,
                       coeff_groups=tuple(_csv(coeff_groups, "--coeff-groups")))
     counts = write_synth_lmdb(out, cfg)
     typer.echo(json.dumps({"out": str(out), "windows": counts}))
+
+
+@app.command()
+@clean_errors
+def bench(
+    out: Path = typer.Option(..., help="bench folder (created; runs inside are reused or resumed)"),
+    data: Optional[Path] = typer.Option(None, help="packed LMDB (default: a synthetic one written into --out)"),
+    flame: Optional[Path] = typer.Option(None, help="FLAME folder (default: a generated toy head; the tables say so)"),
+    variants: str = typer.Option("full,no_prior,no_bgm,no_kl,mono,faceformer", help="comma list"),
+    seeds: int = typer.Option(3), steps: int = typer.Option(300, help="training steps of every run (equal for all)"),
+    batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3), w_kl: float = typer.Option(0.005),
+    d_model: int = typer.Option(64), n_layers: int = typer.Option(2),
+    jobs: int = typer.Option(2, help="runs in parallel, one CPU thread each"),
+    videos: int = typer.Option(12, help="synthetic default only: songs"),
+    seconds: float = typer.Option(20.0, help="synthetic default only: song length"),
+    window: int = typer.Option(60, help="synthetic default only: frames per window"),
+):
+    """Tables 2 and 3 of the paper: train every variant over seeds, evaluate, write Markdown/CSV/PNG.
+
+    Layout of --out and the statistics ("not established" = gap to the best within 2 std): see
+    pachorus.bench. Rerunning reuses finished runs and resumes unfinished ones.
+    """
+    from .bench import BenchConfig, run_bench
+    run_bench(BenchConfig(out=str(out), data=str(data) if data else None, flame=str(flame) if flame else None,
+                          variants=tuple(_csv(variants, "--variants")), seeds=seeds, steps=steps,
+                          batch_size=batch_size, lr=lr, w_kl=w_kl, d_model=d_model, n_layers=n_layers, jobs=jobs,
+                          synth_videos=videos, synth_seconds=seconds, synth_window=window),
+              log=lambda m: typer.echo(m))
 
 
 def main() -> None:  # pragma: no cover

@@ -6,6 +6,13 @@ syllable. The FLAME coefficients of each singer follow these rules (strong on pu
 throwaway prototype showed 0.05-rad nods drown in seed noise):
 
 - jaw:  jaw[0] = 0.3 · (host RMS envelope per motion frame, centred 3-frame smoothing, ÷0.15, clipped at 1.5);
+- anticipation (on by default, ``anticipation`` s = 0.1): the mouth starts opening BEFORE each of the
+        host's phrase onsets, as real singers breathe in and open before the note: jaw[0] +=
+        ``anticipation_amp`` (0.15 rad) · a raised-cosine bump of 2 × 0.1 s peaking at the onset, and
+        the lips open along (exp += the same bump · a fixed 50-vector). Its first half lies before any
+        host sound, so only a model that sees the host audio AHEAD of frame t can predict it: a
+        causal animator (``mono``, ``faceformer``: frame t attends to audio frames ≤ t, ~60 ms look-
+        ahead from the log-mel window and convolutions) cannot; ``anticipation=0`` turns it off;
 - exp:  exp = M · b, with M a fixed (50×8) matrix (same for every song) and b the host's 8 log-band
         energies (100 Hz–4 kHz) squashed to [0, 1];
 - yaw:  0.3 rad turn TOWARD the partner(s), a 1.2 s raised-cosine bump starting 0.2 s after each
@@ -50,6 +57,8 @@ class SynthConfig:
     turn: float = 0.3          # yaw turn amplitude (rad)
     nod: float = 0.12          # pitch nod amplitude (rad)
     window_offset: float = 0.08  # per-window pose offset std (rad)
+    anticipation: float = 0.1    # s the mouth opens before a host phrase onset (0 = rule off)
+    anticipation_amp: float = 0.15  # jaw opening (rad) of that rule at the onset
     coeff_groups: tuple[str, ...] = ("exp", "jaw", "pose")  # the groups "the fit estimated"; others are 0
 
     def singers_of(self, video: int) -> int:
@@ -70,6 +79,11 @@ def _expression_map() -> np.ndarray:
     """The fixed band-energy -> expression matrix (same for every song and every call)."""
     m = np.random.default_rng(1234).normal(0, 1, (50, N_BANDS))
     return m * (1.5 / np.sqrt(N_BANDS)) * np.exp(-np.arange(50) / 15.0)[:, None]
+
+
+def _anticipation_lips() -> np.ndarray:
+    """Fixed expression direction (50,) of the pre-onset mouth opening (per rad of jaw opening)."""
+    return np.random.default_rng(4321).normal(0, 1, 50) * 3.0 * np.exp(-np.arange(50) / 10.0)
 
 
 def _bump(t: np.ndarray, events: np.ndarray, delay: float, width: float) -> np.ndarray:
@@ -154,6 +168,7 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
     tracks, onsets = zip(*[_sing(rng, n, cfg.sr) for _ in range(n_singers)])
     bgm, beats = _bgm(rng, n, cfg.sr)
     m = _expression_map()
+    lips = _anticipation_lips()
     coeffs = np.zeros((n_singers, n_frames, 56), np.float32)
     nod = cfg.nod * _bump(t, beats, 0.0, 0.35)
     for s in range(n_singers):
@@ -167,6 +182,11 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
         f[:, :50] = bands @ m.T + rng.normal(0, 0.05 * cfg.noise, (n_frames, 50))
         f[:, 50] = 0.3 * env
         f[:, 51] = 0.02 * env
+        if cfg.anticipation > 0:
+            # Bump of 2 × lead starting ``lead`` s before each onset: it peaks at the onset itself.
+            pre = cfg.anticipation_amp * _bump(t, onsets[s], -cfg.anticipation, 2 * cfg.anticipation)
+            f[:, 50] += pre
+            f[:, :50] += pre[:, None] * lips[None]
         f[:, 50:53] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
         f[:, 53] = nod
         f[:, 54] = direction * (0.15 + turn)

@@ -1,0 +1,337 @@
+"""``pachorus bench``: the paper's Tables 2 and 3 with one command.
+
+Trains every named variant (``full``, ``no_prior``, ``no_bgm``, ``no_kl``, ``mono``, ``faceformer``)
+for the SAME number of steps over several seeds, evaluates each on the test split (z = 0; the
+autoregressive ``faceformer`` generates step by step from pose0), and writes:
+
+    <out>/
+      bench_config.json     the settings every run shares (a rerun with other settings is refused)
+      synth.lmdb/           the synthetic LMDB (only when no --data is given; written once)
+      flame/                a generated FLAME-format toy head (only when no --flame is given)
+      runs/<variant>_s<seed>/   a ``pachorus train`` run folder (config.json, last.pt, model.pt,
+                            log.jsonl, curves.png) + eval_test.json (the metrics of that run)
+      table2.md / .csv      Table 2: PaChorus vs baselines (full, mono, faceformer + mean motion)
+      table3.md / .csv      Table 3: ablations (no_bgm, no_kl, no_prior, full)
+      metrics.png           one panel per metric: every variant's mean ± std and its seeds
+      results.json          every run's metrics, the per-variant mean/std and the orderings
+
+Resumable: a run whose eval_test.json exists at the requested step count is reused (nothing is
+trained); a run with a last.pt below it resumes from there (``--resume`` semantics); the rest start.
+
+Statistics: mean ± sample std (ddof 1) over seeds. Per metric, the best mean is bold; another row
+whose gap to the best is within two standard deviations (the larger of the two rows' stds) is marked
+"not established": with that spread the ordering could be seed noise. Lower is better for every
+metric except FDD, which is signed (ground truth minus prediction; > 0 = too little upper-face
+motion): its best is the one closest to 0.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = ("full", "no_prior", "no_bgm", "no_kl", "mono", "faceformer")
+TABLE2 = (("full", "PaChorus (Ours)"), ("mono", "Mono (causal host animator)"), ("faceformer", "FaceFormer [1]"))
+TABLE3 = (("no_bgm", "w/o BGM"), ("no_kl", "w/o L_kl"), ("no_prior", "w/o prior"), ("full", "PaChorus (Ours)"))
+# (metric key in evaluate's results, column title): the paper's columns.
+TABLE2_COLS = (("LVE_l2", "LVE ↓"), ("FVE_max", "FVE ↓"), ("FDD", "FDD →0"))
+TABLE3_COLS = TABLE2_COLS + (("PPE", "PPE ↓"),)
+PLOT_COLS = TABLE3_COLS
+NOT_ESTABLISHED = "not established"
+MEAN_MOTION = "mean motion (reference)"
+
+
+@dataclass
+class BenchConfig:
+    out: str
+    data: str | None = None        # packed LMDB; None = a synthetic one written into out/synth.lmdb
+    flame: str | None = None       # FLAME folder; None = the generated toy head in out/flame
+    variants: tuple[str, ...] = VARIANTS
+    seeds: int = 3
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3               # 1e-4 (the paper's) learns too slowly for a CPU budget of minutes
+    w_kl: float = 0.005
+    d_model: int = 64
+    n_layers: int = 2
+    jobs: int = 2                  # parallel runs, one torch thread each
+    # The synthetic default (ignored with --data): sized for 2 CPU cores, 3 seeds, < 30 min.
+    synth_videos: int = 12
+    synth_seconds: float = 20.0
+    synth_window: int = 60
+    synth_stride: int = 30         # half-overlapping windows: half the evaluation cost of stride 15
+
+    # Settings that change what a run computes: a rerun into the same --out must keep them.
+    SHARED = ("data", "flame", "steps", "batch_size", "lr", "w_kl", "d_model", "n_layers",
+              "synth_videos", "synth_seconds", "synth_window", "synth_stride")
+
+    def shared(self) -> dict:
+        return {k: getattr(self, k) for k in self.SHARED}
+
+
+@dataclass
+class Job:
+    variant: str
+    seed: int
+    data: str
+    flame: str
+    out: str
+    steps: int
+    batch_size: int
+    lr: float
+    w_kl: float
+    d_model: int
+    n_layers: int
+    mean_coeffs: list[float] = field(default_factory=list)
+
+
+def _trained_steps(run: Path) -> int:
+    from .checkpoint import load_checkpoint
+    return int(load_checkpoint(run / "last.pt")["step"]) if (run / "last.pt").exists() else 0
+
+
+def run_job(job: Job) -> dict:
+    """Train (or resume, or reuse) one (variant, seed) and evaluate it on the test split."""
+    import torch
+    torch.set_num_threads(1)
+    from chorushead.core.flame import FlameModel
+    from .evaluate import evaluate_model
+    from .losses import LossConfig
+    from .model.pachorus import ModelConfig, load_model
+    from .train import TrainConfig, train
+    run = Path(job.out)
+    ev = run / "eval_test.json"
+    if ev.exists():
+        done = json.loads(ev.read_text())
+        if done.get("step") == job.steps:
+            return {**done, "reused": True}
+    t0 = time.time()
+    have = _trained_steps(run)
+    summary = None
+    if have < job.steps:
+        print(f"  start  {job.variant:10s} seed {job.seed}: {'resume at step ' + str(have) if have else 'new'}"
+              f" -> {job.steps} steps", flush=True)
+        cfg = TrainConfig(data=job.data, out=job.out, epochs=1_000_000, batch_size=job.batch_size, lr=job.lr,
+                          seed=job.seed, device="cpu", threads=1, max_steps=job.steps, ckpt_every=100,
+                          model=ModelConfig(variant=job.variant, d_model=job.d_model, n_layers=job.n_layers,
+                                            dropout=0.0),
+                          loss=LossConfig(w_kl=0.0 if job.variant == "no_kl" else job.w_kl))
+        summary = train(cfg, resume=have > 0, progress=False)
+    elif have > job.steps:
+        raise ValueError(f"{run} was trained for {have} steps, more than the bench's {job.steps}; "
+                         "use another --out or the same --steps")
+    train_s = time.time() - t0
+    model, ck = load_model(run / "last.pt")
+    res = evaluate_model(model, job.data, "test", FlameModel.load(job.flame), batch_size=32,
+                         mean_coeffs=np.asarray(job.mean_coeffs, np.float32))
+    out = {"variant": job.variant, "seed": job.seed, "step": int(ck["step"]), "metrics": res["model"],
+           "mean_motion": res["mean_motion_baseline"], "n_samples": res["n_samples"],
+           "train_s": round(train_s, 1), "eval_s": round(time.time() - t0 - train_s, 1),
+           "steps_per_s": summary["steps_per_s"] if summary else None}
+    ev.write_text(json.dumps(out, indent=2))
+    return {**out, "reused": False}
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def summarise(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """variant -> metric -> (mean, sample std (0 for one seed), n seeds)."""
+    out: dict[str, dict] = {}
+    for v in dict.fromkeys(r["variant"] for r in runs):
+        ms = [r["metrics"] for r in runs if r["variant"] == v]
+        out[v] = {}
+        for k in ms[0]:
+            x = np.array([m[k] for m in ms], float)
+            out[v][k] = (float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0, len(x))
+    return out
+
+
+def _score(metric: str, mean: float) -> float:
+    """Lower is better; FDD is signed, so its distance to 0 is what counts."""
+    return abs(mean) if metric == "FDD" else mean
+
+
+def rank_column(stats: dict[str, tuple[float, float, int]], metric: str) -> dict[str, str]:
+    """row -> "best" | "not established" | "worse" for one metric column (rows: (mean, std, n)).
+
+    A row is "not established" when its gap to the best is ≤ 2 · max(std_best, std_row)."""
+    best = min(stats, key=lambda r: _score(metric, stats[r][0]))
+    bm, bs, _ = stats[best]
+    out = {}
+    for r, (m, s, _) in stats.items():
+        if r == best:
+            out[r] = "best"
+        else:
+            gap = _score(metric, m) - _score(metric, bm)
+            out[r] = NOT_ESTABLISHED if gap <= 2 * max(bs, s) else "worse"
+    return out
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def write_table(path_stem: Path, rows: tuple[tuple[str, str], ...], cols: tuple[tuple[str, str], ...],
+                stats: dict, caption: str, reference: dict[str, float] | None = None) -> str:
+    """Markdown (+ caption) and CSV of one table; returns the Markdown. Rows missing from ``stats`` are left out."""
+    rows = tuple((v, name) for v, name in rows if v in stats)
+    cols = tuple((k, t) for k, t in cols if all(k in stats[v] for v, _ in rows))
+    ranks = {k: rank_column({v: stats[v][k] for v, _ in rows}, k) for k, _ in cols} if rows else {}
+    md = ["| Method | " + " | ".join(t for _, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    csv = ["method,variant,seeds," + ",".join(f"{k}_mean,{k}_std,{k}_vs_best" for k, _ in cols)]
+    for v, name in rows:
+        cells, parts = [], [name, v, str(stats[v][cols[0][0]][2] if cols else 0)]
+        for k, _ in cols:
+            m, s, _ = stats[v][k]
+            status = ranks[k][v]
+            cell = _fmt(m, s)
+            cells.append(f"**{cell}**" if status == "best" else
+                         f"{cell} ({NOT_ESTABLISHED})" if status == NOT_ESTABLISHED else cell)
+            parts += [f"{m:.6g}", f"{s:.6g}", status]
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+        csv.append(",".join(parts))
+    if reference is not None:
+        md.append(f"| *{MEAN_MOTION}* | " + " | ".join(f"*{reference[k]:.4g}*" for k, _ in cols) + " |")
+        csv.append(",".join([MEAN_MOTION, "mean_motion", "0"] + sum(([f"{reference[k]:.6g}", "", "reference"]
+                                                                     for k, _ in cols), [])))
+    text = "\n".join(md) + "\n\n" + caption + "\n"
+    path_stem.with_suffix(".md").write_text(text)
+    path_stem.with_suffix(".csv").write_text("\n".join(csv) + "\n")
+    return text
+
+
+def plot_metrics(png: Path, runs: list[dict], stats: dict, variants: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = [(k, t) for k, t in PLOT_COLS if all(k in stats[v] for v in variants)]
+    fig, axes = plt.subplots(1, max(1, len(cols)), figsize=(3.2 * max(1, len(cols)), 3.4))
+    axes = np.atleast_1d(axes)
+    for ax, (k, title) in zip(axes, cols):
+        x = np.arange(len(variants))
+        ax.bar(x, [stats[v][k][0] for v in variants], yerr=[stats[v][k][1] for v in variants], color="#9ab",
+               capsize=3)
+        for i, v in enumerate(variants):
+            ys = [r["metrics"][k] for r in runs if r["variant"] == v]
+            ax.plot([i] * len(ys), ys, "k.", ms=4)
+        ax.set_xticks(x, variants, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("per variant: mean ± std over seeds (dots: seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def orderings(stats: dict, pairs: list[tuple[str, str, str]]) -> list[dict]:
+    """For each (a, b, metric): does a beat b, and is the gap beyond 2 std (the larger one)?"""
+    out = []
+    for a, b, k in pairs:
+        if a in stats and b in stats and k in stats[a]:
+            (ma, sa, _), (mb, sb, _) = stats[a][k], stats[b][k]
+            gap = _score(k, mb) - _score(k, ma)
+            out.append({"claim": f"{a} < {b} on {k}", "holds": gap > 0,
+                        "established": gap > 2 * max(sa, sb), "gap": gap, "two_std": 2 * max(sa, sb)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _prepare(cfg: BenchConfig, log) -> tuple[str, str, str]:
+    """The LMDB, FLAME folder and the caption's data/mesh notes (writing the synthetic ones once)."""
+    from chorushead.core.flame import make_synthetic_flame
+    out = Path(cfg.out)
+    data = cfg.data
+    if data is None:
+        data = str(out / "synth.lmdb")
+        if not (Path(data) / "data.mdb").exists():
+            from .synth import SynthConfig, write_synth_lmdb
+            t0 = time.time()
+            counts = write_synth_lmdb(data, SynthConfig(videos=cfg.synth_videos, seconds=cfg.synth_seconds,
+                                                        window=cfg.synth_window, stride=cfg.synth_stride, seed=123))
+            log(f"synthetic LMDB {data}: {counts} windows ({time.time() - t0:.0f} s)")
+    elif not (Path(data) / "data.mdb").exists():
+        raise FileNotFoundError(f"no LMDB at {data} (expected {data}/data.mdb)")
+    flame, mesh = cfg.flame, "FLAME"
+    if flame is None:
+        flame = str(out / "flame")
+        if not (Path(flame) / "generic_model.pkl").exists():
+            make_synthetic_flame(flame)
+        mesh = ("a generated FLAME-format toy head (chorushead.core.flame.make_synthetic_flame; no --flame "
+                "given): vertex metrics compare rows, their absolute values mean nothing")
+    return data, flame, mesh
+
+
+def run_bench(cfg: BenchConfig, log=print) -> dict:
+    bad = [v for v in cfg.variants if v not in VARIANTS]
+    if bad or not cfg.variants:
+        raise ValueError(f"--variants: unknown {bad}; choose from {','.join(VARIANTS)}")
+    if cfg.seeds < 1 or cfg.steps < 1 or cfg.jobs < 1:
+        raise ValueError("--seeds, --steps and --jobs must be ≥ 1")
+    out = Path(cfg.out)
+    saved = out / "bench_config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.shared().items() if old.get(k) != v]
+        if diff:
+            raise ValueError(f"{out} holds a bench with other settings ({'; '.join(diff)}); use another --out "
+                             "or the same settings")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(cfg.shared(), indent=2))
+    t0 = time.time()
+    data, flame, mesh = _prepare(cfg, log)
+    from .evaluate import train_mean_coeffs
+    mean = [float(x) for x in train_mean_coeffs(data)]
+    jobs = [Job(variant=v, seed=s, data=data, flame=flame, out=str(out / "runs" / f"{v}_s{s}"), steps=cfg.steps,
+                batch_size=cfg.batch_size, lr=cfg.lr, w_kl=cfg.w_kl, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                mean_coeffs=mean)
+            for s in range(cfg.seeds) for v in cfg.variants]
+    log(f"{len(jobs)} runs ({len(cfg.variants)} variants x {cfg.seeds} seeds) x {cfg.steps} steps "
+        f"on {cfg.jobs} process(es)")
+    runs = []
+    # Spawned workers (not forked): torch and LMDB handles are not fork-safe.
+    with mp.get_context("spawn").Pool(min(cfg.jobs, len(jobs))) as pool:
+        for i, r in enumerate(pool.imap_unordered(run_job, jobs), 1):
+            runs.append(r)
+            m = r["metrics"]
+            how = "reused" if r["reused"] else f"trained {r['train_s']:.0f} s + eval {r['eval_s']:.0f} s"
+            log(f"  [{i}/{len(jobs)}] {r['variant']:10s} seed {r['seed']}: {how}; LVE {m.get('LVE_l2', float('nan')):.4g}"
+                f"  PPE {m.get('PPE', float('nan')):.4g}  ({time.time() - t0:.0f} s elapsed)")
+    order = {v: i for i, v in enumerate(cfg.variants)}
+    runs.sort(key=lambda r: (order[r["variant"]], r["seed"]))
+    stats = summarise(runs)
+    caption = (f"Mean ± std over {cfg.seeds} seed(s), {cfg.steps} training steps each (batch {cfg.batch_size}, "
+               f"lr {cfg.lr}), test split of {data}, z = 0 (faceformer: step-by-step generation from pose0). "
+               f"Vertex metrics on {mesh}, in mm with the head pose zeroed; LVE and FVE = per-frame max L2 over "
+               f"lip / face vertices; FDD signed (GT − prediction), best = closest to 0; PPE in rad. **Bold**: "
+               f"best mean; ({NOT_ESTABLISHED}): gap to the best ≤ 2 std (the larger of the two rows').")
+    ref = runs[0]["mean_motion"]
+    t2 = write_table(out / "table2", TABLE2, TABLE2_COLS, stats, "Table 2. PaChorus vs baselines. " + caption, ref)
+    t3 = write_table(out / "table3", TABLE3, TABLE3_COLS, stats, "Table 3. Ablations. " + caption)
+    plot_metrics(out / "metrics.png", runs, stats, list(cfg.variants))
+    checks = orderings(stats, [("full", "mono", "LVE_l2"), ("full", "faceformer", "LVE_l2"),
+                               ("full", "mono", "PPE"), ("full", "faceformer", "PPE"),
+                               ("full", "no_prior", "PPE"), ("full", "no_bgm", "PPE"), ("full", "no_kl", "PPE")])
+    report = {"config": asdict(cfg), "data": data, "flame": flame, "mesh": mesh, "runs": runs,
+              "stats": {v: {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in d.items()} for v, d in stats.items()},
+              "mean_motion": ref, "orderings": checks, "wall_s": round(time.time() - t0, 1),
+              "trained": sum(not r["reused"] for r in runs)}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    log("\n" + t2 + "\n" + t3)
+    for c in checks:
+        log(f"  {c['claim']}: {'holds' if c['holds'] else 'does NOT hold'}"
+            f"{'' if not c['holds'] else ' (beyond 2 std)' if c['established'] else ' (' + NOT_ESTABLISHED + ')'}"
+            f"  gap {c['gap']:.4g} vs 2 std {c['two_std']:.2g}")
+    log(f"{out}: table2.md/.csv, table3.md/.csv, metrics.png, results.json ({report['wall_s']:.0f} s, "
+        f"{report['trained']} run(s) trained)")
+    return report
+
+
+if __name__ == "__main__":  # pragma: no cover - the CLI is `pachorus bench`
+    sys.exit("use: pachorus bench --out DIR")

@@ -1,0 +1,108 @@
+"""pachorus bench: the "not established" logic, the tables' layout, run reuse; the synthetic anticipation rule."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from pachorus.bench import (NOT_ESTABLISHED, TABLE2, TABLE2_COLS, TABLE3, TABLE3_COLS, BenchConfig, orderings,
+                            rank_column, run_bench, summarise, write_table)
+
+
+def test_rank_column_marks_gaps_within_two_std():
+    stats = {"a": (1.00, 0.01, 3),    # best
+             "b": (1.05, 0.02, 3),    # gap 0.05 > 2 * 0.02: worse, established
+             "c": (1.029, 0.015, 3),  # gap 0.029 ≤ 2 * 0.015: not established
+             "d": (1.015, 0.001, 3)}  # gap 0.015 ≤ 2 * 0.01 (the best's own spread counts too)
+    assert rank_column(stats, "LVE_l2") == {"a": "best", "b": "worse", "c": NOT_ESTABLISHED, "d": NOT_ESTABLISHED}
+    # FDD is signed: the value closest to 0 is best, whatever its sign
+    fdd = {"x": (-0.2, 0.01, 3), "y": (0.5, 0.01, 3), "z": (-0.9, 0.01, 3)}
+    assert rank_column(fdd, "FDD") == {"x": "best", "y": "worse", "z": "worse"}
+
+
+def test_orderings_report_holds_and_established():
+    stats = {"full": {"LVE_l2": (1.0, 0.01, 3)}, "mono": {"LVE_l2": (1.1, 0.01, 3)},
+             "faceformer": {"LVE_l2": (1.01, 0.02, 3)}}
+    o = {c["claim"]: c for c in orderings(stats, [("full", "mono", "LVE_l2"), ("full", "faceformer", "LVE_l2")])}
+    assert o["full < mono on LVE_l2"]["holds"] and o["full < mono on LVE_l2"]["established"]
+    assert o["full < faceformer on LVE_l2"]["holds"] and not o["full < faceformer on LVE_l2"]["established"]
+
+
+def _runs(values: dict[str, list[float]]) -> list[dict]:
+    keys = ("LVE_l2", "FVE_max", "FDD", "PPE")
+    return [{"variant": v, "seed": s, "metrics": {k: x + i for i, k in enumerate(keys)}}
+            for v, xs in values.items() for s, x in enumerate(xs)]
+
+
+def test_tables_from_hand_made_numbers(tmp_path):
+    stats = summarise(_runs({"full": [1.0, 1.02, 0.98], "mono": [1.5, 1.52, 1.48], "faceformer": [1.01, 1.05, 0.97],
+                             "no_bgm": [1.3, 1.3, 1.3]}))
+    assert stats["full"]["LVE_l2"] == pytest.approx((1.0, 0.02, 3))   # sample std (ddof 1)
+    md = write_table(tmp_path / "table2", TABLE2, TABLE2_COLS, stats, "caption here", {k: 9.0 for k, _ in TABLE3_COLS})
+    lines = md.splitlines()
+    assert lines[0] == "| Method | LVE ↓ | FVE ↓ | FDD →0 |"
+    assert lines[2].startswith("| PaChorus (Ours) | **1 ± 0.02** |")
+    assert lines[3].startswith("| Mono (causal host animator) | 1.5 ± 0.02 |")           # established gap
+    assert lines[4].startswith(f"| FaceFormer [1] | 1.01 ± 0.04 ({NOT_ESTABLISHED}) |")
+    assert lines[5].startswith("| *mean motion (reference)* | *9* |") and "caption here" in md
+    rows = list(csv.DictReader((tmp_path / "table2.csv").open()))
+    assert [r["variant"] for r in rows] == ["full", "mono", "faceformer", "mean_motion"]
+    assert rows[2]["LVE_l2_vs_best"] == NOT_ESTABLISHED and rows[1]["LVE_l2_vs_best"] == "worse"
+    assert float(rows[0]["LVE_l2_std"]) == pytest.approx(0.02)
+    # Table 3 keeps the paper's row order and leaves out variants that were not run
+    md3 = write_table(tmp_path / "table3", TABLE3, TABLE3_COLS, stats, "c")
+    assert [line.split(" | ")[0] for line in md3.splitlines()[2:4]] == ["| w/o BGM", "| PaChorus (Ours)"]
+    assert "PPE ↓" in md3.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_tiny_bench_writes_tables_and_reuses_complete_runs(tmp_path):
+    cfg = BenchConfig(out=str(tmp_path / "bench"), variants=("full", "faceformer"), seeds=2, steps=3, batch_size=4,
+                      d_model=16, n_layers=1, jobs=2, synth_videos=4, synth_seconds=4.0, synth_window=30,
+                      synth_stride=30)
+    logs: list[str] = []
+    rep = run_bench(cfg, log=logs.append)
+    out = tmp_path / "bench"
+    assert rep["trained"] == 4 and {(r["variant"], r["seed"]) for r in rep["runs"]} == \
+        {(v, s) for v in ("full", "faceformer") for s in (0, 1)}
+    for f in ("table2.md", "table2.csv", "table3.md", "table3.csv", "metrics.png", "results.json"):
+        assert (out / f).stat().st_size > 0, f
+    t2 = list(csv.DictReader((out / "table2.csv").open()))
+    assert [r["variant"] for r in t2] == ["full", "faceformer", "mean_motion"]
+    assert {"LVE_l2_mean", "FVE_max_std", "FDD_vs_best"} <= set(t2[0]) and t2[0]["seeds"] == "2"
+    assert "toy head" in (out / "table2.md").read_text()      # the caption says which mesh
+    t3 = list(csv.DictReader((out / "table3.csv").open()))
+    assert [r["variant"] for r in t3] == ["full"] and "PPE_mean" in t3[0]
+    assert any("[4/4]" in m for m in logs)
+    for v in ("full", "faceformer"):
+        ev = json.loads((out / "runs" / f"{v}_s1" / "eval_test.json").read_text())
+        assert ev["step"] == 3 and np.isfinite(ev["metrics"]["LVE_l2"])
+    # Second invocation: every run is complete, nothing is trained, the tables are rewritten the same.
+    before = (out / "table2.csv").read_text()
+    rep2 = run_bench(cfg, log=logs.append)
+    assert rep2["trained"] == 0 and all(r["reused"] for r in rep2["runs"])
+    assert (out / "table2.csv").read_text() == before
+    # Other settings into the same folder are refused (they would mix incomparable runs).
+    with pytest.raises(ValueError, match="other settings"):
+        run_bench(BenchConfig(**{**cfg.__dict__, "steps": 5}))
+
+
+def test_synth_mouth_opens_before_phrase_onsets():
+    from pachorus.synth import SynthConfig, synthesize_song
+    on = synthesize_song(SynthConfig(seconds=8.0), np.random.default_rng(3))
+    off = synthesize_song(SynthConfig(seconds=8.0, anticipation=0.0), np.random.default_rng(3))
+    fps = 30
+    t = np.arange(on.coeffs.shape[1]) / fps
+    for onset in on.onsets[0]:
+        # Every frame of the last 70 ms before the onset (no host sound yet) already opens the jaw:
+        # 0.15 rad x the raised cosine at ≥ 30 ms into its 100 ms rise = ≥ 0.03 rad.
+        before = (t >= onset - 0.07) & (t < onset)
+        assert before.any() and (on.coeffs[0, before, 50] - off.coeffs[0, before, 50] > 0.03).all(), onset
+    # Only the host's own onsets drive it: the rest of the song is unchanged
+    diff = np.abs(on.coeffs[0, :, 50] - off.coeffs[0, :, 50]) > 1e-6
+    near = np.zeros_like(diff)
+    for onset in on.onsets[0]:
+        near[max(0, int((onset - 0.1) * fps)): int((onset + 0.1) * fps) + 2] = True
+    assert not (diff & ~near).any()
