@@ -9,7 +9,8 @@ video segment (each frame once: window i gives the frames up to the next window'
   so its ``expression`` is zeros) and ``shape`` (identity code) when the data carries one.
 - ``gltf`` (needs FLAME): one binary glTF 2.0 file per singer. The mesh is frame 0; every frame t is a
   morph target holding its vertex offsets from frame 0, and one animation steps through the weights
-  (sampler input t/fps, STEP interpolation, weight 1 on target t): Blender and three.js play it as is.
+  (sampler input t/fps, STEP interpolation, weight 1 on target t, a closing key at T/fps): Blender and
+  three.js play it as is.
   trimesh, the obvious library, writes neither morph targets nor animations, so the file is written
   here: a JSON chunk + one little-endian binary chunk, every accessor 4-byte aligned.
 - ``ply`` (needs FLAME): one binary PLY per frame in ``<name>_ply/``.
@@ -113,8 +114,11 @@ def write_glb(path: str | Path, verts: np.ndarray, faces: np.ndarray, fps: int, 
     position = add(base, "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)
     indices = add(np.asarray(faces).reshape(-1), "SCALAR", _UINT, _ELEMENT_ARRAY_BUFFER)
     targets = [{"POSITION": add(v - base, "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)} for v in verts]
-    times = add(np.arange(n_frames, dtype=np.float32) / np.float32(fps), "SCALAR", _FLOAT, minmax=True)
-    weights = add(np.eye(n_frames, dtype=np.float32).reshape(-1), "SCALAR", _FLOAT)  # key t: target t only
+    # key t shows target t alone; a closing key at T / fps holds the last frame for its 1/fps, so the clip
+    # lasts T / fps like the audio (players that loop would otherwise show the last frame for no time)
+    times = add(np.arange(n_frames + 1, dtype=np.float32) / np.float32(fps), "SCALAR", _FLOAT, minmax=True)
+    keys = np.eye(n_frames, dtype=np.float32)
+    weights = add(np.concatenate([keys, keys[-1:]]).reshape(-1), "SCALAR", _FLOAT)
     gltf = {
         "asset": {"version": "2.0", "generator": "pachorus export", "extras": {"fps": fps, **(extras or {})}},
         "scene": 0, "scenes": [{"nodes": [0]}],

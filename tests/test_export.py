@@ -118,11 +118,11 @@ def test_glb_morph_targets_replay_the_flame_vertices(tmp_path, flame):
     assert anim["channels"] == [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]
     sampler = anim["samplers"][0]
     assert sampler["interpolation"] == "STEP"
-    times = _accessor(gltf, bin_, sampler["input"])
-    np.testing.assert_array_equal(times, np.arange(n, dtype=np.float32) / np.float32(FPS))
+    times = _accessor(gltf, bin_, sampler["input"])   # frame t at t / fps, and the clip lasts n / fps
+    np.testing.assert_array_equal(times, np.arange(n + 1, dtype=np.float32) / np.float32(FPS))
     assert gltf["accessors"][sampler["input"]]["max"] == [float(times[-1])]
-    weights = _accessor(gltf, bin_, sampler["output"]).reshape(n, n)   # key t shows target t alone
-    np.testing.assert_array_equal(weights, np.eye(n))
+    weights = _accessor(gltf, bin_, sampler["output"]).reshape(n + 1, n)   # key t shows target t alone
+    np.testing.assert_array_equal(weights, np.concatenate([np.eye(n), np.eye(n)[-1:]]))
     # an independent reader sees the base mesh (frame 0)
     mesh = next(iter(trimesh.load(files[0], process=False).geometry.values()))
     np.testing.assert_allclose(mesh.vertices, expected[0], atol=1e-6)
