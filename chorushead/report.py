@@ -109,6 +109,7 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
     packed_s = sum(_frames([cont[v].segments[i] for i in o.segments_packed]) / fps(v)
                    for v, o in packed_recs.items() if v in cont)
     singers = Counter(o.n_strips for o in crops.values())
+    source_fps = _counts(Counter(f"{o.source_fps:g} fps" for o in ing.values()), "video")
     summary = [
         ("Videos registered", str(len(items))),
         ("Videos ingested", str(len(ing))),
@@ -119,7 +120,7 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
         ("Windows", f"{n_windows} (" + ", ".join(f"{s} {len(index.get(s, []))}" for s in SPLITS) + ")"
          if lmdb_path else "not packed yet"),
         ("Singers per video", _counts(singers, "video") or "no crops yet"),
-        ("Frame rate (pipeline)", f"{pipeline.fps} fps" + (f"; sources: {_counts(Counter(f'{o.source_fps:g} fps' for o in ing.values()), 'video')}" if ing else "")),
+        ("Frame rate (pipeline)", f"{pipeline.fps} fps" + (f"; sources: {source_fps}" if ing else "")),
         ("Resolutions", _counts(Counter(f"{o.width}x{o.height}" for o in ing.values()), "video") or "nothing ingested"),
     ]
     if meta:
@@ -393,7 +394,8 @@ def _sections(card: Card, plots: dict[str, str]) -> list[Section]:
     else:
         dist.text.append("No contiguous segments yet (contiguity has not run or kept nothing).")
     for key, alt in (("segment_seconds", "segment length"), ("kept_minutes", "kept footage per video"),
-                     ("jaw", "jaw opening per singer position"), ("pose", "head pitch, yaw and roll per singer position"),
+                     ("jaw", "jaw opening per singer position"),
+                     ("pose", "head pitch, yaw and roll per singer position"),
                      ("detection", "detection confidence"), ("assign", "assignment confidence"),
                      ("review", "review decisions")):
         if key in plots:
@@ -433,8 +435,7 @@ def _sections(card: Card, plots: dict[str, str]) -> list[Section]:
 
     prov = Section("Provenance", text=[f"Build folder: {card.out}. Pipeline file: {card.pipeline_file or 'default'} "
                                        f"(its parameters as they read now; the fingerprints identify exactly what "
-                                       f"each video's data came from).",
-                                       f"fps {card.pipeline.fps}"])
+                                       f"each video's data came from); fps {card.pipeline.fps}."])
     prov.tables.append((["stage", "version(s) in the manifests (videos)", "records these parameters reproduce",
                          "parameters"],
                         [[s, ", ".join(f"v{v} ({n})" for v, n in sorted(card.versions.get(s, {}).items())) or "not run",
@@ -450,8 +451,10 @@ def _sections(card: Card, plots: dict[str, str]) -> list[Section]:
                                 [[v, s["split"], str(s["segments"]), str(s["frames"]), str(s["windows"]),
                                   s["fingerprint"]] for v, s in summ["videos"].items()]))
             prov.text.append("Upstream stage versions in the LMDB: " + json.dumps(summ.get("stage_versions", {}))
-                             + "; pack v" + str(summ.get("pack_version")) + " with " + json.dumps(summ.get("pack_params", {})))
+                             + f"; pack v{summ.get('pack_version')} with " + json.dumps(summ.get("pack_params", {})))
     stages = card.pipeline.stages
+    prov.text.append("The last table: the fingerprint of each video's newest record per stage (manifests/<stage>.jsonl); "
+                     "a fingerprint covers the stage's version, parameters, fps and its inputs' fingerprints.")
     vids = list(card.fingerprints)[:FINGERPRINT_ROWS]
     prov.tables.append((["video"] + stages, [[v] + [card.fingerprints[v].get(s, "-") for s in stages] for v in vids]))
     if len(card.fingerprints) > FINGERPRINT_ROWS:
@@ -481,7 +484,8 @@ def _md(secs: list[Section], title: str) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top}th{background:#f0f0f0}img{max-width:100%;display:block;margin:.8em 0}
-h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}.fail{color:#b00}"""
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}.fail{color:#b00}
+.wide{overflow-x:auto;max-width:100%}td{overflow-wrap:break-word}"""
 
 
 def _html(secs: list[Section], title: str) -> str:
@@ -494,9 +498,9 @@ def _html(secs: list[Section], title: str) -> str:
             cls = ' class="fail"' if t.startswith("FAILED") else ""
             parts.append(f"<p{cls}>{e(t)}</p>")
         for head, rows in s.tables:
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
+            parts.append('<div class="wide"><table><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
             parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-            parts.append("</table>")
+            parts.append("</table></div>")
         for img, alt in s.images:
             parts.append(f'<img src="{e(img)}" alt="{e(alt)}">')
         parts.append("</section>")
