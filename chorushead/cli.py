@@ -146,7 +146,7 @@ def separate(
         sep = run_separate(song, out, _pipeline(pipeline, sets), video=video, progress=not quiet,
                            log=lambda m: typer.echo(m, err=True))
     except (RuntimeError, FileNotFoundError, ValueError, StageError) as e:
-        typer.secho(str(e), fg="red", err=True)
+        typer.secho(" ".join(str(e).split()), fg="red", err=True)   # one line: `pachorus infer --song` shows it
         raise typer.Exit(2)
     typer.echo(f"{out}: vocals.wav, accompaniment.wav, {', '.join(sep.singers)} ({sep.order_source} order)")
     typer.echo(f"note: {sep.note}")
