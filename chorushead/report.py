@@ -91,10 +91,12 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
     lmdb_path = out / pipeline.params.get("pack", {}).get("lmdb", pack.Params().lmdb)
     meta, index = None, {}
     if (lmdb_path / "data.mdb").exists():
-        reader = WindowReader(lmdb_path, split=None)
-        meta = reader.meta
-        for s in SPLITS:
-            index[s] = WindowReader(lmdb_path, split=s).keys
+        try:
+            meta = WindowReader(lmdb_path, split=None).meta
+            index = {s: WindowReader(lmdb_path, split=s).keys for s in SPLITS}
+        except ValueError as e:   # an unfinished or foreign file: say so, show the manifests
+            notes.append(f"{e}")
+            lmdb_path, meta, index = None, None, {}
     else:
         lmdb_path = None
         notes.append("pack has not written an LMDB yet: no windows, splits or packed hours; "

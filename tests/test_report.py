@@ -15,7 +15,7 @@ from chorushead.core.decisions import record_decision
 from chorushead.core.manifest import Manifest, Record
 from chorushead.core.windows import open_env
 from chorushead.report import _splits, card_hint, collect, write_card
-from chorushead.runner import Pipeline, build, save_items
+from chorushead.runner import Pipeline, save_items
 from chorushead.stages.base import Item
 
 from packfixture import make_upstream
@@ -83,14 +83,19 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
     assert card.dists["review"] == {"accept": 0, "reject": 1, "unreviewed": 5}
     assert card_hint(out, pl) is None     # nothing packed: build/status say nothing of a card
 
-    build(None, out, pl, stages=["pack"], progress=False)
+    res = CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "--quiet"])
+    assert res.exit_code == 0, res.output
+    # the card written above predates the LMDB: build says to refresh it
+    assert res.output.strip().splitlines()[-1] == (f"Dataset card: {out / 'report' / 'index.html'} is older than "
+                                                   f"the LMDB; refresh it: chorushead report --out {out}")
     card = collect(out, pl)
     index_html = write_card(card)
     meta, index = raw_lmdb(out)
     want = {s: len(index[s]) for s in ("train", "val", "test")}
     assert {s.split: s.windows for s in card.splits} == want
     md = (out / "report" / "report.md").read_text()
-    assert md_row(md, "Windows") == f"{sum(want.values())} (train {want['train']}, val {want['val']}, test {want['test']})"
+    assert md_row(md, "Windows") == (f"{sum(want.values())} (train {want['train']}, val {want['val']}, "
+                                     f"test {want['test']})")
     # hours packed: the frames of the packed segments (song1's segment 0 rejected) at 30 fps
     packs, cont = records(out, "pack"), records(out, "contiguity")
     frames = sum(cont[v]["outputs"]["segments"][i][1] - cont[v]["outputs"]["segments"][i][0]
@@ -182,7 +187,8 @@ def test_card_numbers_match_the_demo_build(demo_build):
         assert funnel[stage][0] == str(st["done"] + st["skipped"]), stage
         assert funnel[stage][2:5] == [str(st["done"]), str(st["skipped"]), str(st["failed"])], stage
     vad = records(out, "vad")
-    assert funnel["vad"][1] == f"{sum(r['outputs']['end_s'] - r['outputs']['start_s'] for r in vad.values()) / 3600:.4f}"
+    vad_s = sum(r["outputs"]["end_s"] - r["outputs"]["start_s"] for r in vad.values())
+    assert funnel["vad"][1] == f"{vad_s / 3600:.4f}"
     assert "| bgm_split | skipped: stems supplied | 2 |" in md      # the demo supplies stems
 
     # distributions: detection probabilities and motion per singer position
@@ -216,3 +222,13 @@ def test_card_numbers_match_the_demo_build(demo_build):
     status = CliRunner().invoke(app, ["status", "--out", str(out)])
     assert status.output.strip().splitlines()[-1] == (f"Dataset card: {out / 'report' / 'index.html'} "
                                                       f"(refresh: chorushead report --out {out})")
+
+
+def test_an_unfinished_lmdb_is_said_not_fatal(tmp_path):
+    out = tmp_path / "b"
+    make_upstream(out, n_videos=1)
+    env = open_env(out / "windows.lmdb", write=True, map_size=1 << 20)   # pack killed before its index
+    env.close()
+    card = collect(out, Pipeline.load())
+    assert card.lmdb is None and not card.splits[0].windows
+    assert any("is not a finished chorushead-windows LMDB" in n for n in card.notes), card.notes
