@@ -110,7 +110,7 @@ def run_job(job: Job) -> dict:
         done = json.loads(ev.read_text())
         if done.get("step") == job.steps:
             return {**done, "reused": True}
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     have = _trained_steps(run)
     summary = None
     if have < job.steps:
@@ -125,13 +125,15 @@ def run_job(job: Job) -> dict:
     elif have > job.steps:
         raise ValueError(f"{run} was trained for {have} steps, more than the bench's {job.steps}; "
                          "use another --out or the same --steps")
-    train_s = time.time() - t0
+    train_s, train_cpu = time.time() - t0, time.process_time() - c0
     model, ck = load_model(run / "last.pt")
     res = evaluate_model(model, job.data, "test", FlameModel.load(job.flame), batch_size=32,
                          mean_coeffs=np.asarray(job.mean_coeffs, np.float32))
     out = {"variant": job.variant, "seed": job.seed, "step": int(ck["step"]), "metrics": res["model"],
            "mean_motion": res["mean_motion_baseline"], "n_samples": res["n_samples"],
            "train_s": round(train_s, 1), "eval_s": round(time.time() - t0 - train_s, 1),
+           # CPU seconds of this one-thread worker: the wall time the run would take on an idle core
+           "train_cpu_s": round(train_cpu, 1), "eval_cpu_s": round(time.process_time() - c0 - train_cpu, 1),
            "steps_per_s": summary["steps_per_s"] if summary else None}
     ev.write_text(json.dumps(out, indent=2))
     return {**out, "reused": False}
@@ -300,7 +302,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         for i, r in enumerate(pool.imap_unordered(run_job, jobs), 1):
             runs.append(r)
             m = r["metrics"]
-            how = "reused" if r["reused"] else f"trained {r['train_s']:.0f} s + eval {r['eval_s']:.0f} s"
+            how = "reused" if r["reused"] else (f"trained {r['train_s']:.0f} s + eval {r['eval_s']:.0f} s "
+                                                f"({r['train_cpu_s'] + r['eval_cpu_s']:.0f} s CPU)")
             log(f"  [{i}/{len(jobs)}] {r['variant']:10s} seed {r['seed']}: {how}; LVE {m.get('LVE_l2', float('nan')):.4g}"
                 f"  PPE {m.get('PPE', float('nan')):.4g}  ({time.time() - t0:.0f} s elapsed)")
     order = {v: i for i, v in enumerate(cfg.variants)}
@@ -321,7 +324,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     report = {"config": asdict(cfg), "data": data, "flame": flame, "mesh": mesh, "runs": runs,
               "stats": {v: {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in d.items()} for v, d in stats.items()},
               "mean_motion": ref, "orderings": checks, "wall_s": round(time.time() - t0, 1),
-              "trained": sum(not r["reused"] for r in runs)}
+              "trained": sum(not r["reused"] for r in runs),
+              # total CPU of the runs trained now: ÷ jobs ≈ the wall time on that many idle cores
+              "cpu_s": round(sum(r.get("train_cpu_s", 0) + r.get("eval_cpu_s", 0) for r in runs if not r["reused"]), 1)}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     log("\n" + t2 + "\n" + t3)
     for c in checks:

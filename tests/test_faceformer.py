@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from pachorus.model.faceformer import alibi_slopes, alignment_mask, biased_causal_mask
@@ -98,6 +99,7 @@ def test_generation_feeds_back_its_own_outputs():
     assert torch.allclose(gen, tf, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trains_through_the_trainer_and_loads(tmp_path):
     from pachorus.model.pachorus import load_model
     from pachorus.synth import SynthConfig, write_synth_lmdb

@@ -106,3 +106,26 @@ def test_synth_mouth_opens_before_phrase_onsets():
     for onset in on.onsets[0]:
         near[max(0, int((onset - 0.1) * fps)): int((onset + 0.1) * fps) + 2] = True
     assert not (diff & ~near).any()
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_bench_steps(tmp_path):
+    """A run folder stopped at step 2 (last.pt) is resumed, not restarted, to the bench's 3 steps."""
+    from chorushead.core.flame import make_synthetic_flame
+    from pachorus.bench import Job, run_job
+    from pachorus.evaluate import train_mean_coeffs
+    from pachorus.model.pachorus import ModelConfig
+    from pachorus.synth import SynthConfig, write_synth_lmdb
+    from pachorus.train import TrainConfig, read_log, train
+    data, flame, run = tmp_path / "d.lmdb", tmp_path / "flame", tmp_path / "runs" / "mono_s0"
+    write_synth_lmdb(data, SynthConfig(videos=3, seconds=3.0, window=30, stride=30, seed=0))
+    make_synthetic_flame(flame)
+    job = Job(variant="mono", seed=0, data=str(data), flame=str(flame), out=str(run), steps=3, batch_size=2,
+              lr=1e-3, w_kl=0.005, d_model=16, n_layers=1, mean_coeffs=train_mean_coeffs(data).tolist())
+    train(TrainConfig(data=str(data), out=str(run), epochs=1_000_000, batch_size=2, lr=1e-3, seed=0, device="cpu",
+                      max_steps=2, model=ModelConfig(variant="mono", d_model=16, n_layers=1, dropout=0.0)),
+          progress=False)
+    r = run_job(job)
+    assert not r["reused"] and r["step"] == 3 and np.isfinite(r["metrics"]["PPE"])
+    assert [x["step"] for x in read_log(run / "log.jsonl") if x["type"] == "train"] == [1, 2, 3]
+    assert run_job(job)["reused"]
