@@ -150,16 +150,28 @@ def infer(
     formats: Optional[List[str]] = typer.Option(None, "--format", help="npz | gltf | ply | mp4, repeatable or "
                                                 "comma list (default: npz, + mp4 with --flame; gltf/ply/mp4 need "
                                                 "--flame); see `pachorus export`"),
+    shape: Optional[List[Path]] = typer.Option(None, "--shape", help="each singer's identity, one .npy shape code "
+                                               "per --vocals track (EMOCA's 100 values): --shape a.npy b.npy"),
+    shapes_from: Optional[Path] = typer.Option(None, help="take the singers' shape codes from a packed LMDB window"),
+    shape_key: Optional[str] = typer.Option(None, help="that window's key (default: the first with shape codes)"),
 ):
     """Animate N ≥ 2 singers from per-singer vocal tracks + BGM (partner = sum of the others).
 
     Takes tracks that are already separated; separating a mix (Spleeter + MossFormer2) is the
     chorushead pipeline's job. Writes singer<i>_sample<k>.npy (T, 56) and, with --flame, sample<k>.mp4.
     Frame rate, sample rate and window length are the training data's (stored in the checkpoint).
+    Renders use each singer's own head with --shape or --shapes-from, FLAME's mean head otherwise.
     """
     from .infer import infer as run
-    tracks = [str(v) for v in vocals] + list(ctx.args)  # click options take one value; the rest arrive here
-    res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size, formats=formats)
+    # click options take one value; the rest arrive here, in order: .npy files continue --shape
+    # (a shape code is never an audio file), everything else continues --vocals
+    extra_shapes = [a for a in ctx.args if a.lower().endswith(".npy")]
+    tracks = [str(v) for v in vocals] + [a for a in ctx.args if not a.lower().endswith(".npy")]
+    shapes = [str(s) for s in shape or []] + extra_shapes
+    if extra_shapes and not shape:
+        raise ValueError(f"{extra_shapes[0]}: a shape code file needs --shape before it")
+    res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size, formats=formats,
+              shapes=shapes or None, shapes_from=shapes_from, shape_key=shape_key)
     typer.echo(json.dumps(res, indent=2))
     if flame is None:
         typer.echo("note: no --flame given: wrote coefficients only, no video. Rendering needs FLAME 2020 "

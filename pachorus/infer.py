@@ -17,7 +17,9 @@ import torch
 
 from chorushead.core import media
 from chorushead.core.render import Camera, draw_mesh
+from chorushead.core.windows import N_SHAPE, WindowReader
 
+from .evaluate import head_vertices
 from .model.pachorus import load_model
 
 
@@ -63,13 +65,56 @@ def animate(model, vocals: list[np.ndarray], bgm: np.ndarray, *, fps: int, sr: i
     return out[:, :, :n_frames]
 
 
+def load_identity(n_singers: int, shape_files: list[str | Path] | None = None, lmdb: str | Path | None = None,
+                  key: str | None = None) -> np.ndarray | None:
+    """Each singer's identity (S, 100) for rendering: one ``.npy`` shape code per singer (in --vocals
+    order), or the codes a packed window carries (``key``, default the first window that has them).
+    None when neither is given: FLAME's mean head."""
+    if shape_files and lmdb:
+        raise ValueError("give shape codes either as --shape files or from a packed LMDB (--shapes-from), not both")
+    if shape_files:
+        if len(shape_files) != n_singers:
+            raise ValueError(f"{len(shape_files)} --shape file(s) for {n_singers} singers: give one per --vocals track")
+        codes = []
+        for f in shape_files:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"shape code file not found: {f}")
+            c = np.load(f).astype(np.float32).reshape(-1)
+            if not 1 <= len(c) <= 300:
+                raise ValueError(f"{f}: a shape code has 1 to 300 values (EMOCA's: 100), this one has {len(c)}")
+            codes.append(np.pad(c, (0, N_SHAPE - len(c))) if len(c) < N_SHAPE else c)
+        if len({len(c) for c in codes}) > 1:
+            raise ValueError("the --shape files have different lengths: give every singer's code in one layout")
+        return np.stack(codes)
+    if lmdb is None:
+        if key is not None:
+            raise ValueError("--shape-key names a window of a packed LMDB: give the LMDB with --shapes-from")
+        return None
+    reader = WindowReader(lmdb, None)
+    if key is not None:
+        if key not in reader.keys:
+            raise ValueError(f"no window {key!r} in {lmdb} (keys look like w/<video>/<segment>/<start>)")
+        w = reader[reader.keys.index(key)]
+        if w.shape is None:
+            raise ValueError(f"window {key} of {lmdb} has no shape codes (its fit gave none, e.g. landmarks)")
+    else:
+        w = next((w for w in reader if w.shape is not None), None)
+        if w is None:
+            raise ValueError(f"no window of {lmdb} has shape codes (its fit gave none, e.g. the landmarks backend)")
+    if w.n_singers != n_singers:
+        raise ValueError(f"window {w.key} of {lmdb} has {w.n_singers} singers' shape codes for "
+                         f"{n_singers} --vocals tracks")
+    return w.shape.astype(np.float32)
+
+
 def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndarray | None = None,
-                 *, fps: int, sr: int, size: int = 256) -> Path:
-    """Render S singers side by side (coeffs (S, T, 56)) to an H.264 mp4, muxing ``audio`` when given.
+                 *, fps: int, sr: int, size: int = 256, shapes: np.ndarray | None = None) -> Path:
+    """Render S singers side by side (coeffs (S, T, 56)) to an H.264 mp4, muxing ``audio`` when given,
+    each on their own head when ``shapes`` (S, n) gives identity codes (else FLAME's mean head).
     One fixed camera from FLAME's template, so head motion shows as motion."""
     out_path = Path(out_path)
     s_count, t_count = coeffs.shape[:2]
-    verts = [flame.vertices_np(c) for c in coeffs]                # each (T, V, 3)
+    verts = [head_vertices(flame, c, None if shapes is None else shapes[i]) for i, c in enumerate(coeffs)]
     cam = Camera.fit(flame.v_template.cpu().numpy(), size, margin=0.15)
     faces = np.asarray(flame.faces)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +130,9 @@ def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndar
 
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,
           flame_dir: str | Path | None = None, seed: int = 0, pose0: list[float] | None = None,
-          device: str = "auto", size: int = 256, formats: tuple[str, ...] | None = None) -> dict:
+          device: str = "auto", size: int = 256, formats: tuple[str, ...] | None = None,
+          shapes: list[str | Path] | None = None, shapes_from: str | Path | None = None,
+          shape_key: str | None = None) -> dict:
     from .export import RUN_INFO, Motion, export_motion, parse_formats
     from .train import Dist, pick_device
     formats = parse_formats(list(formats or []), flame=bool(flame_dir))   # npz (+ mp4 with FLAME) by default
@@ -99,6 +146,7 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
     if flame_dir:   # load before anything is written: a missing FLAME folder leaves no output behind
         from chorushead.core.flame import FlameModel
         flame = FlameModel.load(flame_dir)
+    identity = load_identity(len(vocals), shapes, shapes_from, shape_key)   # (S, 100) or None: mean head
     tracks = [load_audio(v, sr) for v in vocals]
     music = load_audio(bgm, sr)
     coeffs = animate(model, tracks, music, fps=fps, sr=sr, window=window, k=k, seed=seed,
@@ -114,7 +162,8 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
     groups = tuple(info.get("coeff_groups") or ("exp", "jaw", "pose"))
     exports = [str(f) for kk in range(coeffs.shape[0]) for s in range(coeffs.shape[1])
                for f in export_motion(out, Motion(name=f"singer{s + 1}_sample{kk}", coeffs=coeffs[kk, s], fps=fps,
-                                                  coeff_groups=groups), formats, flame)]
+                                                  coeff_groups=groups,
+                                                  shape=None if identity is None else identity[s]), formats, flame)]
     # what `pachorus export --run` needs to redo any format later: frame rate, groups, the audio animated
     (out / RUN_INFO).write_text(json.dumps({"fps": fps, "sr": sr, "coeff_groups": list(groups),
                                             "fit_backend": info.get("fit_backend"),
@@ -128,7 +177,9 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
             mix = mix + music[:n]
         for kk in range(coeffs.shape[0]):
             videos.append(str(render_video(coeffs[kk], flame, out / f"sample{kk}.mp4", audio=mix, fps=fps, sr=sr,
-                                       size=size)))
+                                       size=size, shapes=identity)))
     return {"coeffs": files, "exports": exports, "videos": videos, "frames": int(coeffs.shape[2]),
-            "singers": int(coeffs.shape[1]), "samples": int(coeffs.shape[0])}
+            "singers": int(coeffs.shape[1]), "samples": int(coeffs.shape[0]),
+            "heads": "mean head" if identity is None else
+                     f"personalised heads from shape codes ({'--shape files' if shapes else str(shapes_from)})"}
 
