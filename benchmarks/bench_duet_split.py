@@ -3,10 +3,12 @@
 Each configuration runs in a fresh subprocess (so peak RSS is its own), on a random-weight
 MossFormer2 built through modelscope (the real architecture; weights don't change the cost) and a
 synthetic two-voice mix at 8 kHz. Peak = the process's max RSS during separation minus its RSS
-after the model is loaded (CPU), or torch.cuda.max_memory_allocated on a GPU.
+after the model is loaded (CPU), or torch.cuda.max_memory_allocated on a GPU. No downloaded model is
+needed (none is used: random weights cost what trained ones do); modelscope must be installed
+(`pip install -e ".[separation]"`). Figures also go to benchmarks/results/bench_duet_split.json.
 
-    python benchmarks/bench_duet_split.py                               # hub size: 512 ch, 24 blocks
-    python benchmarks/bench_duet_split.py --channels 256 --blocks 6 --seconds 30 60 120
+    python benchmarks/bench_duet_split.py                               # 64 ch, 2 blocks: ~10 min on 2 cores
+    python benchmarks/bench_duet_split.py --channels 512 --blocks 24 --seconds 4 8 --chunk 4 --overlap 1  # hub size
 
 Measured 2026-11-25 on the 2-core CPU dev machine, shared and heavily loaded (load average 6-12),
 so the times are only rough; the memory is what counts. Chunks 16 s, overlap 4 s unless noted.
@@ -23,6 +25,7 @@ for the hub-size one, i.e. ~15 GB for a 4-minute song); chunked memory is set by
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -32,7 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout, installed or not
+
+from _results import Recorder  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -66,14 +71,19 @@ def child(args) -> None:
                       "x_realtime": round(args.song / dt, 2), "peak_mb": round(peak, 1), "device": sep.device}))
 
 
+def _figure(r: dict) -> str:
+    name = r["mode"] if r["mode"] == "whole" else f"chunked b={r['batch']}"
+    return f"{name} {r['peak_mb']:.0f} MB, {r['seconds']:.0f} s" if "peak_mb" in r else f"{name} failed ({r['failed']})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, nargs="+", default=[60.0, 180.0], help="song lengths")
+    ap.add_argument("--seconds", type=float, nargs="+", default=[30.0, 120.0], help="song lengths")
     ap.add_argument("--chunk", type=float, default=16.0)
     ap.add_argument("--overlap", type=float, default=4.0)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--channels", type=int, default=512)
-    ap.add_argument("--blocks", type=int, default=24)
+    ap.add_argument("--channels", type=int, default=64, help="model width (the hub model: 512)")
+    ap.add_argument("--blocks", type=int, default=2, help="MossFormer2 blocks (the hub model: 24)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-whole-above", type=float, default=1e9, help="don't run whole-song past this length")
@@ -85,11 +95,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if importlib.util.find_spec("modelscope") is None:
+        sys.exit("bench_duet_split: needs modelscope for MossFormer2's code: pip install -e \".[separation]\"")
     from chorushead.backends.mossformer2 import write_random_model
+    rec = Recorder("bench_duet_split")
+    note = (f"random-weight MossFormer2, {args.channels} ch, {args.blocks} blocks: the architecture's cost, "
+            f"not separation quality; chunks {args.chunk:g} s, overlap {args.overlap:g} s")
+    out: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         model = write_random_model(Path(d) / "m2", num_blocks=args.blocks, channels=args.channels)
-        print(f"# MossFormer2 random weights: {args.channels} channels, {args.blocks} blocks; "
-              f"chunks {args.chunk} s, overlap {args.overlap} s; {args.threads} threads", flush=True)
+        print(f"# {note}; {args.threads} threads", flush=True)
         runs = []
         for song in args.seconds:
             if song <= args.skip_whole_above:
@@ -101,8 +116,14 @@ def main() -> None:
                    "--device", args.device, "--threads", str(args.threads)]
             p = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-            print(lines[-1] if lines else json.dumps({"mode": mode, "song_s": song, "batch": b,
-                                                      "failed": p.returncode, "stderr": p.stderr[-300:]}), flush=True)
+            out.append(json.loads(lines[-1]) if lines else {"mode": mode, "song_s": song, "batch": b,
+                                                            "failed": p.returncode, "stderr": p.stderr[-300:]})
+            print(json.dumps(out[-1]), flush=True)
+    for song in args.seconds:
+        got = [r for r in out if r["song_s"] == song]
+        fig = "; ".join(_figure(r) for r in got)
+        rec.row(f"separation of a {song:g} s song: peak memory above the loaded model, time", fig, runs=got)
+    rec.write("\n".join(json.dumps(r) for r in out), note=note)
 
 
 if __name__ == "__main__":

@@ -39,10 +39,10 @@ from typing import IO
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, SequentialSampler
 
 from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import HostWindowDataset
+from .data import HostWindowDataset, to_device
 from .losses import LossConfig, PaChorusLoss
 from .model.audio import ENCODER_SR
 from .model.pachorus import ModelConfig, PaChorus, build_model
@@ -186,10 +186,6 @@ def plot_curves(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def validate(model: PaChorus, loader: DataLoader, loss_fn: PaChorusLoss, device: torch.device,
              n_frames: int) -> dict:
@@ -199,7 +195,7 @@ def validate(model: PaChorus, loader: DataLoader, loss_fn: PaChorusLoss, device:
     with_pose = "pose" in loss_fn.groups
     tot, n = {"val_loss": 0.0, "val_mse": 0.0, **({"val_pose_l2": 0.0} if with_pose else {})}, 0
     for batch in loader:
-        b = _to(batch, device)
+        b = to_device(batch, device)
         out = model(b["host"], b["partner"], b["bgm"], b["pose0"], n_frames, z_mode="mean")
         parts = loss_fn(out, b["coeffs"])
         k = b["coeffs"].shape[0]
@@ -225,10 +221,11 @@ def _resolve_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
     return old
 
 
-def _open_data(cfg: TrainConfig, resume: bool) -> tuple[HostWindowDataset, HostWindowDataset, dict]:
+def _open_data(cfg: TrainConfig, resume: bool,
+               half_audio: bool) -> tuple[HostWindowDataset, HostWindowDataset, dict]:
     """The train/val datasets and the LMDB's data facts, checked before anything is written."""
-    train_ds = HostWindowDataset(cfg.data, "train")
-    val_ds = HostWindowDataset(cfg.data, "val")
+    train_ds = HostWindowDataset(cfg.data, "train", half_audio=half_audio)
+    val_ds = HostWindowDataset(cfg.data, "val", half_audio=half_audio)
     info = data_info(train_ds.meta)
     if info["sr"] != ENCODER_SR:
         raise ValueError(f"{cfg.data}: audio at {info['sr']} Hz, but the audio encoders take {ENCODER_SR} Hz; "
@@ -297,7 +294,9 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts it)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    train_ds, val_ds, cfg.data_info = _open_data(cfg, resume)
+    # audio float16 until an accelerator (half the bytes to copy, share and upload); on the CPU the
+    # float32 conversion rides along the copy out of the LMDB page (bench_lmdb.py: cheaper there)
+    train_ds, val_ds, cfg.data_info = _open_data(cfg, resume, half_audio=device.type != "cpu")
     if len(train_ds) < cfg.batch_size * d.world:
         raise ValueError(f"{cfg.data}: {len(train_ds)} training samples, fewer than one batch "
                          f"({cfg.batch_size} x {d.world} processes)")
@@ -331,7 +330,9 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
     sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers) if len(val_ds) else None
+    # the datasets read whole batches (one LMDB transaction, no per-sample collate): batch_size=None
+    val_loader = DataLoader(val_ds, sampler=BatchSampler(SequentialSampler(val_ds), cfg.batch_size, False),
+                            batch_size=None, num_workers=cfg.num_workers) if len(val_ds) else None
     return Run(cfg=cfg, out=out, d=d, device=device, use_amp=use_amp, train_ds=train_ds, val_loader=val_loader,
                n_frames=int(cfg.data_info["window"]), loss_fn=loss_fn, model=model, ddp=ddp, params=params, opt=opt,
                scaler=scaler, sampler=sampler, state=state, log=open(out / "log.jsonl", "a") if d.main else None)
@@ -339,7 +340,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
 
 def _step(run: Run, batch: dict) -> dict:
     """One optimiser step; returns the loss parts."""
-    b = _to(batch, run.device)
+    b = to_device(batch, run.device)
     with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
         o = run.ddp(b["host"], b["partner"], b["bgm"], b["pose0"], run.n_frames, target=b["coeffs"])
     parts = run.loss_fn(o, b["coeffs"])
@@ -359,8 +360,9 @@ def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
     cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
     run.sampler.set_epoch(epoch)
     skip = state["batch_in_epoch"]
-    loader = DataLoader(run.train_ds, batch_size=cfg.batch_size,
-                        sampler=SkipSampler(run.sampler, skip * cfg.batch_size), drop_last=True, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
+    batches = BatchSampler(SkipSampler(run.sampler, skip * cfg.batch_size), cfg.batch_size, drop_last=True)
+    loader = DataLoader(run.train_ds, sampler=batches, batch_size=None, num_workers=cfg.num_workers,
+                        pin_memory=run.device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed + epoch))
     bar = None
     if progress and run.d.main:

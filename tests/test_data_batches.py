@@ -1,0 +1,57 @@
+"""The trainer's batch reads (pachorus.data): the same values as one WindowReader.host_sample at a
+time, float16 kept until the device or converted in the copy, with and without DataLoader workers."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader
+
+from chorushead.core.windows import WindowReader
+from pachorus.data import HostWindowDataset, to_device
+from pachorus.synth import SynthConfig, write_synth_lmdb
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Duets and trios in one split: a batch mixes float16 (one partner) and float32 (summed) partners."""
+    p = tmp_path_factory.mktemp("batches") / "mix.lmdb"
+    write_synth_lmdb(p, SynthConfig(videos=4, seconds=3, window=25, stride=25, fps=25, n_singers=[2, 3], seed=2))
+    return p
+
+
+def _reference(path, split: str, js: list[int]) -> dict[str, np.ndarray]:
+    r = WindowReader(path, split)
+    ss = [r.host_sample(j) for j in js]
+    return {k: np.stack([s[k] for s in ss]) for k in ("host", "partner", "bgm", "coeffs", "pose0")}
+
+
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_equal_host_samples(mixed, half, workers):
+    ds = HostWindowDataset(mixed, "train", half_audio=half)
+    assert set(ds.reader.singers.tolist()) == {2, 3}
+    order = list(np.random.default_rng(0).permutation(len(ds)))
+    loader = DataLoader(ds, sampler=BatchSampler(order, 5, drop_last=False), batch_size=None, num_workers=workers)
+    seen = 0
+    for js, b in zip(BatchSampler(order, 5, drop_last=False), loader):
+        if half:
+            assert b["host"].dtype == b["bgm"].dtype == torch.float16
+        duets_only = bool((ds.reader.singers[np.searchsorted(ds._ends, js, side="right")] == 2).all())
+        assert b["partner"].dtype == (torch.float16 if half and duets_only else torch.float32)
+        d = to_device(b, torch.device("cpu"))
+        ref = _reference(mixed, "train", js)
+        for k, v in ref.items():
+            assert d[k].dtype == torch.float32
+            np.testing.assert_array_equal(d[k].numpy(), v, err_msg=k)   # exact: f16 -> f32 loses nothing
+        assert [int(h) for h in d["singer"]] == [ds[j]["singer"] for j in js]
+        seen += len(js)
+    assert seen == len(ds)
+
+
+def test_single_sample_and_range(mixed):
+    ds = HostWindowDataset(mixed, "train")
+    s = ds[len(ds) - 1]
+    assert isinstance(s["singer"], int) and s["host"].dtype == torch.float32 and s["host"].ndim == 1
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    with pytest.raises(IndexError):
+        ds[[0, -1]]
