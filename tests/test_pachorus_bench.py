@@ -129,3 +129,11 @@ def test_interrupted_run_resumes_to_the_bench_steps(tmp_path):
     assert not r["reused"] and r["step"] == 3 and np.isfinite(r["metrics"]["PPE"])
     assert [x["step"] for x in read_log(run / "log.jsonl") if x["type"] == "train"] == [1, 2, 3]
     assert run_job(job)["reused"]
+
+
+def test_cli_bench_refuses_unknown_variants_before_writing(tmp_path):
+    from typer.testing import CliRunner
+    from pachorus.cli import app
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--variants", "full,fancy"])
+    assert res.exit_code == 2 and "--variants: unknown ['fancy']" in res.output
+    assert not (tmp_path / "b").exists()
