@@ -86,7 +86,6 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
 
     cont = {v: contiguity.Outputs.of(r) for v, r in ok("contiguity").items()}
     packed_recs = {v: pack.Outputs.of(r) for v, r in ok("pack").items()}
-    funnel = _funnel(items, stages, latest, ing, cont, packed_recs, fps)
 
     lmdb_path = out / pipeline.params.get("pack", {}).get("lmdb", pack.Params().lmdb)
     meta, index = None, {}
@@ -101,6 +100,14 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
         lmdb_path = None
         notes.append("pack has not written an LMDB yet: no windows, splits or packed hours; "
                      "the sections below show what the manifests hold so far.")
+    in_lmdb = (meta or {}).get("summary", {}).get("videos")
+    if in_lmdb is not None:   # pack records of videos pack has since dropped (their upstream failed) don't count
+        gone = sorted(set(packed_recs) - set(in_lmdb))
+        if gone:
+            notes.append(f"{len(gone)} video(s) with a pack record are no longer in the LMDB (pack dropped them: "
+                         f"their upstream is not ready now): {', '.join(gone[:10])}")
+        packed_recs = {v: o for v, o in packed_recs.items() if v in in_lmdb}
+    funnel = _funnel(items, stages, latest, ing, cont, packed_recs, fps)
     splits, violations = _splits(index, packed_recs, cont, fps)
 
     # Table 1

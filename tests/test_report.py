@@ -115,6 +115,18 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
     assert not card.split_violations
     assert card_hint(out, pl) == (f"Dataset card: {index_html} (refresh: chorushead report --out {out})")
 
+    # song2's assign now fails: a new pack drops it from the LMDB; its old pack record no longer counts
+    Manifest(out, "assign").append(Record(item="song2-abcdef", stage="assign", status="failed", fingerprint="y",
+                                          error_class="StageError", message="no voice matches"))
+    assert CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "-q"]).exit_code == 0
+    card = collect(out, pl)
+    meta, index = raw_lmdb(out)
+    assert "song2-abcdef" not in meta["summary"]["videos"] and records(out, "pack")["song2-abcdef"]["status"] == "done"
+    assert any("no longer in the LMDB" in n and "song2-abcdef" in n for n in card.notes), card.notes
+    assert {s.split: s.windows for s in card.splits} == {s: len(index[s]) for s in ("train", "val", "test")}
+    assert "song2-abcdef" not in [v for sp in card.splits for v in sp.videos]
+    assert dict(card.summary)["Hours packed"] == f"{(340 + 140) / 30 / 3600:.4f}"
+
 
 def test_split_check_lists_a_video_in_two_splits():
     index = {"train": ["w/a/0000/0000000", "w/b/0000/0000000"], "val": [], "test": ["w/a/0001/0000000"]}
