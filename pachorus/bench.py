@@ -216,15 +216,19 @@ def plot_metrics(png: Path, runs: list[dict], stats: dict, variants: list[str]) 
     fig, axes = plt.subplots(1, max(1, len(cols)), figsize=(3.2 * max(1, len(cols)), 3.4))
     axes = np.atleast_1d(axes)
     for ax, (k, title) in zip(axes, cols):
+        # Points, not bars from 0: the differences that matter are a few percent of the value.
         x = np.arange(len(variants))
-        ax.bar(x, [stats[v][k][0] for v in variants], yerr=[stats[v][k][1] for v in variants], color="#9ab",
-               capsize=3)
+        ax.errorbar(x, [stats[v][k][0] for v in variants], yerr=[stats[v][k][1] for v in variants], fmt="o",
+                    color="#246", capsize=4, label="mean ± std")
         for i, v in enumerate(variants):
             ys = [r["metrics"][k] for r in runs if r["variant"] == v]
-            ax.plot([i] * len(ys), ys, "k.", ms=4)
+            ax.plot([i + 0.15] * len(ys), ys, ".", color="#c64", ms=4, label="seeds" if i == 0 else None)
+        ax.set_xlim(-0.5, len(variants) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(x, variants, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
-    fig.suptitle("per variant: mean ± std over seeds (dots: seeds)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("per variant: mean ± std over seeds (dots: single seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
