@@ -140,8 +140,16 @@ def eval_cmd(
 def infer(
     ctx: typer.Context,
     ckpt: Path = typer.Option(..., help="trained model (model.pt / best.pt)"),
-    vocals: List[Path] = typer.Option(..., help="separated vocal tracks, one per singer (≥ 2): --vocals a.wav b.wav c.wav"),
-    bgm: Path = typer.Option(..., help="the accompaniment track"),
+    vocals: Optional[List[Path]] = typer.Option(None, help="separated vocal tracks, one per singer (≥ 2): "
+                                                "--vocals a.wav b.wav c.wav"),
+    bgm: Optional[Path] = typer.Option(None, help="the accompaniment track"),
+    song: Optional[Path] = typer.Option(None, help="the mixed song (audio, or a video: its soundtrack), instead of "
+                                        "--vocals/--bgm: separated as the build does into OUT/separation/"),
+    video: Optional[Path] = typer.Option(None, help="with --song: the song's video (the same file), so singer k "
+                                         "is the k-th face from the left (the build's assign step)"),
+    pipeline: Optional[Path] = typer.Option(None, help="with --song: the chorushead pipeline TOML to separate with"),
+    sets: List[str] = typer.Option([], "--set", help="with --song: a chorushead pipeline override, stage.param=value "
+                                   "(repeatable), e.g. --set duet_split.device=cpu"),
     out: Path = typer.Option(..., help="output folder"),
     k: int = typer.Option(3, "-k", "--k", help="samples of the motion prior per singer"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder: also render sample<k>.mp4"),
@@ -157,8 +165,9 @@ def infer(
 ):
     """Animate N ≥ 2 singers from per-singer vocal tracks + BGM (partner = sum of the others).
 
-    Takes tracks that are already separated; separating a mix (Spleeter + MossFormer2) is the
-    chorushead pipeline's job. Writes singer<i>_sample<k>.npy (T, 56) and, with --flame, sample<k>.mp4.
+    Takes separated tracks, or the mixed song (--song): then `chorushead separate` separates it as the
+    build does (Spleeter + MossFormer2, frozen; with the video, assign orders the singers as the faces)
+    into OUT/separation/, each voice drives its singer and the accompaniment is the BGM. Writes singer<i>_sample<k>.npy (T, 56) and, with --flame, sample<k>.mp4.
     Frame rate, sample rate and window length are the training data's (stored in the checkpoint).
     Renders use each singer's own head with --shape or --shapes-from, FLAME's mean head otherwise.
     """
@@ -166,13 +175,31 @@ def infer(
     # click options take one value; the rest arrive here, in order: .npy files continue --shape
     # (a shape code is never an audio file), everything else continues --vocals
     extra_shapes = [a for a in ctx.args if a.lower().endswith(".npy")]
-    tracks = [str(v) for v in vocals] + [a for a in ctx.args if not a.lower().endswith(".npy")]
+    tracks = [str(v) for v in vocals or []] + [a for a in ctx.args if not a.lower().endswith(".npy")]
+    separation = None
+    if song is not None:
+        if tracks or bgm is not None:
+            raise ValueError("--song is separated here: give either --song or --vocals and --bgm, not both")
+        from .infer import separate_song
+        if not Path(ckpt).is_file():   # before minutes of separation
+            raise FileNotFoundError(f"--ckpt {ckpt}: no such checkpoint")
+        separation = separate_song(song, out / "separation", video=video, pipeline=pipeline, sets=sets)
+        tracks, bgm = separation["singer_paths"], separation["accompaniment_path"]
+    elif video is not None or pipeline is not None or sets:
+        raise ValueError("--video, --pipeline and --set belong to --song (separating a mix)")
+    elif len(tracks) < 2 or bgm is None:
+        raise ValueError("give the song as --song mix.wav, or its separated tracks as --vocals (one per singer, "
+                         "at least 2) and --bgm")
     shapes = [str(s) for s in shape or []] + extra_shapes
     if extra_shapes and not shape:
         raise ValueError(f"{extra_shapes[0]}: a shape code file needs --shape before it")
     res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size, formats=formats,
               shapes=shapes or None, shapes_from=shapes_from, shape_key=shape_key)
+    if separation is not None:
+        res["separation"] = {key: separation[key] for key in ("folder", "order_source", "order", "confidence", "note")}
     typer.echo(json.dumps(res, indent=2))
+    if separation is not None:
+        typer.echo(f"note: {separation['note']}", err=True)
     if flame is None:
         typer.echo("note: no --flame given: wrote coefficients only, no video. Rendering needs FLAME 2020 "
                    "(https://flame.is.tue.mpg.de, registration); see README 'Model assets'.", err=True)

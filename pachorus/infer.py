@@ -128,6 +128,39 @@ def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndar
     return out_path
 
 
+def separate_song(song: str | Path, out: str | Path, video: str | Path | None = None,
+                  pipeline: str | Path | None = None, sets: list[str] = ()) -> dict:
+    """Separate a mixed song as the build does, by running `chorushead separate` in a child process
+    (a process boundary, not an import: pachorus imports only chorushead.core, the separators live in
+    chorushead's stages). Returns its separation.json plus the absolute track paths; a failure (a missing
+    model, a bad file) raises with chorushead's own one-line message."""
+    import os
+    import subprocess
+    import sys
+    import chorushead.core
+    out = Path(out)
+    cmd = [sys.executable, "-m", "chorushead.cli", "separate", "--song", str(song), "--out", str(out), "--quiet"]
+    if video is not None:
+        cmd += ["--video", str(video)]
+    if pipeline is not None:
+        cmd += ["--pipeline", str(pipeline)]
+    for s in sets:
+        cmd += ["--set", s]
+    # The child imports the chorushead that sits next to this pachorus, whatever the working folder.
+    env = dict(os.environ)
+    here = str(Path(chorushead.core.__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        raise RuntimeError(f"separating {Path(song).name}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+    sep = json.loads((out / "separation.json").read_text())
+    sep["folder"] = str(out)
+    sep["singer_paths"] = [str(out / name) for name in sep["singers"]]
+    sep["accompaniment_path"] = str(out / sep["accompaniment"])
+    return sep
+
+
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,
           flame_dir: str | Path | None = None, seed: int = 0, pose0: list[float] | None = None,
           device: str = "auto", size: int = 256, formats: tuple[str, ...] | None = None,
