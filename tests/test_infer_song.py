@@ -145,3 +145,31 @@ def test_song_and_tracks_are_exclusive(song, tmp_path):
     res = cli("infer", "--ckpt", tmp_path / "m.pt", "--out", tmp_path / "inf")
     assert res.exit_code == 2 and "--song mix.wav" in res.stderr
     assert not (tmp_path / "inf").exists()
+
+
+def test_ingest_takes_an_audio_only_song(song, ctx_factory):
+    from chorushead.core.errors import BadInput
+    from chorushead.stages import ingest
+    ctx = ctx_factory("ingest", {}, source=str(song))
+    res = ingest.process(ctx, ingest.Params(), None)
+    ingest.STAGE.check(res)
+    got = res.outputs
+    assert (got["width"], got["height"], got["n_frames"], got["fps"]) == (0, 0, int(SECONDS * 30), 30)
+    mix, sr = read_wav(ctx.tmp / got["audio_44k"])
+    assert sr == 44100 and mix.shape == (int(SECONDS * 44100), 2)
+    with pytest.raises(BadInput, match="at least 8"):
+        ingest.process(ctx_factory("ingest", {}, source=str(song)), ingest.Params(min_seconds=8.0), None)
+
+
+def test_separate_refuses_a_mix_with_another_video_and_a_second_song(song, tmp_path):
+    from chorushead.core.errors import BadInput
+    from chorushead.runner import Pipeline, save_items
+    from chorushead.separate import _item, separate
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(BadInput, match="pass the video itself as --song clip.mp4"):
+        separate(song, tmp_path / "a", Pipeline.load(), video=video)
+    save_items(tmp_path / "b" / "build", [_item(video)])
+    with pytest.raises(ValueError, match="another song"):
+        separate(song, tmp_path / "b", Pipeline.load())
+    assert not (tmp_path / "a").exists()
