@@ -2,6 +2,9 @@
 
     python benchmarks/bench_crop.py [--seconds 12] [--size 1024] [--naive-frames 40] [--threads 1] [--json F]
 
+Figures also go to benchmarks/results/bench_crop.json (or --json), which benchmarks/table.py turns
+into the README's table.
+
 The clip is 30 fps, size×size, with two real faces (astronaut, Grace Hopper) at known positions, one
 per half; the right one leaves for 1 s and returns. Printed:
   * naive loop: one ``MTCNN().detect()`` per half-frame at full resolution, default parameters, on
@@ -18,7 +21,6 @@ The machine may be shared: the load average before and after is printed; compare
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,8 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from synth_video import box_iou, write_duet_video  # noqa: E402
+from _results import Recorder  # noqa: E402
 
 from chorushead.core.manifest import Record  # noqa: E402
 from chorushead.core.media import iter_frames  # noqa: E402
@@ -100,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--naive-frames", type=int, default=40, help="frames for the (slow) naive loop")
-    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--json", type=Path, help="write the figures here (default benchmarks/results/bench_crop.json)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a CropParams override")
     args = ap.parse_args()
@@ -114,22 +118,28 @@ def main() -> None:
     params = CropParams(torch_threads=args.threads, **overrides)
     n = int(round(args.seconds * 30))
     absent = (int(n * 0.4), int(n * 0.4) + 30)
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before}  (cores: {os.cpu_count()})")
-    print(f"params: {params}")
+    rec = Recorder("bench_crop")
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(f"load average before: {os.getloadavg()}  (cores: {os.cpu_count()})")
+    say(f"params: {params}")
 
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         video = work / "duet.mp4"
         t0 = time.perf_counter()
         truth = write_duet_video(video, n, size=(args.size, args.size), absent=absent, seed=7)
-        print(f"clip: {n} frames ({n / 30:.1f} s) {args.size}x{args.size}, strip 1 absent {absent}, "
+        say(f"clip: {n} frames ({n / 30:.1f} s) {args.size}x{args.size}, strip 1 absent {absent}, "
               f"generated in {time.perf_counter() - t0:.1f} s")
 
         t0 = time.perf_counter()
         m = sum(len(c) for c in iter_frames(video, fps=30))
         dec = time.perf_counter() - t0
-        print(f"decode only: {m / dec:.0f} frames/s")
+        say(f"decode only: {m / dec:.0f} frames/s")
 
         # Naive frames: spread over the clip, plus both sides of the singer leaving and returning.
         edges = [absent[0] - 1, absent[0], absent[1] - 1, absent[1]]
@@ -139,37 +149,45 @@ def main() -> None:
         naive_s = naive_det_s + len(picks) / (m / dec)          # its detect time + its share of decoding
         naive_fps = len(picks) / naive_s
         acc_naive = accuracy(naive_boxes, truth[:, picks])
-        print(f"naive loop ({len(picks)} frames incl. {edges}): {naive_fps:.2f} frames/s; vs truth {fmt(acc_naive)}")
+        say(f"naive loop ({len(picks)} frames incl. {edges}): {naive_fps:.2f} frames/s; vs truth {fmt(acc_naive)}")
 
         metrics, boxes, wall = run_stage(video, n, args.size, params, work)
         stage_fps = n / wall
-        print(f"crop stage ({n} frames): {stage_fps:.1f} frames/s (decode wait {metrics['decode_wait_s']} s, "
+        say(f"crop stage ({n} frames): {stage_fps:.1f} frames/s (decode wait {metrics['decode_wait_s']} s, "
               f"detect {metrics['detect_s']} s, save {metrics['save_s']} s, total {wall:.1f} s; "
               f"full pyramid on {metrics['detected_fraction']:.1%} of strip-frames, R-Net/O-Net on the rest)")
         acc_all, acc_same = accuracy(boxes, truth), accuracy(boxes[:, picks], truth[:, picks])
-        print(f"crop stage vs truth (all frames): {fmt(acc_all)}")
-        print(f"crop stage vs truth (naive's {len(picks)} frames): {fmt(acc_same)}")
+        say(f"crop stage vs truth (all frames): {fmt(acc_all)}")
+        say(f"crop stage vs truth (naive's {len(picks)} frames): {fmt(acc_same)}")
         both = ~np.isnan(boxes[:, picks, 0]) & ~np.isnan(naive_boxes[..., 0])
         iou_vn = box_iou(boxes[:, picks], naive_boxes)[both]
-        print(f"crop stage vs naive boxes: mean IoU {iou_vn.mean():.3f}, min {iou_vn.min():.3f}")
+        say(f"crop stage vs naive boxes: mean IoU {iou_vn.mean():.3f}, min {iou_vn.min():.3f}")
         ratio = stage_fps / naive_fps
         ok = {"speed >= 30x": ratio >= 30,
               "mean IoU >= naive": min(acc_all["mean_iou"], acc_same["mean_iou"]) >= acc_naive["mean_iou"],
               "p5 IoU >= naive": min(acc_all["p5_iou"], acc_same["p5_iou"]) >= acc_naive["p5_iou"],
               "none missed or invented": acc_all["missed"] + acc_all["invented"] == 0}
-        print(f"speed-up vs naive: {ratio:.1f}x")
-        print(f"real-time factor (decode+detect+save time / clip duration): {wall / (n / 30):.2f} "
+        say(f"speed-up vs naive: {ratio:.1f}x")
+        say(f"real-time factor (decode+detect+save time / clip duration): {wall / (n / 30):.2f} "
               f"({(n / 30) / wall:.2f}x real time)")
-        print("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in ok.items()))
-    load_after = os.getloadavg()
-    print(f"load average after: {load_after}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "load_before": load_before, "load_after": load_after, "frames": n, "size": args.size,
-            "threads": args.threads, "decode_fps": m / dec, "naive": {"frames": len(picks), "fps": naive_fps, **acc_naive},
-            "stage": {"fps": stage_fps, "seconds": wall, **acc_all, "on_naive_frames": acc_same,
-                      "metrics": dict(metrics)},
-            "speedup": ratio, "targets": ok}, indent=1))
+        say("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in ok.items()))
+    say(f"load average after: {os.getloadavg()}")
+    clip = f"{args.size}×{args.size}, {n / 30:g} s, real faces, one leaving and returning; {args.threads} torch thread"
+    rec.row(f"crop vs a naive per-frame MTCNN loop ({clip})",
+            f"**{ratio:.1f}×** faster; IoU vs the known positions mean {acc_all['mean_iou']:.3f} / p5 "
+            f"{acc_all['p5_iou']:.3f} (naive loop {acc_naive['mean_iou']:.3f} / {acc_naive['p5_iou']:.3f}); "
+            f"missed {acc_all['missed']} / invented {acc_all['invented']} (naive {acc_naive['missed']} / "
+            f"{acc_naive['invented']})", speedup=ratio, stage_fps=stage_fps, naive_fps=naive_fps,
+            iou_mean=acc_all["mean_iou"], iou_p5=acc_all["p5_iou"], naive_iou_mean=acc_naive["mean_iou"],
+            naive_iou_p5=acc_naive["p5_iou"], missed=acc_all["missed"], invented=acc_all["invented"],
+            naive_missed=acc_naive["missed"], naive_invented=acc_naive["invented"])
+    rec.row("crop stage alone (decode + MTCNN + JPEG crops)",
+            f"{stage_fps:.1f} frames/s = {(n / 30) / wall:.2f}× real time (naive loop {naive_fps:.2f} frames/s); "
+            f"full pyramid on {metrics['detected_fraction']:.1%} of strip-frames",
+            decode_fps=m / dec, detected_fraction=metrics["detected_fraction"], detect_s=metrics["detect_s"],
+            save_s=metrics["save_s"], decode_wait_s=metrics["decode_wait_s"])
+    path = rec.write("\n".join(lines), path=args.json)
+    print(f"figures: {path}")
 
 
 def fmt(a: dict) -> str:

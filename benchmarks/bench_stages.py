@@ -4,10 +4,13 @@
                                       [--copies 4] [--copy-seconds 8] [--scale local:1,dask:2]
                                       [--work DIR] [--json FILE]
 
+Figures also go to benchmarks/results/bench_stages.json (or --json), for benchmarks/table.py.
+
 1. A clip of ``--seconds`` at size×size, 30 fps (two real faces, singing, music; the built-in sample of
    :func:`chorushead.demo.write_sample`). ``--stems`` hands the build the clip's own stems, so
    bgm_split and duet_split are skipped (no Spleeter / MossFormer2 needed); without it they run and
-   need their models.
+   need their models. Where Spleeter's model is absent (a fresh machine), stems mode is used anyway,
+   and the run says so.
 2. The decode floor: ffmpeg decoding the whole clip to raw RGB frames through
    :func:`chorushead.core.media.iter_frames`, as every per-frame stage must at least.
 3. The build run one stage at a time (ingest, bgm_split, duet_split, vad, crop, contiguity) in this
@@ -23,7 +26,6 @@ The machine may be shared: the load average is printed before and after; compare
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -38,11 +40,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from chorushead.core import media  # noqa: E402
 from chorushead.demo import write_sample  # noqa: E402
 from chorushead.core.manifest import Manifest  # noqa: E402
 from chorushead.runner import Pipeline, build  # noqa: E402
+from _results import Recorder  # noqa: E402
 
 STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
 FPS = 30
@@ -153,6 +157,16 @@ def run_cli(videos: Path, out: Path, stems: Path | None, backend: str, jobs: int
     return row
 
 
+def separation_problem() -> str | None:
+    """Why bgm_split cannot run here (Spleeter's model absent or incomplete), or None. Cheap: looks
+    at the model folder only, without starting Spleeter."""
+    from chorushead.backends import spleeter
+    p = Pipeline.load().params.get("bgm_split", {})
+    where = spleeter.model_path(str(p.get("model_path", "")))
+    problem = spleeter.model_problem(where, str(p.get("model", "2stems")))
+    return None if problem is None else f"Spleeter model not at {where / str(p.get('model', '2stems'))} ({problem})"
+
+
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -173,6 +187,10 @@ def print_stage_table(rows: list[Row], decode: Row, video_s: float, frames: int)
              f"done {r.done} skipped {r.skipped} failed {r.failed} blocked {r.blocked} {r.note}".rstrip())
     line("pipeline", sum(r.seconds for r in rows), sum(r.cpu for r in rows), 1, "sum of the stages above")
     line("decode only", decode.seconds, decode.cpu, 1, "ffmpeg -> RGB frames in this process: the floor")
+    total = sum(r.seconds for r in rows)
+    print(f"\npipeline {' -> '.join(r.stage for r in rows)}: {video_s / total:.2f}x real time "
+          f"({frames / total:.1f} frames/s); ffmpeg decode floor {video_s / decode.seconds:.2f}x real time "
+          f"({frames / decode.seconds:.1f} frames/s); load average {load()}")
 
 
 def print_slowest(rows: list[Row], out: Path) -> None:
@@ -184,7 +202,30 @@ def print_slowest(rows: list[Row], out: Path) -> None:
           + (f"; its record says {parts}" if parts else ""))
 
 
+class _Tee:
+    """stdout that also keeps what was printed (the JSON carries the text)."""
+
+    def __init__(self, out):
+        self.out, self.parts = out, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
+    tee = _Tee(sys.stdout)
+    sys.stdout = tee
+    try:
+        return _main(argv, tee)
+    finally:
+        sys.stdout = tee.out
+
+
+def _main(argv: list[str] | None, tee: _Tee) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the stage-by-stage clip")
     ap.add_argument("--size", type=int, default=1024, help="frame width and height")
@@ -193,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-seconds", type=float, default=8.0, help="length of each scaling clip")
     ap.add_argument("--scale", default="local:1,dask:2", help="backend:jobs runs to compare, comma-separated")
     ap.add_argument("--work", type=Path, help="keep inputs and builds here (default: a temp folder)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--json", type=Path, help="write the figures here (default benchmarks/results/bench_stages.json)")
     args = ap.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_stages-"))
     work.mkdir(parents=True, exist_ok=True)
+    rec = Recorder("bench_stages")
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "load_before": load()}
     print(f"work folder {work}; load average {results['load_before']} on {os.cpu_count()} cores")
 
@@ -210,11 +252,30 @@ def main(argv: list[str] | None = None) -> int:
     decode = decode_floor(video)
     frames = decode.extra["frames"]
 
+    stems_asked = args.stems
+    if not args.stems and (why := separation_problem()):
+        print(f"stems mode: {why}; the clip's own stems are supplied (bgm_split/duet_split skipped). "
+              "Install the model (chorushead doctor says how) to time the separation stages.")
+        args.stems = True
+    results["stems"] = args.stems
     stems = stems_root if args.stems else None
     rows = [run_stage(video.parent, work / "build", s, stems) for s in STAGES]
     print_stage_table(rows, decode, info.duration, frames)
     print_slowest(rows, work / "build")
-    results.update(video_seconds=info.duration, frames=frames, decode=asdict(decode), stages=[asdict(r) for r in rows])
+    results.update(video_seconds=info.duration, frames=frames, decode=asdict(decode), stages=[asdict(r) for r in rows],
+                   pipeline_rtf=info.duration / sum(r.seconds for r in rows), decode_rtf=info.duration / decode.seconds,
+                   load_stages=load())
+    names = [r.stage for r in rows if r.done]
+    crop_row = next((r for r in rows if r.stage == "crop"), None)
+    total = sum(r.seconds for r in rows)
+    rec.row(f"{' + '.join(names)} ({info.duration:.0f} s {info.width}×{info.height} clip"
+            f"{', stems' if args.stems else ''}), local, 1 job",
+            f"**pipeline {results['pipeline_rtf']:.2f}× real time** beside the ffmpeg-decode floor "
+            f"{results['decode_rtf']:.2f}× ({frames / decode.seconds:.0f} frames/s into Python)"
+            + (f"; crop {info.duration / crop_row.seconds:.2f}× RT ({crop_row.seconds / total:.0%} of the time)"
+               if crop_row and crop_row.done else ""),
+            pipeline_rtf=results["pipeline_rtf"], decode_rtf=results["decode_rtf"],
+            **{f"{r.stage}_s": round(r.seconds, 2) for r in rows})
 
     if args.copies > 0:
         t0 = time.perf_counter()
@@ -234,11 +295,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"item-stages done {r.done} skipped {r.skipped} failed {r.failed} {r.note}")
             scaling.append(r)
         results["scaling"] = [asdict(r) for r in scaling]
+        rec.row(f"build of {args.copies} × {args.copy_seconds:g} s clips",
+                ", ".join(f"{r.stage} {r.seconds:.0f} s ({scaling[0].seconds / r.seconds:.2f}×)" for r in scaling),
+                **{r.stage: round(r.seconds, 2) for r in scaling})
 
     results["load_after"] = load()
     print(f"\nload average after: {results['load_after']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    note = "stems mode (no Spleeter model here)" if results.get("stems") and not stems_asked else ""
+    path = rec.write("".join(tee.parts), note=note, path=args.json)
+    print(f"figures: {path}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -83,7 +83,7 @@ def test_crop_stage_on_real_faces(tmp_path, duet, detector):
     # Per-frame accuracy: every frame's box is measured (no interpolation), also right before the
     # singer leaves and right after they return (tracked back from the search that found them).
     iou = box_iou(det["boxes"], truth)
-    # Measured: mean 0.938, p5 0.916, min 0.904.
+    # Measured: mean 0.938, p5 0.914, min 0.893.
     assert np.nanmean(iou) >= 0.92 and np.nanpercentile(iou, 5) >= 0.89 and np.nanmin(iou) >= 0.85, \
         (np.nanmean(iou), np.nanpercentile(iou, 5), np.nanmin(iou))
     edges = [ABSENT[0] - START - 1, ABSENT[1] - START, ABSENT[1] - START + 1]
@@ -202,3 +202,14 @@ def test_synth_video_writer_with_audio(tmp_path):
     assert boxes.shape == (2, 45, 4) and np.isnan(boxes[1, 10:20]).all() and not np.isnan(boxes[0]).any()
     pr = probe(tmp_path / "v.mp4")
     assert (pr.width, pr.height) == (256, 128) and pr.has_audio and abs(pr.duration - 1.5) < 0.1
+
+
+def test_decode_with_opencv_colour_conversion(duet):
+    """crop decodes yuv420p and converts with OpenCV: the same frames as ffmpeg's RGB, within rounding."""
+    from chorushead.core.media import iter_frames
+    video, _ = duet
+    a = np.concatenate(list(iter_frames(video, start_frame=5, n_frames=12, chunk=5)))
+    b = np.concatenate(list(iter_frames(video, start_frame=5, n_frames=12, chunk=5, convert="opencv")))
+    assert a.shape == b.shape == (12, SIZE[0], SIZE[1], 3)
+    d = np.abs(a.astype(np.int16) - b)
+    assert d.mean() < 2 and d.max() <= 16, (d.mean(), d.max())

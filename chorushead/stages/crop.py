@@ -40,9 +40,9 @@ from chorushead.stages.base import Context, Result, Stage
 class Params:
     strips: int = 2                 # equal vertical strips per frame: one singer each
     min_face: float = 80.0          # smallest face side (px of the full frame) that must be found
-    detect_scale: float = 0.0       # strip resize before MTCNN; 0 = auto (min_face lands at 40 px)
-    keyframe_every: int = 15        # full MTCNN pyramid on a tracked face at least this often ...
-    keyframe_max: int = 120         # ... spacing doubling up to this while tracking holds
+    detect_scale: float = 0.0       # strip resize before the pyramid; 0 = auto (min_face lands at 20 px)
+    keyframe_every: int = 30        # full MTCNN pyramid on a tracked face at least this often ...
+    keyframe_max: int = 240         # ... spacing doubling up to this while tracking holds
     search_every: int = 5           # full pyramid on a strip without a face every k frames
     batch_size: int = 16            # strips per MTCNN call
     prob_threshold: float = 0.9     # a face counts from this MTCNN probability on
@@ -73,7 +73,7 @@ class Metrics(MetricsShape):
     detected_fraction: float        # strip-frames the full pyramid ran on (the rest: R-Net/O-Net tracking)
     decode_wait_s: float            # decoding not hidden behind MTCNN
     detect_s: float
-    save_s: float
+    save_s: float                   # crop warps + JPEG writes (a writer thread, overlapping detection)
     seconds: float
     frames_per_s: float
     detector_images: int
@@ -153,6 +153,50 @@ class _Prefetch:
         self.thread.join()
 
 
+class _Writer:
+    """Warp + JPEG-encode + write the crops in a thread (OpenCV and file writes release the GIL), so
+    saving overlaps MTCNN on the main thread. ``busy_s`` = time spent saving; the first error is
+    re-raised by :meth:`close`. The queue bounds how many frames (views into decode chunks) wait."""
+
+    def __init__(self, p: Params, dirs: list[Path], depth: int = 32):
+        self.p, self.dirs = p, dirs
+        self.jpeg = [int(cv2.IMWRITE_JPEG_QUALITY), int(p.jpeg_quality)]
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.busy_s = 0.0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def put(self, t: int, strips: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Queue frame ``t``'s crops: (strip index, strip view, crop box) each."""
+        if self.error is not None:
+            raise self.error
+        self.q.put((t, strips))
+
+    def _run(self) -> None:
+        while (job := self.q.get()) is not None:
+            if self.error is not None:
+                continue                    # drain after a failure; close() reports it
+            t0 = time.perf_counter()
+            try:
+                t, strips = job
+                for k, view, cb in strips:
+                    crop = warp_crop(view, cb, self.p.crop_size)
+                    ok = cv2.imwrite(str(self.dirs[k] / f"{t:06d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                                     self.jpeg)
+                    if not ok:
+                        raise OSError(f"could not write {self.dirs[k] / f'{t:06d}.jpg'} (disk full?)")
+            except BaseException as e:
+                self.error = e
+            self.busy_s += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def process(ctx: Context, p: Params, detector) -> Result:
     from chorushead.backends.mtcnn import TrackParams, strip_bounds, track_strips
     from chorushead.core.media import iter_frames
@@ -183,15 +227,16 @@ def process(ctx: Context, p: Params, detector) -> Result:
     n_faces = np.zeros((S, n), np.int16)
     detected = np.zeros((S, n), bool)
     bounds: list[tuple[int, int]] = []
-    jpeg = [int(cv2.IMWRITE_JPEG_QUALITY), int(p.jpeg_quality)]
 
     # Decode chunks of about 64 MB (21 frames at 1024², 10 at 1080p): the prefetch queue, the chunk in
     # use and the frames held back until the next keyframe keep a few chunks alive at once.
     w, h = ing.width, ing.height
     chunk = max(4, min(32, (64 << 20) // (w * h * 3))) if w and h else 16
-    frames = _Prefetch(iter_frames(source, fps=ctx.fps, start_frame=start, n_frames=n, chunk=chunk))
+    # convert="opencv": ffmpeg's own YUV->RGB cost more CPU than OpenCV's (in the prefetch thread).
+    frames = _Prefetch(iter_frames(source, fps=ctx.fps, start_frame=start, n_frames=n, chunk=chunk,
+                                   convert="opencv"))
     bar = tqdm(total=n, desc=f"crop {ctx.item.id}", unit="frame", leave=False, disable=not sys.stderr.isatty())
-    save_s = 0.0
+    writer = _Writer(p, strip_dirs)
     count = 0
     try:
         for t, frame, faces in track_strips(frames, detector, S, tp):
@@ -201,22 +246,17 @@ def process(ctx: Context, p: Params, detector) -> Result:
                 bounds = strip_bounds(frame.shape[1], S)
                 if bounds[0][1] - bounds[0][0] < 16:
                     raise BadInput(f"frame width {frame.shape[1]} is too narrow for {S} strips")
-            t0 = time.perf_counter()
             boxes[:, t], probs[:, t], landmarks[:, t] = faces.boxes, faces.probs, faces.landmarks
             n_faces[:, t], detected[:, t] = faces.n_faces, faces.detected
-            for k in range(S):
-                if not faces.found[k]:
-                    continue
-                cb = emoca_crop_box(faces.boxes[k], p.crop_scale, p.crop_shift)
-                crop_boxes[k, t] = cb
-                crop = warp_crop(frame[:, bounds[k][0]:bounds[k][1]], cb, p.crop_size)
-                cv2.imwrite(str(strip_dirs[k] / f"{t:06d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), jpeg)
-            save_s += time.perf_counter() - t0
+            crop_boxes[:, t] = emoca_crop_box(faces.boxes, p.crop_scale, p.crop_shift)    # NaN: no face
+            writer.put(t, [(k, frame[:, bounds[k][0]:bounds[k][1]], crop_boxes[k, t])
+                           for k in range(S) if faces.found[k]])
             count = t + 1
             bar.update(1)
     finally:
         frames.close()
         bar.close()
+        writer.close()
     if count == 0:
         raise BadInput(f"{Path(source).name}: decoding frames {start}..{end} produced no frames")
 
@@ -234,7 +274,7 @@ def process(ctx: Context, p: Params, detector) -> Result:
         multi_face_frames=int((n_faces[:, :T] >= 2).sum()),
         detected_fraction=round(float(detected[:, :T].mean()), 3),
         decode_wait_s=round(frames.wait_s, 2), detect_s=round(detector.seconds - det_s0, 2),
-        save_s=round(save_s, 2), seconds=round(total, 2), frames_per_s=round(T / max(total, 1e-9), 1),
+        save_s=round(writer.busy_s, 2), seconds=round(total, 2), frames_per_s=round(T / max(total, 1e-9), 1),
         detector_images=int(detector.images - det_n0))
     outputs = Outputs(detections="detections.npz", strips=[f"strip{k}" for k in range(S)], n_strips=S,
                       frames=T, start_frame=start, crop_size=p.crop_size)
