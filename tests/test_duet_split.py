@@ -186,3 +186,10 @@ def test_supplied_stems_skip_but_make_16k_copies(tmp_path):
     assert r.status == "skipped" and r.reason == "stems supplied" and r.outputs["singers"] == rels
     a, sr = read_wav(ctx.tmp / r.outputs["singers_16k"][1])
     assert sr == 16000 and len(a) == 16000
+
+
+def test_overlap_not_less_than_chunk_is_refused_at_once():
+    from chorushead.stages import get_stage
+    for name in ("duet_split", "bgm_split"):
+        with pytest.raises(ValueError, match=f"stage {name}: overlap_seconds"):
+            get_stage(name).make_params({"chunk_seconds": 4.0, "overlap_seconds": 4.0})

@@ -107,7 +107,10 @@ class Stage:
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"stage {self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(names)}")
-        return self.params(**values)
+        try:
+            return self.params(**values)
+        except (TypeError, ValueError) as e:   # a Params' own check (__post_init__): say which stage
+            raise ValueError(f"stage {self.name}: {e}") from e
 
 
 def params_dict(params: Any) -> dict[str, Any]:

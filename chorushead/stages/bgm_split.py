@@ -34,6 +34,12 @@ class Params:
     overlap_seconds: float = 4.0      # cross-faded between chunks
     timeout_seconds: float = 7200.0   # per song
 
+    def __post_init__(self):
+        # overlap >= chunk would step one sample at a time: thousands of chunks, minutes, gigabytes
+        if not 0 <= self.overlap_seconds < self.chunk_seconds:
+            raise ValueError(f"overlap_seconds ({self.overlap_seconds}) must be >= 0 and less than "
+                             f"chunk_seconds ({self.chunk_seconds})")
+
 
 @dataclass
 class Outputs(OutputsShape):

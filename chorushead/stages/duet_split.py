@@ -52,6 +52,12 @@ class Params:
     overlap_seconds: float = 4.0
     full_band: bool = True          # mask the full-band vocals with the 8 kHz tracks (see module doc)
 
+    def __post_init__(self):
+        # overlap >= chunk would step one sample at a time: thousands of chunks, minutes, gigabytes
+        if not 0 <= self.overlap_seconds < self.chunk_seconds:
+            raise ValueError(f"overlap_seconds ({self.overlap_seconds}) must be >= 0 and less than "
+                             f"chunk_seconds ({self.chunk_seconds})")
+
 
 @dataclass
 class Outputs(OutputsShape):
