@@ -204,8 +204,6 @@ def export_video(path: str | Path, coeffs: np.ndarray, flame, audio: np.ndarray 
     """Singers (S, T, 56) side by side as H.264 with the mix muxed in (the renderer infer uses), each
     on their own head when ``shapes`` (S, D) are known."""
     from .infer import render_video
-    if shapes is None:   # also works with a render_video that predates identity codes
-        return render_video(coeffs, flame, path, audio=audio, fps=fps, sr=sr, size=size)
     return render_video(coeffs, flame, path, audio=audio, fps=fps, sr=sr, size=size, shapes=shapes)
 
 

@@ -201,7 +201,8 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
     (out / RUN_INFO).write_text(json.dumps({"fps": fps, "sr": sr, "coeff_groups": list(groups),
                                             "fit_backend": info.get("fit_backend"),
                                             "vocals": [str(Path(v).resolve()) for v in vocals],
-                                            "bgm": str(Path(bgm).resolve())}, indent=2))
+                                            "bgm": str(Path(bgm).resolve()),
+                                            "shapes": None if identity is None else identity.tolist()}, indent=2))
     videos = []
     if flame is not None and "mp4" in formats:
         n = coeffs.shape[2] * sr // fps

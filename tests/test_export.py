@@ -260,11 +260,19 @@ def test_infer_formats_and_export_of_a_run(tmp_path, lmdb, flame_dir):
     # identity codes recorded in infer.json reach the npz and the mesh
     from pachorus.evaluate import head_vertices
     info = json.loads((inf / "infer.json").read_text())
-    assert info["fps"] == FPS and Path(info["bgm"]) == wavs[2].resolve()
+    assert info["fps"] == FPS and Path(info["bgm"]) == wavs[2].resolve() and info["shapes"] is None
     shapes = np.random.default_rng(5).normal(0, 1, (2, 100)).astype(np.float32)
-    (inf / "infer.json").write_text(json.dumps({**info, "shapes": shapes.tolist()}))
+    codes = [tmp_path / "s1.npy", tmp_path / "s2.npy"]
+    for p, c in zip(codes, shapes):
+        np.save(p, c)
+    inf2 = tmp_path / "inf2"   # the same animation on the singers' own heads (infer --shape)
+    _ok(cli("infer", "--ckpt", run / "model.pt", "--vocals", wavs[0], wavs[1], "--bgm", wavs[2], "--out", inf2,
+            "-k", "1", "--shape", codes[0], codes[1]))
+    np.testing.assert_array_equal(np.load(inf2 / "singer2_sample0.npz")["shape"], shapes[1])
+    np.testing.assert_allclose(json.loads((inf2 / "infer.json").read_text())["shapes"], shapes)
     out2 = tmp_path / "ex2"
-    _ok(cli("export", "--run", inf, "--out", out2, "--flame", flame_dir, "--format", "npz,gltf"))
+    _ok(cli("export", "--run", inf2, "--out", out2, "--flame", flame_dir, "--format", "npz,gltf,mp4", "--size", "32"))
+    assert media.probe(out2 / "sample0.mp4").has_audio
     np.testing.assert_array_equal(np.load(out2 / "singer2_sample0.npz")["shape"], shapes[1])
     gltf, bin_ = read_glb(out2 / "singer2_sample0.glb")
     base = _accessor(gltf, bin_, gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
