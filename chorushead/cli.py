@@ -90,7 +90,7 @@ def status(out: Path = typer.Option(..., "--out"), pipeline: Optional[Path] = ty
 @app.command()
 def report(out: Path = typer.Option(..., "--out", help="Build output folder; the card goes to OUT/report/."),
            pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline TOML the build used "
-                                                   "(default: pipelines/chorushead.toml)."),
+                                                   "(default: the one the last build ran with, OUT/pipeline.json)."),
            sets: List[str] = typer.Option([], "--set", help="The --set overrides the build used (shown as its parameters).")):
     """Write the dataset card: OUT/report/index.html, report.md and its plots, from the manifests and the LMDB."""
     from chorushead.report import report as write_report
@@ -99,7 +99,10 @@ def report(out: Path = typer.Option(..., "--out", help="Build output folder; the
                     fg="red", err=True)
         raise typer.Exit(2)
     try:
-        index = write_report(out, _pipeline(pipeline, sets), str(pipeline or ""))
+        from chorushead.runner import Pipeline, USED_PIPELINE
+        used = None if pipeline or sets else Pipeline.used_by(out)   # default: what the last build ran
+        index = (write_report(out, used, str(out / USED_PIPELINE)) if used is not None
+                 else write_report(out, _pipeline(pipeline, sets), str(pipeline or "")))
     except (FileNotFoundError, ValueError) as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2)

@@ -73,6 +73,22 @@ class Pipeline:
             raise ValueError(f"{path}: [pipeline] fps must be a positive whole number, got {fps!r}")
         return cls(stages=stages, params=params, fps=fps)
 
+    def save(self, out: Path) -> None:
+        """``<out>/pipeline.json``: the pipeline the last build of this folder ran with (after --set), so
+        `chorushead report`/`status` describe the build as it was run, not the file as it is now."""
+        write_json_atomic(Path(out) / USED_PIPELINE, {"stages": self.stages, "params": self.params, "fps": self.fps})
+
+    @classmethod
+    def used_by(cls, out: Path) -> "Pipeline | None":
+        p = Path(out) / USED_PIPELINE
+        if not p.exists():
+            return None
+        d = json.loads(p.read_text())
+        return cls(stages=list(d["stages"]), params={k: dict(v) for k, v in d["params"].items()}, fps=int(d["fps"]))
+
+
+USED_PIPELINE = "pipeline.json"
+
 
 def default_pipeline_path() -> Path:
     """The installed package's copy (a wheel ships the top-level pipelines/ as chorushead/pipelines/,
@@ -377,22 +393,28 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         items = discover(videos, stems) if videos is not None else []
         if items:
             save_items(out, items)
+        pipeline.save(out)
         all_items = list(load_items(out).values()) if videos is None else items
         if not all_items:
             log(f"No videos found under {videos} (extensions: {', '.join(sorted(VIDEO_EXTS))}).")
             return []
         summaries = []
-        for name in order:
-            stage = get_stage(name)
-            params = stage_params[name]
-            latest = iter_records(out, pipeline.stages)
-            summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline,
-                                        backend, scheduler))
+        from chorushead.executors import session
+        # One engine for the whole build: a Dask cluster / Ray instance starts (or connects) at most
+        # once, and its workers keep the models they loaded (_MODELS) for every later stage and item.
+        with session(backend, jobs, scheduler) as engine:
+            for name in order:
+                stage = get_stage(name)
+                params = stage_params[name]
+                latest = iter_records(out, pipeline.stages)
+                summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline,
+                                            backend, scheduler, engine))
         return summaries
 
 
 def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, jobs: int, progress: bool,
-               pipeline: Pipeline, backend: str = "local", scheduler: str | None = None) -> StageSummary:
+               pipeline: Pipeline, backend: str = "local", scheduler: str | None = None,
+               engine: Any = None) -> StageSummary:
     summ = StageSummary(stage.name)
     t0 = time.time()
     manifest = Manifest(out, stage.name)
@@ -403,7 +425,7 @@ def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, 
         summ.seconds = time.time() - t0
         return summ
     tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest, pipeline.fps)
-    for rec in _execute(tasks, jobs, stage, progress, backend, scheduler):
+    for rec in _execute(tasks, jobs, stage, progress, backend, scheduler, engine):
         manifest.append(rec)
         summ.count(rec)
     summ.seconds = time.time() - t0
@@ -435,8 +457,9 @@ def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
 
 
 def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool, backend: str = "local",
-             scheduler: str | None = None):
-    """Yield records as workers finish (any order). jobs == 1 on the local backend runs in this process."""
+             scheduler: str | None = None, engine: Any = None):
+    """Yield records as workers finish (any order). jobs == 1 on the local backend runs in this process;
+    ``engine`` is the build's executor session (see executors.session)."""
     from tqdm.auto import tqdm
     bar = tqdm(total=len(tasks), desc=f"{stage.name:>10}", unit="video", disable=not progress or not tasks,
                file=sys.stderr, dynamic_ncols=True)
@@ -445,7 +468,8 @@ def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool, backend
             results = map(run_task, tasks)
         else:
             from chorushead.executors import parallel_map
-            results = parallel_map(run_task, tasks, jobs=jobs, backend=backend, address=scheduler, gpu=stage.gpu)
+            results = parallel_map(run_task, tasks, jobs=jobs, backend=backend, address=scheduler, gpu=stage.gpu,
+                                   engine=engine)
         for rec in results:
             bar.update(1)
             yield rec

@@ -244,3 +244,13 @@ def test_an_unfinished_lmdb_is_said_not_fatal(tmp_path):
     card = collect(out, Pipeline.load())
     assert card.lmdb is None and not card.splits[0].windows
     assert any("is not a finished chorushead-windows LMDB" in n for n in card.notes), card.notes
+
+
+def test_the_card_describes_the_pipeline_the_build_ran_with(tmp_path):
+    """A build saves its effective pipeline (after --set); `chorushead report` reads it by default."""
+    from chorushead.runner import Pipeline
+    pl = Pipeline.load(None, ["fit.backend=landmarks", "pipeline.fps=25"])
+    pl.save(tmp_path)
+    used = Pipeline.used_by(tmp_path)
+    assert used == pl and used.params["fit"]["backend"] == "landmarks" and used.fps == 25
+    assert Pipeline.used_by(tmp_path / "nothing-here") is None
