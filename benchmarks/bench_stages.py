@@ -302,8 +302,7 @@ def _main(argv: list[str] | None, tee: _Tee) -> int:
     results["load_after"] = load()
     print(f"\nload average after: {results['load_after']}")
     note = "stems mode (no Spleeter model here)" if results.get("stems") and not stems_asked else ""
-    path = rec.write("".join(tee.parts), note=note, path=args.json)
-    print(f"figures: {path}")
+    rec.write("".join(tee.parts), note=note, path=args.json)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0

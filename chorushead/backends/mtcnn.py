@@ -338,23 +338,23 @@ def track_strips(chunks: Iterable[np.ndarray], detector: MtcnnDetector, strips: 
         fine = detector.refine([view(frame, due[j]) for j in hit], found.boxes[hit]) if hit else None
         for j, s in enumerate(due):
             st = state[s]
-            faces.detected[s] = True
             was_tracking = s in tracked and faces.found[s]
             appeared = not (s in tracked)
-            if j in hit and fine.found[hit.index(j)]:
-                i = hit.index(j)
+            if j in hit:
+                # Normally refine's measurement; the pyramid's own box where refine disagrees (rare).
+                src, i = (fine, hit.index(j)) if fine.found[hit.index(j)] else (found, j)
                 if was_tracking:
-                    st.steady &= box_iou(faces.boxes[s], fine.boxes[i]) >= tp.steady_iou
-                faces.put(s, fine, i)
-                faces.detected[s] = True
+                    st.steady &= box_iou(faces.boxes[s], src.boxes[i]) >= tp.steady_iou
+                faces.put(s, src, i)
                 faces.n_faces[s] = max(1, int(found.n_faces[j]))
-                st.box, st.n_faces = fine.boxes[i], int(faces.n_faces[s])
+                st.box, st.n_faces = src.boxes[i], int(faces.n_faces[s])
             elif was_tracking:              # the pyramid (at detection scale) missed a face O-Net holds
                 st.steady = False
                 faces.n_faces[s] = max(1, int(found.n_faces[j]))
             else:
                 faces.n_faces[s] = found.n_faces[j]
                 st.box, st.n_faces = None, int(found.n_faces[j])
+            faces.detected[s] = True            # after put(): the pyramid ran here either way
             # Spacing: a tracked face that held since the last keyframe earns a longer one.
             if st.box is None:
                 st.interval = lag
