@@ -4,6 +4,11 @@
 order, back in the calling process, which alone appends to the manifests (so records are neither lost
 nor duplicated, whatever order workers finish in).
 
+``session(backend, jobs, address)`` keeps one engine for many calls (``parallel_map(..., engine=e)``):
+the runner opens one per build, so a Dask cluster or Ray instance starts (or connects) at most once
+per build, on first use, and its worker processes keep what they loaded (the runner's per-process
+model cache) from stage to stage. Without a session each call starts and stops its own engine.
+
 Backends:
 
 - ``local``: joblib's loky processes on this machine (always installed).
@@ -61,20 +66,94 @@ class WorkerLost(RuntimeWarning):
 
 
 def parallel_map(fn: Callable[[Any], Any], tasks: Iterable[Any], jobs: int = 1, backend: str = "local",
-                 address: str | None = None, gpu: bool = False) -> Iterator[Any]:
-    """Yield ``fn(task)`` for each task, in completion order (see the module docstring)."""
+                 address: str | None = None, gpu: bool = False, engine: "Engine | None" = None) -> Iterator[Any]:
+    """Yield ``fn(task)`` for each task, in completion order (see the module docstring). With
+    ``engine`` (a :func:`session` of this backend) the tasks run on that session's cluster, started
+    once for many calls; without, a Dask or Ray engine is started for this call and stopped after it."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     tasks = list(tasks)
     if not tasks:
         return iter(())
-    jobs = jobs if jobs > 0 else (os.cpu_count() or 1)   # jobs <= 0: one worker per core
-    jobs = min(jobs, len(tasks))                           # never start workers that would idle
+    if engine is not None and backend != "local":
+        if engine.backend != backend:
+            raise ValueError(f"parallel_map(backend={backend!r}) given a {engine.backend!r} engine session")
+        return engine.map(fn, tasks, gpu)
+    jobs = min(_jobs(jobs), len(tasks))                   # never start workers that would idle
     if backend == "local":
         return _local(fn, tasks, jobs)
-    if backend == "dask":
-        return _dask(fn, tasks, jobs, address)
-    return _ray(fn, tasks, jobs, address, gpu)
+    return _one_shot(fn, tasks, backend, jobs, address, gpu)
+
+
+def _jobs(jobs: int) -> int:
+    return jobs if jobs > 0 else (os.cpu_count() or 1)   # jobs <= 0: one worker per core
+
+
+def _one_shot(fn: Callable[[Any], Any], tasks: list[Any], backend: str, jobs: int, address: str | None,
+              gpu: bool) -> Iterator[Any]:
+    with session(backend, jobs, address) as engine:
+        yield from engine.map(fn, tasks, gpu)
+
+
+@contextmanager
+def session(backend: str, jobs: int = 1, address: str | None = None) -> Iterator["Engine"]:
+    """One engine for a whole build: the Dask cluster or Ray instance starts (or connects to
+    ``address``) on the first :meth:`Engine.map` and stops (or disconnects) when the block ends, so
+    its worker processes, and the models they loaded, serve every stage in between. ``local`` needs
+    no session (loky's pool is reused on its own): it gives an engine that maps on that pool."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    engine = Engine(backend, _jobs(jobs), address)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+class Engine:
+    """A started (or connected) engine; made by :func:`session`. Starts lazily: a build whose stages
+    are all reused never pays for a cluster."""
+
+    def __init__(self, backend: str, jobs: int, address: str | None):
+        self.backend, self.jobs, self.address = backend, jobs, address
+        self.started = 0            # how many times an engine was started or connected (tests: 1 per build)
+        self._stack = ExitStack()
+        self._client: Any = None    # dask
+        self._ray_here = False      # ray: this session called ray.init, so it shuts Ray down
+
+    def map(self, fn: Callable[[Any], Any], tasks: list[Any], gpu: bool = False) -> Iterator[Any]:
+        if not tasks:
+            return iter(())
+        if self.backend == "local":
+            return _local(fn, tasks, min(self.jobs, len(tasks)))
+        if self.backend == "dask":
+            return _dask_map(self._dask_client(), fn, tasks, len(tasks) if self.address else self.jobs)
+        ray = self._ray()
+        return _ray_map(ray, fn, tasks, gpu, retries=not (self._ray_here and not self.address))
+
+    def close(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self._client = None
+            if self._ray_here:
+                import ray
+                ray.shutdown()
+                self._ray_here = False
+
+    def _dask_client(self) -> Any:
+        if self._client is None:
+            self._client = _dask_connect(self._stack, self.jobs, self.address)
+            self.started += 1
+        return self._client
+
+    def _ray(self) -> Any:
+        ray = _ray_import(local=not self.address)
+        if not ray.is_initialized():   # someone else's ray.init() is theirs to shut down
+            _ray_init(ray, self.jobs, self.address)
+            self._ray_here = True
+            self.started += 1
+        return ray
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -138,42 +217,47 @@ def _local(fn: Callable[[Any], Any], tasks: list[Any], jobs: int) -> Iterator[An
 
 
 # ----------------------------------------------------------------------------- dask
-def _dask(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | None) -> Iterator[Any]:
+def _dask_connect(stack: ExitStack, jobs: int, address: str | None) -> Any:
+    """A Client of the scheduler at ``address``, or of a LocalCluster of ``jobs`` workers started
+    here; both closed by ``stack``."""
     try:
         import dask
-        from distributed import Client, KilledWorker, LocalCluster, as_completed
+        from distributed import Client, LocalCluster
     except ImportError as e:
         raise ImportError('backend "dask" needs Dask\'s distributed scheduler: '
                           'pip install "dask[distributed]"') from e
-    with ExitStack() as stack:
-        if address:
-            client = stack.enter_context(Client(address))
-            window = len(tasks)   # its scheduler queues them (and an adaptive cluster scales on the queue)
-        else:
-            # Read by the scheduler when it is created (it runs in this process): see module docstring.
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-                # host: scheduler, workers and nannies listen on loopback only (and Dask does not look
-                # up this machine's public address, which it does by a UDP connect to 8.8.8.8).
-                cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                                           host=LOOPBACK, dashboard_address=None))
-            client = stack.enter_context(Client(cluster))
-            # One task per worker at a time: Dask would otherwise queue several on one worker, and a
-            # worker's death fails every task it holds.
-            window = jobs
-        name = getattr(fn, "__name__", "task")
-        todo = deque(enumerate(tasks))
-        in_flight: dict[Any, Any] = {}
-        finished = as_completed()
+    if address:
+        return stack.enter_context(Client(address))
+    # Read by the scheduler when it is created (it runs in this process): see module docstring.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        # host: scheduler, workers and nannies listen on loopback only (and Dask does not look
+        # up this machine's public address, which it does by a UDP connect to 8.8.8.8).
+        cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                                   host=LOOPBACK, dashboard_address=None))
+    return stack.enter_context(Client(cluster))
 
-        def submit_next() -> None:
-            i, task = todo.popleft()
-            # A key that names the item makes Dask's own logs ("task ... marked as failed") readable too.
-            fut = client.submit(fn, task, key=f"{name}-{i}-{_label(task)}", pure=False)
-            in_flight[fut] = task
-            finished.add(fut)
 
-        while todo and len(in_flight) < window:
-            submit_next()
+def _dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: int) -> Iterator[Any]:
+    """At most ``window`` tasks in flight. On a cluster started here window = its worker count: one
+    task per worker at a time (Dask would otherwise queue several on one worker, and a worker's death
+    fails every task it holds). A scheduler at an address gets them all (it queues them, and an
+    adaptive cluster scales on the queue)."""
+    from distributed import KilledWorker, as_completed
+    name = getattr(fn, "__name__", "task")
+    todo = deque(enumerate(tasks))
+    in_flight: dict[Any, Any] = {}
+    finished = as_completed()
+
+    def submit_next() -> None:
+        i, task = todo.popleft()
+        # A key that names the item makes Dask's own logs ("task ... marked as failed") readable too.
+        fut = client.submit(fn, task, key=f"{name}-{i}-{_label(task)}", pure=False)
+        in_flight[fut] = task
+        finished.add(fut)
+
+    while todo and len(in_flight) < window:
+        submit_next()
+    try:
         for fut in finished:
             task = in_flight.pop(fut)
             if todo:
@@ -186,6 +270,9 @@ def _dask(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | 
             finally:
                 fut.release()   # drop the result from the worker's memory once we hold it
             yield result
+    finally:
+        for fut in in_flight:   # the caller stopped early: the session's workers must not keep at it
+            fut.cancel()
 
 
 # ----------------------------------------------------------------------------- ray
@@ -235,21 +322,23 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _ray(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | None, gpu: bool) -> Iterator[Any]:
-    local = not address
-    callers_proxies = {k: os.environ.get(k, "") for k in _PROXY_VARS}
+def _ray_import(local: bool) -> Any:
     # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when first imported, so a local run imports it inside.
     with _environ(_local_ray_env() if local else {}):
         try:
             import ray
-            from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
-            from ray.job_config import JobConfig
         except ImportError as e:
             raise ImportError('backend "ray" needs Ray: pip install ray') from e
-        connected_here = not ray.is_initialized()   # someone else's ray.init() is theirs to shut down
-        if connected_here and address:
+    return ray
+
+
+def _ray_init(ray: Any, jobs: int, address: str | None) -> None:
+    from ray.job_config import JobConfig
+    callers_proxies = {k: os.environ.get(k, "") for k in _PROXY_VARS}
+    with _environ(_local_ray_env() if not address else {}):
+        if address:
             ray.init(address=address, logging_level="WARNING")
-        elif connected_here:
+        else:
             # Ray's workers do not inherit this process's sys.path (dask's and loky's do); hand it over
             # so whatever imports here (a source checkout, test helpers) also imports in the workers.
             # Workers get the caller's proxy settings back (an empty value means none to `requests`).
@@ -257,16 +346,22 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | N
                      _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
                      job_config=JobConfig(code_search_path=[p for p in sys.path if p],
                                           runtime_env={"env_vars": callers_proxies}))
+
+
+def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: bool, retries: bool) -> Iterator[Any]:
+    """``retries`` off on an instance started here: a crash is the item's doing, retrying only repeats it
+    (a cluster at an address keeps Ray's default retries: they cover lost nodes)."""
+    from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
     died = (WorkerCrashedError, OutOfMemoryError, NodeDiedError, ObjectLostError)
+    options: dict[str, Any] = {"num_cpus": 1}
+    if gpu and ray.cluster_resources().get("GPU", 0) >= 1:
+        options["num_gpus"] = 1   # a GPU stage batches inside its task, on a GPU of its own
+    if not retries:
+        options["max_retries"] = 0
+    remote = ray.remote(**options)(fn)
+    refs = {remote.remote(t): t for t in tasks}
+    pending = list(refs)
     try:
-        options: dict[str, Any] = {"num_cpus": 1}
-        if gpu and ray.cluster_resources().get("GPU", 0) >= 1:
-            options["num_gpus"] = 1   # a GPU stage batches inside its task, on a GPU of its own
-        if connected_here and not address:
-            options["max_retries"] = 0   # locally a crash is the item's doing; retrying only repeats it
-        remote = ray.remote(**options)(fn)
-        refs = {remote.remote(t): t for t in tasks}
-        pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -278,5 +373,5 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, address: str | N
                     continue
                 yield result
     finally:
-        if connected_here:
-            ray.shutdown()
+        for ref in pending:   # the caller stopped early: free the session's workers
+            ray.cancel(ref)

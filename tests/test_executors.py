@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from chorushead.executors import WorkerLost, parallel_map
+from chorushead.executors import WorkerLost, parallel_map, session
 
 HAVE_DASK = importlib.util.find_spec("distributed") is not None
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -125,3 +125,36 @@ def test_build_matches_in_process_build(backend, videos, reference, tmp_path):
     assert len(records) == 3 and json.dumps(records, sort_keys=True) == json.dumps(ref_records, sort_keys=True)
     assert files.keys() == ref_files.keys() and any(k.endswith("mix_44k.wav") for k in files)
     assert all(files[k] == ref_files[k] for k in files), [k for k in files if files[k] != ref_files[k]]
+
+
+# ----------------------------------------------------------------------------- one engine per build
+_CALLS = 0
+
+
+def count_calls(_: int) -> tuple[int, int]:
+    """(worker pid, how many tasks this worker process has run so far): proves workers persist."""
+    global _CALLS
+    _CALLS += 1
+    return os.getpid(), _CALLS
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_session_starts_the_engine_once_and_keeps_its_workers(backend):
+    with session(backend, jobs=2) as engine:
+        assert engine.started == 0                                     # lazy: nothing started yet
+        first = list(parallel_map(count_calls, range(4), jobs=2, backend=backend, engine=engine))
+        second = list(parallel_map(count_calls, range(4), jobs=2, backend=backend, engine=engine))
+        assert engine.started == 1
+    assert len(first) == len(second) == 4
+    if backend == "dask":   # the same worker processes, their state (e.g. a loaded model) kept between maps
+        last = {}
+        for pid, n in first:
+            last[pid] = max(n, last.get(pid, 0))
+        assert all(pid in last and n > last[pid] for pid, n in second), (first, second)
+
+
+def test_session_refuses_another_backend():
+    with session("dask", jobs=1) as engine:
+        with pytest.raises(ValueError, match="'dask' engine"):
+            parallel_map(count_calls, [1], backend="ray", engine=engine)
+        assert engine.started == 0
