@@ -279,7 +279,7 @@ def bench(
     data: Optional[Path] = typer.Option(None, help="packed LMDB (default: a synthetic one written into --out)"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (default: a generated toy head; the tables say so)"),
     variants: str = typer.Option("full,no_prior,no_bgm,no_kl,mono,faceformer", help="comma list"),
-    seeds: int = typer.Option(3), steps: int = typer.Option(300, help="training steps of every run (equal for all)"),
+    seeds: int = typer.Option(3), steps: int = typer.Option(600, help="training steps of every run (equal for all)"),
     batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3), w_kl: float = typer.Option(0.005),
     d_model: int = typer.Option(64), n_layers: int = typer.Option(2),
     jobs: int = typer.Option(2, help="runs in parallel, one CPU thread each"),
