@@ -10,7 +10,8 @@ results.json into --out, with every ordering marked established (gap > 2 std) or
     python benchmarks/bench_learnability.py --out /tmp/bench            # the default: 6 variants x 3 seeds
     python benchmarks/bench_learnability.py --out /tmp/quick --steps 50 --seeds 2 --variants full,mono
 
-Rerunning into the same --out reuses complete runs and resumes unfinished ones.
+Rerunning into the same --out reuses complete runs and resumes unfinished ones. The figures also go
+to benchmarks/results/bench_learnability.json (the README's benchmark table, benchmarks/table.py).
 
 What the rules are built to show: full < mono and full < faceformer on LVE (the anticipation rule
 needs the host audio AHEAD of frame t, which the causal baselines do not see), full < no_prior and
@@ -37,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/_results.py
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,7 +61,28 @@ def main(argv: list[str] | None = None) -> dict:
                       variants=tuple(v for v in args.variants.split(",") if v), seeds=args.seeds, steps=args.steps,
                       jobs=args.jobs, synth_videos=args.videos, synth_seconds=args.seconds,
                       synth_window=args.window)
-    return run_bench(cfg, log=lambda m: print(m, flush=True))
+    from _results import Recorder
+    rec = Recorder("bench_learnability")
+    lines: list[str] = []
+
+    def log(m: str) -> None:
+        print(m, flush=True)
+        lines.append(m)
+
+    report = run_bench(cfg, log=log)
+    stats, what = report["stats"], f"{cfg.steps} steps × {cfg.seeds} seeds, synthetic rules, toy head"
+    for k, unit in (("LVE_l2", "mm"), ("PPE", "rad")):
+        rec.row(f"{k} per variant ({what})", ", ".join(f"{v} {d[k]['mean']:.4g} ± {d[k]['std']:.2g}"
+                                                      for v, d in stats.items() if k in d) + f" {unit}",
+                **{v: d[k]["mean"] for v, d in stats.items() if k in d})
+    for c in report["orderings"]:
+        rec.row(f"{c['claim']} ({what})", ("holds" if c["holds"] else "does NOT hold") +
+                ("" if not c["holds"] else ", beyond 2 std" if c["established"] else ", not established") +
+                f" (gap {c['gap']:.3g}, 2 std {c['two_std']:.2g})", gap=c["gap"], two_std=c["two_std"])
+    n = len(report["runs"])
+    rec.write("\n".join(lines), note=f"{report['trained']} of {n} runs trained in this invocation "
+              f"({report['cpu_s']:.0f} CPU-s), the rest reused from earlier ones in the same --out")
+    return report
 
 
 if __name__ == "__main__":
