@@ -17,15 +17,14 @@ What the rules are built to show: full < mono and full < faceformer on LVE (the 
 needs the host audio AHEAD of frame t, which the causal baselines do not see), full < no_prior and
 full < no_bgm on PPE (partner turns and beat nods reach the model only through the prior).
 
-Measured (shared 2-core machine, load 6-13, 3 seeds; toy mesh, LVE in mm, PPE in rad):
-- 200 steps, all 6 variants (25 min wall at load ~12; 500 CPU-s in all): LVE full 5.668 ± 0.031,
-  mono 5.446 ± 0.026, faceformer 5.60 ± 0.15, no_prior 5.657, no_bgm 5.651, no_kl 5.664 (the four
-  PaChorus variants share one host animator: their LVE gaps are all "not established"); PPE full
-  0.109 ± 0.003 < no_prior 0.123, no_kl 0.125, mono 0.118, faceformer 0.138 (beyond 2 std), no_bgm
-  0.110 (not established); mean motion 0.113.
-- 600 steps, Table 2 only (11 min wall, 570 CPU-s): LVE mono 4.945 ± 0.026 < faceformer 5.098 ±
-  0.022 < full 5.176 ± 0.024, both gaps beyond 2 std; PPE full 0.094 ± 0.003 < mono 0.113 <
-  faceformer 0.185 (faceformer's generated pose drifts: exposure bias of teacher forcing).
+Measured (3 seeds, toy mesh, LVE in mm, PPE in rad; mean ± std, "n.e." = gap ≤ 2 std):
+- 600 steps (the default), all 6 variants, 1109 CPU-s in all (≈ 9 min on 2 idle cores):
+  LVE mono 4.945 ± 0.026 < faceformer 5.098 ± 0.022 < no_kl 5.120 ± 0.033 ≈ no_bgm 5.157 ≈ full
+  5.176 ± 0.024 ≈ no_prior 5.185 (full vs mono and vs faceformer: beyond 2 std, the WRONG way);
+  PPE full 0.094 ± 0.003 < no_kl 0.102 (n.e.) < no_bgm 0.104 < mono 0.113 < no_prior 0.126 <
+  faceformer 0.185 (its generated pose drifts: exposure bias of teacher forcing); mean motion 0.113.
+- 200 steps, all 6 variants: the same orderings (LVE mono 5.446 < faceformer 5.60 ± 0.15 (n.e.) <
+  full 5.668; PPE full 0.109 best, no_bgm 0.110 n.e.).
 So the anticipation rule does NOT make full beat the causal baselines on LVE: the baselines'
 one-frame alignment mask (a locality prior) outweighs full's access to the future, whose host
 animator cross-attends to every audio frame without any alignment. Head pose is where the design wins.
