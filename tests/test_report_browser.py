@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,17 +18,7 @@ from chorushead.cli import app
 
 from test_report import shared_demo
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:
-    pytest.skip("playwright not installed: pip install playwright (no `playwright install` needed)",
-                allow_module_level=True)
+from browser import launch, sync_playwright
 
 pytestmark = pytest.mark.slow   # builds the demo (~25 s) unless test_report.py did in this session
 
@@ -42,7 +31,7 @@ def test_card_page_renders_every_plot(tmp_path_factory, tmp_path):
     pngs = sorted(p.name for p in index.parent.glob("*.png"))
     assert len(pngs) == 9, pngs
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -20,18 +20,7 @@ from chorushead.review.server import make_server
 
 from review_fixture import shared_review_build
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--autoplay-policy=no-user-gesture-required"]
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:
-    pytest.skip("playwright not installed: pip install playwright (no `playwright install` needed)",
-                allow_module_level=True)
+from browser import launch, sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +37,7 @@ def app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(app):
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch(p)
         pg = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))

@@ -20,6 +20,7 @@ measured at full resolution by ``refine``.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -103,6 +104,18 @@ class MtcnnDetector:
         self.images = 0         # images (strips) passed through the full pyramid
         self.refined = 0        # boxes re-measured by refine() (R-Net + O-Net only)
 
+    @contextlib.contextmanager
+    def _torch_threads(self):
+        """torch's thread count set to ``self.threads`` (when given) for one call, then restored."""
+        prev = self.torch.get_num_threads()
+        if self.threads:
+            self.torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if self.threads:
+                self.torch.set_num_threads(prev)
+
     def detect(self, images: Sequence[np.ndarray]) -> Faces:
         """Detect in equal-sized (h, w, 3) uint8 RGB images (views into frames are fine)."""
         t0 = time.perf_counter()
@@ -111,14 +124,8 @@ class MtcnnDetector:
         out.detected[:] = True
         if n == 0:
             return out
-        prev_threads = self.torch.get_num_threads()
-        if self.threads:
-            self.torch.set_num_threads(self.threads)
-        try:
+        with self._torch_threads():
             self._detect(images, out)
-        finally:
-            if self.threads:
-                self.torch.set_num_threads(prev_threads)
         self.seconds += time.perf_counter() - t0
         self.images += n
         return out
@@ -135,14 +142,8 @@ class MtcnnDetector:
         out = Faces.empty((n,))
         if n == 0:
             return out
-        prev_threads = self.torch.get_num_threads()
-        if self.threads:
-            self.torch.set_num_threads(self.threads)
-        try:
+        with self._torch_threads():
             self._refine(images, np.asarray(boxes, np.float32).reshape(n, 4), out)
-        finally:
-            if self.threads:
-                self.torch.set_num_threads(prev_threads)
         self.seconds += time.perf_counter() - t0
         self.refined += n
         return out

@@ -115,3 +115,11 @@ class Stage:
 
 def params_dict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
+
+
+def check_chunking(chunk_seconds: float, overlap_seconds: float) -> None:
+    """For the stages that separate long songs in overlapping chunks: an overlap as long as the chunk
+    would step one sample at a time (thousands of chunks, minutes, gigabytes), so refuse it at once."""
+    if not 0 <= overlap_seconds < chunk_seconds:
+        raise ValueError(f"overlap_seconds ({overlap_seconds}) must be >= 0 and less than "
+                         f"chunk_seconds ({chunk_seconds})")

@@ -19,7 +19,7 @@ from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import ingest
-from chorushead.stages.base import Context, Result, Stage
+from chorushead.stages.base import Context, Result, Stage, check_chunking
 
 SR = 44100
 
@@ -35,10 +35,7 @@ class Params:
     timeout_seconds: float = 7200.0   # per song
 
     def __post_init__(self):
-        # overlap >= chunk would step one sample at a time: thousands of chunks, minutes, gigabytes
-        if not 0 <= self.overlap_seconds < self.chunk_seconds:
-            raise ValueError(f"overlap_seconds ({self.overlap_seconds}) must be >= 0 and less than "
-                             f"chunk_seconds ({self.chunk_seconds})")
+        check_chunking(self.chunk_seconds, self.overlap_seconds)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput, StageError
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import bgm_split, ingest
-from chorushead.stages.base import Context, Result, Stage
+from chorushead.stages.base import Context, Result, Stage, check_chunking
 
 MODEL_SR = 8000
 OUT_SR = 16000
@@ -53,10 +53,7 @@ class Params:
     full_band: bool = True          # mask the full-band vocals with the 8 kHz tracks (see module doc)
 
     def __post_init__(self):
-        # overlap >= chunk would step one sample at a time: thousands of chunks, minutes, gigabytes
-        if not 0 <= self.overlap_seconds < self.chunk_seconds:
-            raise ValueError(f"overlap_seconds ({self.overlap_seconds}) must be >= 0 and less than "
-                             f"chunk_seconds ({self.chunk_seconds})")
+        check_chunking(self.chunk_seconds, self.overlap_seconds)
 
 
 @dataclass
