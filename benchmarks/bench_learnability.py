@@ -18,7 +18,9 @@ needs the host audio AHEAD of frame t, which the causal baselines do not see), f
 full < no_bgm on PPE (partner turns and beat nods reach the model only through the prior).
 
 Measured (3 seeds, toy mesh, LVE in mm, PPE in rad; mean ± std, "n.e." = gap ≤ 2 std):
-- 600 steps (the default), all 6 variants, 1109 CPU-s in all (≈ 9 min on 2 idle cores):
+- 600 steps (the default), all 6 variants: a fresh `pachorus bench --out X` took 13 min 46 s wall on
+  the shared 2-core machine at load 1.5–3.2, 1143 CPU-s (≈ 10 min on 2 idle cores); every number
+  equal to an earlier run's (CPU training is deterministic):
   LVE mono 4.945 ± 0.026 < faceformer 5.098 ± 0.022 < no_kl 5.120 ± 0.033 ≈ no_bgm 5.157 ≈ full
   5.176 ± 0.024 ≈ no_prior 5.185 (full vs mono and vs faceformer: beyond 2 std, the WRONG way);
   PPE full 0.094 ± 0.003 < no_kl 0.102 (n.e.) < no_bgm 0.104 < mono 0.113 < no_prior 0.126 <

@@ -53,8 +53,8 @@ class BenchConfig:
     flame: str | None = None       # FLAME folder; None = the generated toy head in out/flame
     variants: tuple[str, ...] = VARIANTS
     seeds: int = 3
-    # 600: ~20 CPU-min for the 18 default runs (measured 88 CPU-s for a `full` run, 45 for `mono`),
-    # ~11 min on 2 idle cores; a loaded machine stretches that (measured 12x at load 12).
+    # 600: 19 CPU-min for the 18 default runs (88 CPU-s for a `full` run, 40 for `mono`); measured
+    # 13 min 46 s wall on 2 cores at load 1.5-3; a loaded machine stretches that (12x at load 12).
     steps: int = 600
     batch_size: int = 16
     lr: float = 1e-3               # 1e-4 (the paper's) learns too slowly for a CPU budget of minutes
