@@ -448,10 +448,14 @@ def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
     for vid, res in results.items():
         if vid not in ready:
             raise ShapeError(f"stage {stage.name}: a result for {vid!r}, which was not among its ready items")
-        stage.check(res)
+        failed = res.status == "failed"
+        if not failed:
+            stage.check(res)
         records.append(Record(item=vid, stage=stage.name, status=res.status, fingerprint=ctx.fingerprints[vid],
-                              outputs=res.outputs, metrics=res.metrics, reason=res.reason,
-                              stage_version=stage.version, started=t0,
+                              outputs={} if failed else res.outputs, metrics={} if failed else res.metrics,
+                              reason=None if failed else res.reason,
+                              error_class=(res.error_class or "StageError") if failed else None,
+                              message=res.reason if failed else None, stage_version=stage.version, started=t0,
                               seconds=res.seconds if res.seconds is not None else round(time.time() - t0, 3)))
     return records
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chorushead.core.manifest import write_json_atomic
+
 VARIANTS = ("full", "no_prior", "no_bgm", "no_kl", "mono", "faceformer")
 TABLE2 = (("full", "PaChorus (Ours)"), ("mono", "Mono (causal host animator)"), ("faceformer", "FaceFormer [1]"))
 TABLE3 = (("no_bgm", "w/o BGM"), ("no_kl", "w/o L_kl"), ("no_prior", "w/o prior"), ("full", "PaChorus (Ours)"))
@@ -137,7 +139,7 @@ def run_job(job: Job) -> dict:
            # CPU seconds of this one-thread worker: the wall time the run would take on an idle core
            "train_cpu_s": round(train_cpu, 1), "eval_cpu_s": round(time.process_time() - c0 - train_cpu, 1),
            "steps_per_s": summary["steps_per_s"] if summary else None}
-    ev.write_text(json.dumps(out, indent=2))
+    write_json_atomic(ev, out)   # a torn file would make every later bench fail on it
     return {**out, "reused": False}
 
 

@@ -31,6 +31,8 @@ which groups exist, like a fit backend that does not estimate them (the landmark
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -217,7 +219,14 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
     if min(cfg.singers_of(v) for v in range(max(cfg.videos, 1))) < 2:
         raise ValueError(f"every video needs at least 2 singers, got n_singers={cfg.n_singers}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not empty: synth writes a new LMDB; "
+                              "choose another --out or remove it")
+    # Written under a temporary name and renamed when complete: a killed synth leaves no half LMDB at
+    # ``out`` (which `pachorus bench` would take for a finished one).
+    final, out = out, out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     spw = cfg.window * cfg.sr // cfg.fps
     max_s = max(cfg.singers_of(v) for v in range(cfg.videos))
     per_window = max_s * (cfg.window * 56 * 4 + spw * 2) + spw * 2 + 4096
@@ -251,4 +260,5 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
     env.close()
     counts = {s: len(index[s]) for s in SPLITS}
     (out / "synth_config.json").write_text(json.dumps({"config": asdict(cfg), "windows": counts}, indent=2))
+    os.replace(out, final)   # over an empty folder, or none
     return counts

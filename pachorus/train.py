@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, SequentialSampler
 
+from chorushead.core.manifest import write_json_atomic
+
 from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import HostWindowDataset, to_device
 from .losses import LossConfig, PaChorusLoss
@@ -323,7 +325,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         if resume:
             truncate_log(out / "log.jsonl", state["step"], state["epoch"])
         else:
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            write_json_atomic(out / "config.json", cfg.to_dict())
     if d.enabled:
         torch.distributed.barrier()
     ddp = torch.nn.parallel.DistributedDataParallel(

@@ -16,6 +16,8 @@ $PIP "torch==2.14.1" "torchvision==0.29.1"
 $PIP --no-deps "facenet-pytorch==2.6.0"
 
 if [ "${1:-}" = "test" ]; then
+  # tests/test_wheel.py builds a wheel with --no-build-isolation: the build tools must be here.
+  $PIP "setuptools>=70.1" wheel
   $PIP -e ".[test]"
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ]; then

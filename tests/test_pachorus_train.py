@@ -178,3 +178,15 @@ def test_eval_and_infer_cli(lmdb_path, tmp_path):
     for k in range(2):
         mp4 = out / f"sample{k}.mp4"
         assert mp4.stat().st_size > 1000 and mp4.read_bytes()[4:8] == b"ftyp"
+
+
+def test_synth_writes_a_new_lmdb_whole_or_not_at_all(tmp_path):
+    """Into an existing LMDB it refuses (no stale windows mixed in); a finished one appears only at the
+    end (written under a temporary name), so a killed synth leaves nothing `bench` could take for data."""
+    cfg = SynthConfig(videos=2, seconds=2, window=30, stride=30, seed=0)
+    out = tmp_path / "s.lmdb"
+    counts = write_synth_lmdb(out, cfg)
+    assert (out / "data.mdb").exists() and not (tmp_path / ".s.lmdb.tmp").exists() and sum(counts.values()) > 0
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_synth_lmdb(out, SynthConfig(videos=1, seconds=2, window=30, stride=30, seed=1))
+    assert WindowReader(out, None).keys and len({k.split("/")[1] for k in WindowReader(out, None).keys}) == 2

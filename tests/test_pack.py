@@ -150,3 +150,18 @@ def test_kill_during_pack_then_resume_equals_uninterrupted(tmp_path):
     a, b = lmdb_content(ref / "windows.lmdb"), lmdb_content(crash / "windows.lmdb")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
     assert len(WindowReader(crash / "windows.lmdb", None)) == 8 * ((1100 - 150) // 15 + 1)
+
+
+def test_one_bad_video_fails_alone_and_the_others_are_packed(tmp_path):
+    """A video whose smoothed output is gone gets a failed pack record; the other videos are packed."""
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=3)
+    bad = items[0].id
+    from chorushead.stages import smooth
+    for rel in smooth.Outputs.of(Manifest(out, "smooth").latest()[bad]).segments:
+        (out / rel).unlink()
+    recs = {r.item: r for r in run_pack(out, items)}
+    assert recs[bad].status == "failed" and recs[bad].error_class and recs[bad].message, recs[bad]
+    assert all(recs[it.id].status == "done" and recs[it.id].outputs["windows"] > 0 for it in items[1:])
+    r = WindowReader(out / "windows.lmdb", None)
+    assert {k.split("/")[1] for k in r.keys} == {it.id for it in items[1:]}

@@ -40,6 +40,7 @@ class Result:
     status: str = "done"
     reason: Optional[str] = None
     seconds: Optional[float] = None   # global stages: time spent on this item (item stages are timed by the runner)
+    error_class: Optional[str] = None  # global stages: a failed item (status "failed", ``reason`` = the message)
 
     def __post_init__(self):
         if isinstance(self.outputs, Shape):

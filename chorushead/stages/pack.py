@@ -135,8 +135,11 @@ def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, s
     """Yield (segment index, [(key, value bytes), ...]) for one video."""
     trim = vad.Outputs.of(recs["vad"])
     order = assign.Outputs.of(recs["assign"]).order
-    singers = [media.read_wav(out / trim.singers_16k[j])[0] for j in order]
-    bgm = media.read_wav(out / trim.bgm_16k)[0]
+    tracks = [media.read_wav(out / trim.singers_16k[j]) for j in order] + [media.read_wav(out / trim.bgm_16k)]
+    if any(sr != g.sr for _, sr in tracks):
+        raise StageError(f"pack: {video}: vad's tracks are at {sorted({sr for _, sr in tracks})} Hz but pack.sr is "
+                         f"{g.sr}; set them equal (vad.sr / pack.sr) and rerun")
+    singers, bgm = [a for a, _ in tracks[:-1]], tracks[-1][0]
     segments = contiguity.Outputs.of(recs["contiguity"]).segments
     fitted = fit.Outputs.of(recs["fit"]).segments          # the raw fits: smooth keeps only coefficients
     for i, ((a, b), rel) in enumerate(zip(segments, smooth.Outputs.of(recs["smooth"]).segments)):
@@ -240,11 +243,20 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                     txn.delete(marker_key)
                     _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
                 n_windows = 0
-                for _seg, entries in video_windows(out, vid, recs, g, split, keep):
+                try:
+                    for _seg, entries in video_windows(out, vid, recs, g, split, keep):
+                        with db.env.begin(write=True) as txn:
+                            for k, v in entries:
+                                txn.put(k, v)
+                        n_windows += len(entries)
+                except (StageError, OSError, ValueError, KeyError) as e:
+                    # one bad video never stops the others: its partial windows leave, it gets a failed record
                     with db.env.begin(write=True) as txn:
-                        for k, v in entries:
-                            txn.put(k, v)
-                    n_windows += len(entries)
+                        _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
+                    results[vid] = Result(status="failed", error_class=type(e).__name__, reason=str(e),
+                                          seconds=round(time.time() - t0, 3))
+                    bar.update(1)
+                    continue
                 with db.env.begin(write=True) as txn:
                     txn.put(marker_key, json.dumps({"fingerprint": fp, "windows": n_windows}).encode())
                 db.publish()
@@ -260,6 +272,10 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                                 reused=reused),
                 seconds=round(time.time() - t0, 3))
         bar.close()
+        if db.pending and not packed:   # a first pack whose every video failed: no LMDB, not an empty one
+            db.env.close()
+            shutil.rmtree(db.tmp, ignore_errors=True)
+            return results
         with db.env.begin(write=True) as txn:
             rebuild_index(txn)
             add_summary(txn, packed, ctx.upstream, p)
