@@ -92,9 +92,14 @@ def build_audio_encoder(spec: str, dim: int) -> nn.Module:
 
 
 class SinusoidalPE(nn.Module):
-    def __init__(self, dim: int, max_len: int = 4096):
+    """Sinusoidal position encoding, added to the input; with ``period``, of ``t mod period``
+    (FaceFormer's periodic PE)."""
+
+    def __init__(self, dim: int, max_len: int = 4096, period: int | None = None):
         super().__init__()
         pos = torch.arange(max_len)[:, None]
+        if period:
+            pos = pos % period
         div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
         pe = torch.zeros(max_len, dim)
         pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)[:, : dim // 2]

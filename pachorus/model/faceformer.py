@@ -32,7 +32,7 @@ import math
 import torch
 from torch import nn
 
-from .audio import to_frames
+from .audio import SinusoidalPE, to_frames
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -61,19 +61,9 @@ def alignment_mask(n_frames: int, device=None) -> torch.Tensor:
     return ~torch.eye(n_frames, dtype=torch.bool, device=device)
 
 
-class PeriodicPE(nn.Module):
+def PeriodicPE(dim: int, period: int, max_len: int = 4096) -> SinusoidalPE:
     """Sinusoidal encoding of ``t mod period`` (FaceFormer's PPE)."""
-
-    def __init__(self, dim: int, period: int, max_len: int = 4096):
-        super().__init__()
-        pos = (torch.arange(max_len) % period)[:, None].float()
-        div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(max_len, dim)
-        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)[:, : dim // 2]
-        self.register_buffer("pe", pe, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pe[: x.shape[1]]
+    return SinusoidalPE(dim, max_len=max_len, period=period)
 
 
 class FaceFormer(nn.Module):
