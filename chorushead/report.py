@@ -289,6 +289,19 @@ def _save(fig, dest: Path, name: str) -> str:
     return name
 
 
+def _overlaid_hist(groups: dict[int, np.ndarray], bins: int, label: str, xlabel: str, title: str):
+    """One figure: a translucent histogram per group (singer position / strip), numbered from 1."""
+    fig = _figure()
+    ax = fig.add_subplot(111)
+    for k, a in groups.items():
+        ax.hist(a, bins=bins, alpha=0.55, label=f"{label} {k + 1}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("frames")
+    ax.legend()
+    ax.set_title(title)
+    return fig
+
+
 def _plots(card: Card, dest: Path) -> dict[str, str]:
     """name -> PNG file (relative to ``dest``) for every plot with data."""
     d, out = card.dists, {}
@@ -317,14 +330,8 @@ def _plots(card: Card, dest: Path) -> dict[str, str]:
             ax.set_title(title)
             out[key] = _save(fig, dest, f"{key}.png")
     if d["jaw"]:
-        fig = _figure()
-        ax = fig.add_subplot(111)
-        for k, a in d["jaw"].items():
-            ax.hist(a, bins=40, alpha=0.55, label=f"singer position {k + 1}")
-        ax.set_xlabel("jaw opening (degrees)")
-        ax.set_ylabel("frames")
-        ax.legend()
-        ax.set_title("jaw opening per singer position")
+        fig = _overlaid_hist(d["jaw"], 40, "singer position", "jaw opening (degrees)",
+                             "jaw opening per singer position")
         out["jaw"] = _save(fig, dest, "jaw.png")
     if d["pose"]:
         fig = _figure(9, 3.0)
@@ -338,14 +345,8 @@ def _plots(card: Card, dest: Path) -> dict[str, str]:
                 ax.legend(fontsize=8)
         out["pose"] = _save(fig, dest, "head_pose.png")
     if any(len(a) for a in d["detection"].values()):
-        fig = _figure()
-        ax = fig.add_subplot(111)
-        for k, a in d["detection"].items():
-            ax.hist(a, bins=30, alpha=0.55, label=f"strip {k + 1}")
-        ax.set_xlabel("MTCNN face probability (detected frames)")
-        ax.set_ylabel("frames")
-        ax.legend()
-        ax.set_title("detection confidence (crop)")
+        fig = _overlaid_hist(d["detection"], 30, "strip", "MTCNN face probability (detected frames)",
+                             "detection confidence (crop)")
         out["detection"] = _save(fig, dest, "detection.png")
     if len(d["assign"]):
         fig = _figure()

@@ -25,17 +25,27 @@ def validate_record(rec: dict, stage: str | None = None) -> None:
     jsonschema.Draft202012Validator(schema, registry=registry).validate(rec)
 
 
-def make_ctx(tmp_path: Path, stage: str, upstream: dict, item_id: str = "vid-000000", source: str = "/nonexistent"):
-    """A Context as the runner builds it, with upstream records made from plain output dicts."""
+def make_ctx(tmp_path: Path, stage: str, upstream: dict, item_id: str = "vid-000000", source: str = "/nonexistent",
+             out: Path | None = None):
+    """A Context as the runner builds it, with upstream records made from plain output dicts; the
+    build root is ``out`` (default ``tmp_path/out``)."""
     from chorushead.core.manifest import Record
     from chorushead.stages.base import Context, Item
-    out = tmp_path / "out"
+    out = out or tmp_path / "out"
     item = Item(id=item_id, source=source)
     final = item.dir(out) / stage
     tmp = final.parent / f".tmp-{stage}"
     tmp.mkdir(parents=True, exist_ok=True)
     ups = {k: Record(item=item_id, stage=k, status="done", fingerprint="0" * 16, outputs=v) for k, v in upstream.items()}
     return Context(item=item, out=out, tmp=tmp, final=final, upstream=ups)
+
+
+def fit_upstream(n_strips: int, segments: list, n_frames: int, item_id: str) -> dict:
+    """crop + contiguity outputs as the fit stage reads them (strip folders under items/<id>/crop)."""
+    return {"crop": {"strips": [f"items/{item_id}/crop/strip{s}" for s in range(n_strips)],
+                     "detections": f"items/{item_id}/crop/detections.npz", "n_strips": n_strips,
+                     "frames": n_frames, "start_frame": 0, "crop_size": 224},
+            "contiguity": {"segments": segments, "strip_runs": [], "n_frames": n_frames}}
 
 
 @pytest.fixture

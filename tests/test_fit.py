@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chorushead.core.manifest import Record
 from chorushead.core.errors import MissingAsset, StageError
-from chorushead.stages.base import Context, Item
+from chorushead.stages.base import Context
 from chorushead.stages.fit import STAGE, Params
+from conftest import fit_upstream, make_ctx
 
 STAND_INS = Path(__file__).parent / "stand_ins"
 N_FRAMES = 22
@@ -29,23 +29,14 @@ def crop_image(strip: int, frame: int) -> np.ndarray:
 
 
 def make_build(root: Path, segments) -> Context:
-    strips = []
     for s in range(2):
         d = root / "items/song/crop" / f"strip{s}"
         d.mkdir(parents=True)
         for t in range(N_FRAMES):
             Image.fromarray(crop_image(s, t)).save(d / f"{t:06d}.jpg", quality=95)
-        strips.append(f"items/song/crop/strip{s}")
     (root / "models" / "EMOCA_v2_lr_mse_20").mkdir(parents=True)
     (root / "models" / "EMOCA_v2_lr_mse_20" / "cfg.yaml").write_text("model: {}\n")
-    tmp = root / "items/song/.fit.tmp"
-    tmp.mkdir(parents=True)
-    ups = {"crop": Record(item="song", stage="crop", status="done", fingerprint="x",
-                          outputs={"strips": strips, "detections": "items/song/crop/detections.npz",
-                                   "n_strips": 2, "frames": N_FRAMES, "start_frame": 0, "crop_size": 224}),
-           "contiguity": Record(item="song", stage="contiguity", status="done", fingerprint="x",
-                                outputs={"segments": segments, "strip_runs": [], "n_frames": N_FRAMES})}
-    return Context(item=Item(id="song", source="x.mp4"), out=root, tmp=tmp, final=root / "items/song/fit", upstream=ups)
+    return make_ctx(root, "fit", fit_upstream(2, segments, N_FRAMES, "song"), item_id="song", out=root)
 
 
 def expected_codes(root: Path, strip: int, frame: int) -> dict[str, np.ndarray]:

@@ -5,7 +5,6 @@ is not built."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +13,9 @@ from scipy.spatial.transform import Rotation
 import warped_faces as wf
 from chorushead.backends import landmarks as lm
 from chorushead.core.errors import BadInput, MissingAsset, StageError
-from chorushead.core.manifest import Record
 from chorushead.runner import _model_for
-from chorushead.stages.base import Context, Item
 from chorushead.stages.fit import STAGE, Params
+from conftest import fit_upstream, make_ctx
 
 needs_env = pytest.mark.skipif(lm.find_landmark_python() is None and not lm.in_process_available(),
                                reason=f"landmark venv not built (looked for {lm.landmark_pythons()}); "
@@ -136,24 +134,12 @@ def test_canonical_is_made_from_the_model_on_the_photos(tmp_path, backend):
     np.testing.assert_allclose(lm.make_canonical(shapes), lm.load_canonical(), atol=2e-3)
 
 
-def make_ctx(root: Path, segments: list[list[int]], n_frames: int) -> Context:
-    strips = [f"items/song/crop/strip{s}" for s in range(2)]
-    tmp = root / "items/song/.fit.tmp"
-    tmp.mkdir(parents=True)
-    ups = {"crop": Record(item="song", stage="crop", status="done", fingerprint="x",
-                          outputs={"strips": strips, "detections": "items/song/crop/detections.npz",
-                                   "n_strips": 2, "frames": n_frames, "start_frame": 0, "crop_size": 224}),
-           "contiguity": Record(item="song", stage="contiguity", status="done", fingerprint="x",
-                                outputs={"segments": segments, "strip_runs": [], "n_frames": n_frames})}
-    return Context(item=Item(id="song", source="x.mp4"), out=root, tmp=tmp, final=root / "items/song/fit", upstream=ups)
-
-
 @needs_env
 def test_fit_stage_through_landmarks(tmp_path):
     clip = wf.known_motion(10)                   # 30 frames; frame 25 shows no face
     wf.write_strips(tmp_path / "items/song/crop", clip, blank=(25,))
     segments = [[2, 12], [20, 30]]
-    ctx = make_ctx(tmp_path, segments, 30)
+    ctx = make_ctx(tmp_path, "fit", fit_upstream(2, segments, 30, "song"), item_id="song", out=tmp_path)
     params = Params(backend="landmarks", batch_size=4)
     model = _model_for(STAGE, params)            # as the runner hands it over: behind a lazy proxy
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -128,31 +128,30 @@ class BuildView:
         return out
 
     # -- cached file reads
-    def npz(self, rel: str) -> Optional[dict[str, np.ndarray]]:
+    def _cached(self, cache: dict, limit: int, rel: str, load: Callable[[Path], Any]) -> Any:
+        """``load(path)`` once per (path, mtime): a file a rerun replaced is read again; None if absent."""
         p = self.out / rel
         try:
             key = (str(p), p.stat().st_mtime_ns)
         except FileNotFoundError:
             return None
-        if key not in self._npz:
-            if len(self._npz) > 256:
-                self._npz.clear()
+        if key not in cache:
+            if len(cache) > limit:
+                cache.clear()
+            cache[key] = load(p)
+        return cache[key]
+
+    def npz(self, rel: str) -> Optional[dict[str, np.ndarray]]:
+        def load(p: Path) -> dict[str, np.ndarray]:
             with np.load(p) as z:
-                self._npz[key] = {k: z[k] for k in z.files}
-        return self._npz[key]
+                return {k: z[k] for k in z.files}
+        return self._cached(self._npz, 256, rel, load)
 
     def wav(self, rel: str) -> Optional[tuple[np.ndarray, int]]:
-        p = self.out / rel
-        try:
-            key = (str(p), p.stat().st_mtime_ns)
-        except FileNotFoundError:
-            return None
-        if key not in self._wav:
-            if len(self._wav) > 16:
-                self._wav.clear()
+        def load(p: Path) -> tuple[np.ndarray, int]:
             a, sr = media.read_wav(p)
-            self._wav[key] = (a if a.ndim == 1 else a.mean(axis=1), sr)
-        return self._wav[key]
+            return (a if a.ndim == 1 else a.mean(axis=1)), sr
+        return self._cached(self._wav, 16, rel, load)
 
     # -- queries
     def decisions(self) -> dict[str, dict[str, Any]]:

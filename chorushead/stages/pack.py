@@ -206,8 +206,6 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
     out = Path(ctx.out)
     g = Geometry.of(p, ctx.fps)
     meta = fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()])
-    if not ctx.upstream and not (out / p.lmdb).exists():
-        return {}   # nothing ready and nothing packed before: no LMDB at all, rather than an empty one
     db = _Lmdb(out / p.lmdb, p.map_size_gb << 30)
     results: dict[str, Result] = {}
     packed: dict[str, dict[str, Any]] = {}   # per video, for the meta's summary
@@ -272,7 +270,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                                 reused=reused),
                 seconds=round(time.time() - t0, 3))
         bar.close()
-        if db.pending and not packed:   # a first pack whose every video failed: no LMDB, not an empty one
+        if db.pending and not packed:   # a first pack with nothing packed (none ready, or all failed): no LMDB
             db.env.close()
             shutil.rmtree(db.tmp, ignore_errors=True)
             return results
