@@ -1,8 +1,10 @@
 """Executors by name: where a stage's items run. Stages never know which one is used.
 
-``parallel_map(fn, tasks, jobs, backend, address, gpu)`` yields ``fn(task)`` results in completion
-order, back in the calling process, which alone appends to the manifests (so records are neither lost
-nor duplicated, whatever order workers finish in).
+``parallel_map(fn, tasks, jobs, backend, address, gpu, follow)`` yields ``fn(task)`` results in
+completion order, back in the calling process, which alone appends to the manifests (so records are
+neither lost nor duplicated, whatever order workers finish in). ``follow(result)`` (optional) returns
+the tasks that result makes possible; they are queued at once, so work streams: the runner gives an
+item's next stage as soon as its previous one is back, with no barrier between stages.
 
 ``session(backend, jobs, address)`` keeps one engine for many calls (``parallel_map(..., engine=e)``):
 the runner opens one per build, so a Dask cluster or Ray instance starts (or connects) at most once
@@ -11,7 +13,7 @@ model cache) from stage to stage. Without a session each call starts and stops i
 
 Backends:
 
-- ``local``: joblib's loky processes on this machine (always installed).
+- ``local``: worker processes on this machine (the standard library's ProcessPoolExecutor).
 - ``dask``: a ``distributed`` scheduler at ``address``, or a LocalCluster of ``jobs`` one-thread
   worker processes started here and closed afterwards. ``pip install "dask[distributed]"``.
 - ``ray``: a Ray cluster at ``address``, or a local Ray instance with ``jobs`` CPUs started here and
@@ -27,7 +29,7 @@ not yielded, a :class:`WorkerLost` warning names it, and every other task still 
 runner this means the item has no new record, so it stays pending and the next build redoes it. How
 each engine gets there:
 
-- local: a dead worker breaks the whole loky pool, and every task in flight fails with it, so the
+- local: a dead worker breaks the whole pool, and every task in flight fails with it, so the
   culprit is not known. Tasks that were in flight are retried one at a time in a fresh pool; one that
   kills its worker while running alone is the culprit and is dropped. (At most ``jobs`` tasks are in
   flight, so at most ``jobs`` innocent tasks run twice.)
@@ -49,13 +51,11 @@ import sys
 import warnings
 from collections import deque
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 BACKENDS = ("local", "dask", "ray")
 LOOPBACK = "127.0.0.1"   # where engines started here listen and talk (see the module docstring)
 
-# Loky pool workers are kept this long when idle, so per-process model caches survive between stages.
-_LOCAL_IDLE_TIMEOUT_S = 300
 # Native thread pools each worker may use, so `jobs` workers do not each grab every core.
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -65,24 +65,33 @@ class WorkerLost(RuntimeWarning):
     """A task's worker process died while running it; the task was not done and gives no result."""
 
 
+# Whether a task needs a GPU: one answer for all tasks, or asked per task (a build streams many stages).
+Gpu = Union[bool, Callable[[Any], bool]]
+# follow(result) -> the tasks that result makes possible (queued as soon as it is back).
+Follow = Optional[Callable[[Any], Iterable[Any]]]
+
+
 def parallel_map(fn: Callable[[Any], Any], tasks: Iterable[Any], jobs: int = 1, backend: str = "local",
-                 address: str | None = None, gpu: bool = False, engine: "Engine | None" = None) -> Iterator[Any]:
-    """Yield ``fn(task)`` for each task, in completion order (see the module docstring). With
-    ``engine`` (a :func:`session` of this backend) the tasks run on that session's cluster, started
-    once for many calls; without, a Dask or Ray engine is started for this call and stopped after it."""
+                 address: str | None = None, gpu: Gpu = False, engine: "Engine | None" = None,
+                 follow: Follow = None) -> Iterator[Any]:
+    """Yield ``fn(task)`` for each task, and for each task ``follow`` adds, in completion order (see the
+    module docstring). With ``engine`` (a :func:`session` of this backend) the tasks run on that
+    session's cluster, started once for many calls; without, a Dask or Ray engine is started for this
+    call and stopped after it. ``jobs == 1`` on the local backend runs in this process."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     tasks = list(tasks)
     if not tasks:
         return iter(())
-    if engine is not None and backend != "local":
+    if engine is not None:
         if engine.backend != backend:
             raise ValueError(f"parallel_map(backend={backend!r}) given a {engine.backend!r} engine session")
-        return engine.map(fn, tasks, gpu)
-    jobs = min(_jobs(jobs), len(tasks))                   # never start workers that would idle
+        return engine.map(fn, tasks, gpu, follow)
+    # Without follow-ups, never start workers that would idle.
+    jobs = _jobs(jobs) if follow is not None else min(_jobs(jobs), len(tasks))
     if backend == "local":
-        return _local(fn, tasks, jobs)
-    return _one_shot(fn, tasks, backend, jobs, address, gpu)
+        return _local(fn, tasks, jobs, follow)
+    return _one_shot(fn, tasks, backend, jobs, address, gpu, follow)
 
 
 def _jobs(jobs: int) -> int:
@@ -90,17 +99,17 @@ def _jobs(jobs: int) -> int:
 
 
 def _one_shot(fn: Callable[[Any], Any], tasks: list[Any], backend: str, jobs: int, address: str | None,
-              gpu: bool) -> Iterator[Any]:
+              gpu: Gpu, follow: Follow) -> Iterator[Any]:
     with session(backend, jobs, address) as engine:
-        yield from engine.map(fn, tasks, gpu)
+        yield from engine.map(fn, tasks, gpu, follow)
 
 
 @contextmanager
 def session(backend: str, jobs: int = 1, address: str | None = None) -> Iterator["Engine"]:
     """One engine for a whole build: the Dask cluster or Ray instance starts (or connects to
     ``address``) on the first :meth:`Engine.map` and stops (or disconnects) when the block ends, so
-    its worker processes, and the models they loaded, serve every stage in between. ``local`` needs
-    no session (loky's pool is reused on its own): it gives an engine that maps on that pool."""
+    its worker processes, and the models they loaded, serve every stage in between. ``local`` keeps
+    one pool of ``jobs`` worker processes the same way (with ``jobs == 1``, tasks run in this process)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     engine = Engine(backend, _jobs(jobs), address)
@@ -120,19 +129,24 @@ class Engine:
         self._stack = ExitStack()
         self._client: Any = None    # dask
         self._ray_here = False      # ray: this session called ray.init, so it shuts Ray down
+        self._pool = _LocalPool(jobs) if backend == "local" and jobs > 1 else None
 
-    def map(self, fn: Callable[[Any], Any], tasks: list[Any], gpu: bool = False) -> Iterator[Any]:
+    def map(self, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu = False, follow: Follow = None) -> Iterator[Any]:
         if not tasks:
             return iter(())
         if self.backend == "local":
-            return _local(fn, tasks, min(self.jobs, len(tasks)))
+            if self._pool is None:
+                return _inline(fn, tasks, follow)
+            return _local(fn, tasks, self.jobs, follow, self._pool)
         if self.backend == "dask":
-            return _dask_map(self._dask_client(), fn, tasks, len(tasks) if self.address else self.jobs)
+            return _dask_map(self._dask_client(), fn, tasks, None if self.address else self.jobs, follow)
         ray = self._ray()
-        return _ray_map(ray, fn, tasks, gpu, retries=not (self._ray_here and not self.address))
+        return _ray_map(ray, fn, tasks, gpu, retries=not (self._ray_here and not self.address), follow=follow)
 
     def close(self) -> None:
         try:
+            if self._pool is not None:
+                self._pool.drop(wait=True)
             self._stack.close()
         finally:
             self._client = None
@@ -172,48 +186,101 @@ def _lost(task: Any, how: str) -> None:
                   WorkerLost, stacklevel=3)
 
 
-# ----------------------------------------------------------------------------- local (loky)
-def _local(fn: Callable[[Any], Any], tasks: list[Any], jobs: int) -> Iterator[Any]:
+def _queue_follow_ups(todo: deque, follow: Follow, result: Any) -> None:
+    """Called once the caller has taken ``result`` (it resumes the generator after handling it, e.g.
+    appending the record ``follow`` then reads), so follow-ups see what the caller made of it."""
+    if follow is not None:
+        todo.extend(follow(result))
+
+
+# ----------------------------------------------------------------------------- in this process
+def _inline(fn: Callable[[Any], Any], tasks: list[Any], follow: Follow) -> Iterator[Any]:
+    """One job: no pool, ``fn`` runs here (the models it loads stay in this process for every call)."""
+    todo: deque[Any] = deque(tasks)
+    while todo:
+        result = fn(todo.popleft())
+        yield result
+        _queue_follow_ups(todo, follow, result)
+
+
+# ----------------------------------------------------------------------------- local processes
+def _set_environ(values: dict[str, str]) -> None:
+    os.environ.update(values)
+
+
+class _LocalPool:
+    """``jobs`` worker processes on this machine, made when first needed and made anew after one died
+    (a dead worker breaks the whole pool). The standard library's ProcessPoolExecutor, not joblib's
+    loky: loky retires a worker whose memory grew by 300 MB since its first task (its leak guard), and
+    a loaded model (torch + MTCNN) is that much, so every few items a worker re-imported torch and
+    reloaded its model: 4 of 8 crops took 12-14 s instead of 2 s in a 2-job build."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self._pool: Any = None
+
+    def get(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+            env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
+            # spawn: a fresh interpreter per worker (forking a process that runs threads is unsafe);
+            # the thread limits are set before the worker imports anything of the task's.
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_set_environ, initargs=(env,))
+        return self._pool
+
+    def drop(self, wait: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+
+def _local(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, follow: Follow = None,
+           pool: _LocalPool | None = None) -> Iterator[Any]:
+    """On ``pool`` (a session's, kept), or on a pool of ``jobs`` workers made for this call."""
     from concurrent.futures import FIRST_COMPLETED, Future, wait
-
-    from joblib.externals.loky import get_reusable_executor
-    # Raised for every task in flight when a worker dies; other pool errors (a task that cannot be
+    # Raised for every task in flight when a worker dies; other errors (a task that cannot be
     # unpickled in the worker...) are not crashes and propagate.
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
+    from concurrent.futures.process import BrokenProcessPool
 
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
+    own = pool is None
+    pool = pool or _LocalPool(jobs)
     todo: deque[Any] = deque(tasks)
     suspects: deque[Any] = deque()        # in flight when a pool broke: retried one at a time
     running: dict[Future, tuple[Any, bool]] = {}   # future -> (task, ran alone)
     try:
         while todo or suspects or running:
-            # A broken pool is replaced by a fresh one here. While suspects remain, nothing runs beside
-            # them, so a suspect that breaks the pool again is certainly the culprit.
-            pool = get_reusable_executor(max_workers=jobs, timeout=_LOCAL_IDLE_TIMEOUT_S, env=env)
+            # While suspects remain, nothing runs beside them, so a suspect that breaks the pool again is
+            # certainly the culprit.
             if suspects:
                 if not running:
                     task = suspects.popleft()
-                    running[pool.submit(fn, task)] = (task, True)
+                    running[pool.get().submit(fn, task)] = (task, True)
             else:
-                while todo and len(running) < jobs:   # bounded, so a crash implicates <= jobs tasks
+                while todo and len(running) < pool.jobs:   # bounded, so a crash implicates <= jobs tasks
                     task = todo.popleft()
-                    running[pool.submit(fn, task)] = (task, jobs == 1)
+                    running[pool.get().submit(fn, task)] = (task, pool.jobs == 1)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 task, alone = running.pop(fut)
                 try:
                     result = fut.result()
-                except TerminatedWorkerError:
+                except BrokenProcessPool:
+                    pool.drop()                   # the next submit makes a fresh pool
                     if alone:
                         _lost(task, "its worker process died while running it (local pool)")
                     else:
                         suspects.append(task)
                     continue
                 yield result
+                _queue_follow_ups(todo, follow, result)
     finally:
         for fut in running:   # the caller stopped early or fn raised: do not start what is queued
             fut.cancel()
+        if own:
+            pool.drop(wait=True)
 
 
 # ----------------------------------------------------------------------------- dask
@@ -237,31 +304,37 @@ def _dask_connect(stack: ExitStack, jobs: int, address: str | None) -> Any:
     return stack.enter_context(Client(cluster))
 
 
-def _dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: int) -> Iterator[Any]:
+def _dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: int | None,
+              follow: Follow = None) -> Iterator[Any]:
     """At most ``window`` tasks in flight. On a cluster started here window = its worker count: one
     task per worker at a time (Dask would otherwise queue several on one worker, and a worker's death
-    fails every task it holds). A scheduler at an address gets them all (it queues them, and an
-    adaptive cluster scales on the queue)."""
+    fails every task it holds). A scheduler at an address (window None) gets them all (it queues them,
+    and an adaptive cluster scales on the queue)."""
+    import uuid
+
     from distributed import KilledWorker, as_completed
     name = getattr(fn, "__name__", "task")
-    todo = deque(enumerate(tasks))
+    run = uuid.uuid4().hex[:8]       # keys unique across calls on one session's cluster
+    todo: deque[Any] = deque(tasks)
     in_flight: dict[Any, Any] = {}
     finished = as_completed()
+    submitted = 0
 
-    def submit_next() -> None:
-        i, task = todo.popleft()
-        # A key that names the item makes Dask's own logs ("task ... marked as failed") readable too.
-        fut = client.submit(fn, task, key=f"{name}-{i}-{_label(task)}", pure=False)
-        in_flight[fut] = task
-        finished.add(fut)
+    def fill() -> None:
+        nonlocal submitted
+        while todo and (window is None or len(in_flight) < window):
+            task = todo.popleft()
+            # A key that names the item makes Dask's own logs ("task ... marked as failed") readable too.
+            fut = client.submit(fn, task, key=f"{name}-{run}-{submitted}-{_label(task)}", pure=False)
+            submitted += 1
+            in_flight[fut] = task
+            finished.add(fut)
 
-    while todo and len(in_flight) < window:
-        submit_next()
+    fill()
     try:
         for fut in finished:
             task = in_flight.pop(fut)
-            if todo:
-                submit_next()
+            fill()
             try:
                 result = fut.result()
             except KilledWorker:
@@ -270,6 +343,8 @@ def _dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: i
             finally:
                 fut.release()   # drop the result from the worker's memory once we hold it
             yield result
+            _queue_follow_ups(todo, follow, result)
+            fill()
     finally:
         for fut in in_flight:   # the caller stopped early: the session's workers must not keep at it
             fut.cancel()
@@ -339,7 +414,7 @@ def _ray_init(ray: Any, jobs: int, address: str | None) -> None:
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            # Ray's workers do not inherit this process's sys.path (dask's and loky's do); hand it over
+            # Ray's workers do not inherit this process's sys.path (dask's and the local pool's do); hand it over
             # so whatever imports here (a source checkout, test helpers) also imports in the workers.
             # Workers get the caller's proxy settings back (an empty value means none to `requests`).
             ray.init(num_cpus=jobs, include_dashboard=False, logging_level="WARNING",
@@ -348,22 +423,35 @@ def _ray_init(ray: Any, jobs: int, address: str | None) -> None:
                                           runtime_env={"env_vars": callers_proxies}))
 
 
-def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: bool, retries: bool) -> Iterator[Any]:
+def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu, retries: bool,
+             follow: Follow = None) -> Iterator[Any]:
     """``retries`` off on an instance started here: a crash is the item's doing, retrying only repeats it
-    (a cluster at an address keeps Ray's default retries: they cover lost nodes)."""
+    (a cluster at an address keeps Ray's default retries: they cover lost nodes). Every task is handed
+    to Ray at once; Ray runs as many as the cluster has CPUs."""
     from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
     died = (WorkerCrashedError, OutOfMemoryError, NodeDiedError, ObjectLostError)
     options: dict[str, Any] = {"num_cpus": 1}
-    if gpu and ray.cluster_resources().get("GPU", 0) >= 1:
-        options["num_gpus"] = 1   # a GPU stage batches inside its task, on a GPU of its own
     if not retries:
         options["max_retries"] = 0
     remote = ray.remote(**options)(fn)
-    refs = {remote.remote(t): t for t in tasks}
-    pending = list(refs)
+    needs_gpu = gpu if callable(gpu) else (lambda _task: gpu)
+    # A GPU stage batches inside its task, on a GPU of its own (when the cluster has one).
+    on_gpu = remote.options(num_gpus=1) if ray.cluster_resources().get("GPU", 0) >= 1 else remote
+    todo: deque[Any] = deque(tasks)
+    refs: dict[Any, Any] = {}
+    pending: list[Any] = []
+
+    def submit() -> None:
+        while todo:
+            task = todo.popleft()
+            ref = (on_gpu if needs_gpu(task) else remote).remote(task)
+            refs[ref] = task
+            pending.append(ref)
+
+    submit()
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending[:] = ray.wait(pending, num_returns=1)
             for ref in done:
                 task = refs.pop(ref)
                 try:
@@ -372,6 +460,8 @@ def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: bool, re
                     _lost(task, "its Ray worker died while running it")
                     continue
                 yield result
+                _queue_follow_ups(todo, follow, result)
+                submit()
     finally:
         for ref in pending:   # the caller stopped early: free the session's workers
             ray.cancel(ref)

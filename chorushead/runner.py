@@ -2,7 +2,10 @@
 
 For every item-stage the runner computes a fingerprint from the stage's name, version, parameters, the
 pipeline's fps and the fingerprints of the upstream records it needs (ingest: of the input file). An item
-whose newest record is done with that fingerprint is skipped; failed or changed ones are (re)done. Work
+whose newest record is done with that fingerprint is skipped; failed or changed ones are (re)done.
+
+Item stages stream: each item walks the stages in order, and its next stage is queued the moment its
+previous record is back, so a slow video never holds the others at a stage boundary. Work
 runs through an executor (in this process, local processes, Dask or Ray: see executors.py); only this
 process appends to the stage manifests, so records from workers that finish in any order are neither
 lost nor duplicated. A worker that dies mid-item leaves no record: the item stays pending and the next
@@ -355,28 +358,35 @@ def ready_upstream(stage: Stage, items: list[Item], latest: dict[str, dict[str, 
     return ready
 
 
-def plan_stage(stage: Stage, params: Any, items: list[Item], out: Path,
-               latest: dict[str, dict[str, Record]], fps: int) -> tuple[list[Task], int, int]:
-    """Tasks to run for one item stage; also counts items reused (done) and blocked by upstream."""
-    mine = latest.get(stage.name, {})
-    ready = ready_upstream(stage, items, latest)
-    tasks, reused = [], 0
-    for it in items:
-        if it.id not in ready:
+def next_task(names: list[str], stage_params: dict[str, Any], item: Item, out: Path,
+              latest: dict[str, dict[str, Record]], fps: int, summaries: dict[str, "StageSummary"],
+              start: int = 0) -> Task | None:
+    """The item's first stage from ``names[start:]`` that has work to do, as a Task; the stages passed
+    on the way are counted as reused (done with this fingerprint) or blocked (an upstream record is
+    missing or not ok). None when the item has nothing left to do in ``names``."""
+    for name in names[start:]:
+        stage, params = get_stage(name), stage_params[name]
+        ups = {need: latest.get(need, {}).get(item.id) for need in stage.needs}
+        if not all(r is not None and r.ok for r in ups.values()):
+            summaries[name].blocked += 1
             continue
-        fp = upstream_fingerprint(stage, params, it, ready[it.id], fps)
-        prev = mine.get(it.id)
+        fp = upstream_fingerprint(stage, params, item, ups, fps)
+        prev = latest.get(name, {}).get(item.id)
         if prev is not None and prev.ok and prev.fingerprint == fp:
-            reused += 1
+            summaries[name].reused += 1
             continue
-        tasks.append(Task(stage.name, params_dict(params), it, str(out), ready[it.id], fp, fps))
-    return tasks, reused, len(items) - len(ready)
+        return Task(name, params_dict(params), item, str(out), ups, fp, fps)
+    return None
 
 
 def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] | None = None,
           jobs: int = 1, stems: Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print, backend: str = "local",
           scheduler: str | None = None) -> list[StageSummary]:
+    """Run ``stages`` (default: all) of ``pipeline`` over the videos; returns one summary per stage, in
+    pipeline order. Item stages stream: an item moves to its next stage as soon as its previous one
+    is back, while other items are anywhere in the pipeline. A global stage (pack) waits for every
+    item stage before it in the order, and item stages after it wait for it."""
     out = Path(out)
     # Arguments are checked before the output folder exists, so a typo leaves nothing behind.
     if stages:
@@ -398,38 +408,82 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         if not all_items:
             log(f"No videos found under {videos} (extensions: {', '.join(sorted(VIDEO_EXTS))}).")
             return []
-        summaries = []
+        summaries = {name: StageSummary(name) for name in order}
         from chorushead.executors import session
         # One engine for the whole build: a Dask cluster / Ray instance starts (or connects) at most
         # once, and its workers keep the models they loaded (_MODELS) for every later stage and item.
         with session(backend, jobs, scheduler) as engine:
-            for name in order:
-                stage = get_stage(name)
-                params = stage_params[name]
-                latest = iter_records(out, pipeline.stages)
-                summaries.append(_run_stage(stage, params, all_items, out, latest, jobs, progress, pipeline,
-                                            backend, scheduler, engine))
-        return summaries
+            for names, global_name in _runs(order):
+                if names:
+                    _stream(names, stage_params, all_items, out, iter_records(out, pipeline.stages), pipeline.fps,
+                            summaries, engine, progress)
+                if global_name:
+                    _run_global(get_stage(global_name), stage_params[global_name], all_items, out,
+                                iter_records(out, pipeline.stages), pipeline.fps, progress, summaries[global_name])
+        return [summaries[name] for name in order]
 
 
-def _run_stage(stage: Stage, params: Any, items: list[Item], out: Path, latest, jobs: int, progress: bool,
-               pipeline: Pipeline, backend: str = "local", scheduler: str | None = None,
-               engine: Any = None) -> StageSummary:
-    summ = StageSummary(stage.name)
+def _runs(order: list[str]) -> list[tuple[list[str], str | None]]:
+    """The order cut at its global stages: [(the item stages before one, that global stage or None)]."""
+    runs, names = [], []
+    for name in order:
+        if get_stage(name).kind == "global":
+            runs.append((names, name))
+            names = []
+        else:
+            names.append(name)
+    if names:
+        runs.append((names, None))
+    return runs
+
+
+def _stream(names: list[str], stage_params: dict[str, Any], items: list[Item], out: Path,
+            latest: dict[str, dict[str, Record]], fps: int, summaries: dict[str, StageSummary], engine: Any,
+            progress: bool) -> None:
+    """Every item through the item stages ``names``, streaming (see :func:`build`). Records are appended
+    here, in this one process, as tasks finish in any order; ``latest`` is kept up to date with them."""
+    from tqdm.auto import tqdm
+    manifests = {name: Manifest(out, name) for name in names}
+    by_id = {it.id: it for it in items}
+    bar = tqdm(total=0, desc="build", unit="task", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def next_of(it: Item, start: int = 0) -> list[Task]:
+        task = next_task(names, stage_params, it, out, latest, fps, summaries, start)
+        if task is None:
+            return []
+        bar.total += 1
+        bar.refresh()
+        return [task]
+
+    def follow(rec: Record) -> list[Task]:   # called once rec is appended (see executors.parallel_map)
+        return next_of(by_id[rec.item], names.index(rec.stage) + 1)
+
+    try:
+        tasks = [t for it in items for t in next_of(it)]
+        gpu = lambda task: get_stage(task.stage).gpu   # noqa: E731 - on Ray, a GPU stage's task gets a GPU
+        for rec in engine.map(run_task, tasks, gpu=gpu, follow=follow):
+            manifests[rec.stage].append(rec)
+            latest.setdefault(rec.stage, {})[rec.item] = rec
+            summaries[rec.stage].count(rec)
+            summaries[rec.stage].seconds += rec.seconds or 0.0
+            bar.set_postfix_str(f"{rec.stage} {rec.item} {rec.status}", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    # A task lost with its worker (executors.WorkerLost) leaves its item without a record: pending.
+    for name in names:
+        s = summaries[name]
+        s.pending = len(items) - s.done - s.skipped - s.failed - s.reused - s.blocked
+
+
+def _run_global(stage: Stage, params: Any, items: list[Item], out: Path, latest: dict[str, dict[str, Record]],
+                fps: int, progress: bool, summ: StageSummary) -> None:
     t0 = time.time()
     manifest = Manifest(out, stage.name)
-    if stage.kind == "global":
-        for rec in run_global_stage(stage, params, items, out, latest, pipeline.fps, progress):
-            manifest.append(rec)
-            summ.count(rec)
-        summ.seconds = time.time() - t0
-        return summ
-    tasks, summ.reused, summ.blocked = plan_stage(stage, params, items, out, latest, pipeline.fps)
-    for rec in _execute(tasks, jobs, stage, progress, backend, scheduler, engine):
+    for rec in run_global_stage(stage, params, items, out, latest, fps, progress):
         manifest.append(rec)
         summ.count(rec)
     summ.seconds = time.time() - t0
-    return summ
 
 
 def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
@@ -458,24 +512,3 @@ def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
                               message=res.reason if failed else None, stage_version=stage.version, started=t0,
                               seconds=res.seconds if res.seconds is not None else round(time.time() - t0, 3)))
     return records
-
-
-def _execute(tasks: list[Task], jobs: int, stage: Stage, progress: bool, backend: str = "local",
-             scheduler: str | None = None, engine: Any = None):
-    """Yield records as workers finish (any order). jobs == 1 on the local backend runs in this process;
-    ``engine`` is the build's executor session (see executors.session)."""
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(tasks), desc=f"{stage.name:>10}", unit="video", disable=not progress or not tasks,
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        if backend == "local" and (jobs == 1 or len(tasks) <= 1):
-            results = map(run_task, tasks)
-        else:
-            from chorushead.executors import parallel_map
-            results = parallel_map(run_task, tasks, jobs=jobs, backend=backend, address=scheduler, gpu=stage.gpu,
-                                   engine=engine)
-        for rec in results:
-            bar.update(1)
-            yield rec
-    finally:
-        bar.close()

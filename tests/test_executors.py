@@ -85,6 +85,27 @@ def test_unknown_backend_and_missing_packages(monkeypatch):
         list(parallel_map(slow_first, [1], backend="ray"))
 
 
+def chain_step(task: tuple[str, int]) -> tuple[str, int]:
+    """("slow", 0) takes long; ("fast", k) is quick. Returns the task (its follow-ups depend on it)."""
+    time.sleep(3.0 if task[0] == "slow" else 0.05)
+    return task
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_follow_ups_stream_past_a_slow_task(backend):
+    """Streaming: a result's follow-up tasks are queued as soon as it is back, so a chain of quick
+    steps (an item moving through its stages) finishes while a slow task (another item's long stage)
+    still runs; nothing waits for a whole 'stage' to end."""
+    def follow(done: tuple[str, int]) -> list[tuple[str, int]]:
+        kind, k = done
+        return [("fast", k + 1)] if kind == "fast" and k < 4 else []
+
+    with session(backend, jobs=2) as engine:
+        results = list(parallel_map(chain_step, [("slow", 0), ("fast", 0)], jobs=2, backend=backend,
+                                    engine=engine, follow=follow))
+    assert results == [("fast", k) for k in range(5)] + [("slow", 0)]
+
+
 # ----------------------------------------------------------------------------- a build per backend
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
