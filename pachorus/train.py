@@ -39,12 +39,12 @@ from typing import IO
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler, SequentialSampler
 
 from chorushead.core.manifest import write_json_atomic
 
 from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import HostWindowDataset, to_device
+from .data import BatchLoader, HostWindowDataset, to_device
 from .losses import LossConfig, PaChorusLoss
 from .model.audio import ENCODER_SR
 from .model.pachorus import ModelConfig, PaChorus, build_model
@@ -189,7 +189,7 @@ def plot_curves(log_path: Path, png: Path) -> None:
 
 
 @torch.no_grad()
-def validate(model: PaChorus, loader: DataLoader, loss_fn: PaChorusLoss, device: torch.device,
+def validate(model: PaChorus, loader: BatchLoader, loss_fn: PaChorusLoss, device: torch.device,
              n_frames: int) -> dict:
     """Loss with z = 0 (how the model is evaluated), plus the frame-mean pose L2 (a PPE proxy) when
     the data has poses."""
@@ -246,7 +246,7 @@ class Run:
     device: torch.device
     use_amp: bool
     train_ds: HostWindowDataset
-    val_loader: DataLoader | None
+    val_loader: BatchLoader | None
     n_frames: int
     loss_fn: PaChorusLoss
     model: PaChorus
@@ -332,9 +332,10 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
     sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    # the datasets read whole batches (one LMDB transaction, no per-sample collate): batch_size=None
-    val_loader = DataLoader(val_ds, sampler=BatchSampler(SequentialSampler(val_ds), cfg.batch_size, False),
-                            batch_size=None, num_workers=cfg.num_workers) if len(val_ds) else None
+    # the datasets read whole batches (one LMDB transaction, no per-sample collate): pachorus.data.BatchLoader
+    val_loader = BatchLoader(val_ds, BatchSampler(SequentialSampler(val_ds), cfg.batch_size, False),
+                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                             prefetch=READ_AHEAD if device.type != "cpu" else 0) if len(val_ds) else None
     return Run(cfg=cfg, out=out, d=d, device=device, use_amp=use_amp, train_ds=train_ds, val_loader=val_loader,
                n_frames=int(cfg.data_info["window"]), loss_fn=loss_fn, model=model, ddp=ddp, params=params, opt=opt,
                scaler=scaler, sampler=sampler, state=state, log=open(out / "log.jsonl", "a") if d.main else None)
@@ -356,16 +357,32 @@ def _step(run: Run, batch: dict) -> dict:
     return parts
 
 
+# Batches read ahead by the loader's thread (num_workers=0) when training on an accelerator: the host
+# reads the next batches while the device computes. On the CPU the step itself keeps both cores busy
+# and the thread measured slower than reading in the step's thread (benchmarks/bench_lmdb.py).
+READ_AHEAD = 2
+
+
+def train_loader(ds: HostWindowDataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int, skip: int,
+                 device: torch.device, read_ahead: int | None = None) -> BatchLoader:
+    """The training batches of ``epoch`` from batch ``skip`` on, read as the trainer reads them (what
+    benchmarks/bench_lmdb.py measures): the order is (seed, epoch)'s alone, whatever ``num_workers``
+    or ``read_ahead`` (default: :data:`READ_AHEAD` on an accelerator, none on the CPU); batches in
+    pinned memory for CUDA."""
+    sampler.set_epoch(epoch)
+    batches = BatchSampler(SkipSampler(sampler, skip * cfg.batch_size), cfg.batch_size, drop_last=True)
+    if read_ahead is None:
+        read_ahead = READ_AHEAD if device.type != "cpu" else 0
+    return BatchLoader(ds, batches, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                       generator=torch.Generator().manual_seed(cfg.seed + epoch), prefetch=read_ahead)
+
+
 def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
     """The step loop of the current epoch (from where a resume left off). Returns (steps taken, stop
     reason or None when the epoch ran to its end)."""
     cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
-    run.sampler.set_epoch(epoch)
     skip = state["batch_in_epoch"]
-    batches = BatchSampler(SkipSampler(run.sampler, skip * cfg.batch_size), cfg.batch_size, drop_last=True)
-    loader = DataLoader(run.train_ds, sampler=batches, batch_size=None, num_workers=cfg.num_workers,
-                        pin_memory=run.device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    loader = train_loader(run.train_ds, run.sampler, cfg, epoch, skip, run.device)
     bar = None
     if progress and run.d.main:
         from tqdm import tqdm

@@ -55,3 +55,47 @@ def test_single_sample_and_range(mixed):
         ds[len(ds)]
     with pytest.raises(IndexError):
         ds[[0, -1]]
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a["key"] == b["key"]
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert a[k].dtype == b[k].dtype, k
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("workers,read_ahead", [(0, 2), (2, 0)])
+def test_train_loader_same_batches_any_way_read(mixed, workers, read_ahead):
+    """The trainer's loader gives the same batches in the same order with a reader thread or worker
+    processes as read one by one in the caller's thread, also from a mid-epoch resume (skip)."""
+    from torch.utils.data import DistributedSampler
+
+    from pachorus.train import TrainConfig, train_loader
+    ds = HostWindowDataset(mixed, "train", half_audio=True)
+    cpu = torch.device("cpu")
+    for epoch, skip in ((0, 0), (1, 2)):
+        cfg = TrainConfig(data=str(mixed), out="-", batch_size=4, num_workers=0, seed=3)
+        sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed, drop_last=True)
+        ref = list(train_loader(ds, sampler, cfg, epoch, skip, cpu, read_ahead=0))
+        assert len(ref) == len(ds) // 4 - skip
+        cfg.num_workers = workers
+        got = list(train_loader(ds, sampler, cfg, epoch, skip, cpu, read_ahead=read_ahead))
+        assert len(got) == len(ref)
+        for a, b in zip(ref, got):
+            _same(a, b)
+
+
+def test_read_ahead_stops_early_and_raises(mixed):
+    """Breaking out of the loop ends the reader thread; a read error reaches the consumer."""
+    import threading
+
+    from pachorus.data import BatchLoader
+    ds = HostWindowDataset(mixed, "train")
+    batches = BatchSampler(list(range(len(ds))), 2, drop_last=True)
+    for _ in BatchLoader(ds, batches, prefetch=1):
+        break
+    assert not [t for t in threading.enumerate() if t.name == "pachorus-batches"]
+    with pytest.raises(IndexError):
+        list(BatchLoader(ds, [[0, 1], [len(ds)]], prefetch=2))
+    assert not [t for t in threading.enumerate() if t.name == "pachorus-batches"]

@@ -79,6 +79,26 @@ def decode_arrays(blob: bytes | memoryview, copy: bool = True) -> tuple[dict[str
     return out, meta["header"]
 
 
+def array_views(blob: bytes | memoryview, layouts: dict | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one :func:`encode_arrays` value as views of ``blob`` (valid only while the LMDB
+    transaction that produced it is open), header not decoded. ``layouts`` caches each parsed array
+    layout under its JSON text: the windows of a file share a few (S, ``shape`` present or not), so a
+    batch read parses JSON once per layout, not once per window. Bounded (a few hundred entries)."""
+    (n,) = struct.unpack_from("<I", blob, 0)
+    head = bytes(blob[4:4 + n])
+    # sort_keys puts the array spec first: '{"arrays": {...}, "header": {...}}'; the spec alone keys the layout
+    cut = head.find(b', "header": ') if head.startswith(b'{"arrays": ') else -1
+    spec = layouts.get(head[:cut]) if layouts is not None and cut > 0 else None
+    if spec is None:
+        spec = [(name, np.dtype(dt), tuple(shape), off, size)
+                for name, (dt, shape, off, size) in json.loads(head)["arrays"].items()]
+        if layouts is not None and cut > 0 and len(layouts) < 256:
+            layouts[head[:cut]] = spec
+    base = 4 + n
+    return {name: np.frombuffer(blob, dtype=dt, count=size // dt.itemsize, offset=base + off).reshape(shape)
+            for name, dt, shape, off, size in spec}
+
+
 def window_key(video: str, segment: int, start: int) -> bytes:
     return f"w/{video}/{segment:04d}/{start:07d}".encode()
 
