@@ -105,14 +105,20 @@ def _one_shot(fn: Callable[[Any], Any], tasks: list[Any], backend: str, jobs: in
 
 
 @contextmanager
-def session(backend: str, jobs: int = 1, address: str | None = None) -> Iterator["Engine"]:
+def session(backend: str, jobs: int = 1, address: str | None = None,
+            preload: Iterable[str] = ()) -> Iterator["Engine"]:
     """One engine for a whole build: the Dask cluster or Ray instance starts (or connects to
     ``address``) on the first :meth:`Engine.map` and stops (or disconnects) when the block ends, so
     its worker processes, and the models they loaded, serve every stage in between. ``local`` keeps
-    one pool of ``jobs`` worker processes the same way (with ``jobs == 1``, tasks run in this process)."""
+    one pool of ``jobs`` worker processes the same way (with ``jobs == 1``, tasks run in this process).
+
+    ``preload``: modules the tasks will import (torch, the stage modules...). Worker processes started
+    here (the local pool, a Dask LocalCluster) fork from a server process that imported them once, so
+    each worker starts with them in memory instead of spending seconds of CPU importing them itself.
+    (Python keeps one such server per process: the first session that starts it fixes its modules.)"""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    engine = Engine(backend, _jobs(jobs), address)
+    engine = Engine(backend, _jobs(jobs), address, tuple(preload))
     try:
         yield engine
     finally:
@@ -123,13 +129,13 @@ class Engine:
     """A started (or connected) engine; made by :func:`session`. Starts lazily: a build whose stages
     are all reused never pays for a cluster."""
 
-    def __init__(self, backend: str, jobs: int, address: str | None):
-        self.backend, self.jobs, self.address = backend, jobs, address
+    def __init__(self, backend: str, jobs: int, address: str | None, preload: tuple[str, ...] = ()):
+        self.backend, self.jobs, self.address, self.preload = backend, jobs, address, preload
         self.started = 0            # how many times an engine was started or connected (tests: 1 per build)
         self._stack = ExitStack()
         self._client: Any = None    # dask
         self._ray_here = False      # ray: this session called ray.init, so it shuts Ray down
-        self._pool = _LocalPool(jobs) if backend == "local" and jobs > 1 else None
+        self._pool = _LocalPool(jobs, preload) if backend == "local" and jobs > 1 else None
 
     def map(self, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu = False, follow: Follow = None) -> Iterator[Any]:
         if not tasks:
@@ -157,7 +163,7 @@ class Engine:
 
     def _dask_client(self) -> Any:
         if self._client is None:
-            self._client = _dask_connect(self._stack, self.jobs, self.address)
+            self._client = _dask_connect(self._stack, self.jobs, self.address, self.preload)
             self.started += 1
         return self._client
 
@@ -204,8 +210,31 @@ def _inline(fn: Callable[[Any], Any], tasks: list[Any], follow: Follow) -> Itera
 
 
 # ----------------------------------------------------------------------------- local processes
-def _set_environ(values: dict[str, str]) -> None:
-    os.environ.update(values)
+def _thread_env(jobs: int) -> dict[str, str]:
+    """Native thread pools per worker, so ``jobs`` workers do not each grab every core (a value the
+    user set wins)."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {var: os.environ.get(var, threads) for var in _THREAD_VARS}
+
+
+def _forkserver(preload: tuple[str, ...], env: dict[str, str]) -> Any:
+    """multiprocessing's forkserver context, its server started (if it is not yet) with ``preload``
+    imported and ``env`` set: processes of this context fork from it, with those modules in memory
+    and those thread limits (native libraries read them when first loaded, i.e. in the server). A
+    forked worker still gets this process's sys.path and working folder (multiprocessing sends them)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([m for m in dict.fromkeys(("chorushead.executors",) + preload)])
+    with _environ(env):
+        forkserver.ensure_running()   # a no-op once running
+    return ctx
+
+
+def _init_worker(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    if "torch" in sys.modules:    # preloaded: its pool size was fixed in the server, maybe for another jobs
+        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
 
 
 class _LocalPool:
@@ -215,20 +244,18 @@ class _LocalPool:
     a loaded model (torch + MTCNN) is that much, so every few items a worker re-imported torch and
     reloaded its model: 4 of 8 crops took 12-14 s instead of 2 s in a 2-job build."""
 
-    def __init__(self, jobs: int):
-        self.jobs = jobs
+    def __init__(self, jobs: int, preload: tuple[str, ...] = ()):
+        self.jobs, self.preload = jobs, preload
         self._pool: Any = None
 
     def get(self) -> Any:
         if self._pool is None:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
-            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
-            env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
-            # spawn: a fresh interpreter per worker (forking a process that runs threads is unsafe);
-            # the thread limits are set before the worker imports anything of the task's.
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_set_environ, initargs=(env,))
+            env = _thread_env(self.jobs)
+            # Workers fork from the forkserver (never from this process, which runs threads), with the
+            # preloaded modules already imported.
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=_forkserver(self.preload, env),
+                                             initializer=_init_worker, initargs=(env,))
         return self._pool
 
     def drop(self, wait: bool = False) -> None:
@@ -284,7 +311,7 @@ def _local(fn: Callable[[Any], Any], tasks: list[Any], jobs: int, follow: Follow
 
 
 # ----------------------------------------------------------------------------- dask
-def _dask_connect(stack: ExitStack, jobs: int, address: str | None) -> Any:
+def _dask_connect(stack: ExitStack, jobs: int, address: str | None, preload: tuple[str, ...] = ()) -> Any:
     """A Client of the scheduler at ``address``, or of a LocalCluster of ``jobs`` workers started
     here; both closed by ``stack``."""
     try:
@@ -295,8 +322,16 @@ def _dask_connect(stack: ExitStack, jobs: int, address: str | None) -> Any:
                           'pip install "dask[distributed]"') from e
     if address:
         return stack.enter_context(Client(address))
-    # Read by the scheduler when it is created (it runs in this process): see module docstring.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    # Workers fork from our forkserver (with the preloaded modules, Dask's own among them).
+    _forkserver(("distributed",) + preload, _thread_env(jobs))
+    # allowed-failures: read by the scheduler when it is created (it runs in this process), see module
+    # docstring. The multiprocessing method is read by each nanny when it starts its worker; the rest
+    # travels to the workers with the nanny's config. profile: the worker's sampling profiler walks
+    # every thread's stack each 10 ms, holding the GIL: crop (Python per frame, three threads) ran
+    # ~40 % slower on a Dask worker than on a local one.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.worker.multiprocessing-method": "forkserver",
+                          "distributed.worker.profile.enabled": False}):
         # host: scheduler, workers and nannies listen on loopback only (and Dask does not look
         # up this machine's public address, which it does by a UDP connect to 8.8.8.8).
         cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,

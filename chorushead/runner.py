@@ -32,7 +32,7 @@ from chorushead.core.errors import StageError
 from chorushead.core.manifest import (Manifest, Record, file_fingerprint, fingerprint, iter_records,
                                       write_json_atomic)
 from chorushead.core.shapes import ShapeError
-from chorushead.stages import get_stage
+from chorushead.stages import STAGE_MODULES, get_stage
 from chorushead.stages.base import DEFAULT_FPS, Context, GlobalContext, Item, Result, Stage, params_dict
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
@@ -412,7 +412,10 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         from chorushead.executors import session
         # One engine for the whole build: a Dask cluster / Ray instance starts (or connects) at most
         # once, and its workers keep the models they loaded (_MODELS) for every later stage and item.
-        with session(backend, jobs, scheduler) as engine:
+        # Worker processes started here fork ready: the run's stage modules and heavy imports loaded once.
+        preload = ["chorushead.runner"] + [m for name in order
+                                           for m in (STAGE_MODULES[name], *get_stage(name).preload)]
+        with session(backend, jobs, scheduler, preload=preload) as engine:
             for names, global_name in _runs(order):
                 if names:
                     _stream(names, stage_params, all_items, out, iter_records(out, pipeline.stages), pipeline.fps,

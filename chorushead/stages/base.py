@@ -93,6 +93,9 @@ class Stage:
     # process_all(ctx, params, plans) -> {item id: Result} for the items that have something new to record.
     process_all: Callable[[GlobalContext, Any, dict[str, Any]], dict[str, Result]] | None = None
     gpu: bool = False                                       # batches on a GPU when there is one
+    # Heavy modules ``setup`` imports (torch...): a build's local worker processes fork from a server
+    # that imported them once, instead of each importing them (seconds of CPU per worker).
+    preload: tuple[str, ...] = ()
     description: str = ""
 
     def check(self, res: Result) -> None:

@@ -96,5 +96,5 @@ def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend
 
 
 STAGE = Stage(name="fit", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
-              setup=setup, needs=("crop", "contiguity"),
+              setup=setup, needs=("crop", "contiguity"), preload=("torch",),
               gpu=True, description="EMOCA v2: 50 exp + 3 jaw + 3 global pose per frame and singer")
