@@ -19,7 +19,8 @@ Figures also go to benchmarks/results/bench_stages.json (or --json), for benchma
    and the stage's time over the decode floor. A stage's time includes loading its model.
 4. Scaling: ``chorushead build`` of the same stages on ``--copies`` copies of a ``--copy-seconds``
    clip, once per ``--scale`` entry (backend:jobs), e.g. local jobs=1 vs a 2-worker Dask LocalCluster,
-   each in a fresh interpreter so each pays its own start-up, imports and model loads.
+   each in a fresh interpreter so each pays its own start-up, imports and model loads. "cpu s" there
+   is the CLI and every process under it (workers, their forkserver, ffmpeg, Ray's), sampled.
 
 The machine may be shared: the load average is printed before and after; compare runs with care.
 """
@@ -91,6 +92,45 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+class TreeCPU:
+    """CPU seconds (user + system) of a process and all its descendants, sampled every ``every`` s in a
+    thread. getrusage cannot see them all: workers fork from a forkserver (local pool, Dask) or start
+    under Ray's raylet, and nobody waits for those servers. A process that ends between two samples
+    loses at most its last ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.1):
+        import threading
+
+        import psutil
+        self.root, self.every = psutil.Process(pid), every
+        self.seen: dict[tuple[int, float], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except psutil.Error:
+            return
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                self.seen[(proc.pid, proc.create_time())] = t.user + t.system
+            except psutil.Error:
+                pass
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self._sample()
+
+    def total(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return sum(self.seen.values())
+
+
 @dataclass
 class Row:
     stage: str
@@ -141,12 +181,13 @@ def run_cli(videos: Path, out: Path, stems: Path | None, backend: str, jobs: int
            "--out", str(out), "--stages", ",".join(STAGES), "--jobs", str(jobs), "--backend", backend, "--quiet"]
     if stems is not None:
         cmd += ["--stems", str(stems)]
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    # CPU counts the worker processes that their parents waited for (loky's, Dask's; not Ray's raylet).
-    row = Row(f"{backend}:{jobs}", time.perf_counter() - t0, cpu_seconds() - c0)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    cpu = TreeCPU(proc.pid)       # the CLI, its workers, their servers, ffmpeg, Ray's processes
+    _, err = proc.communicate()
+    row = Row(f"{backend}:{jobs}", time.perf_counter() - t0, cpu.total())
     if proc.returncode not in (0, 1):   # 1: some items failed, which the counts below show
-        row.note = f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
+        row.note = f"exit {proc.returncode}: {err.strip()[-200:]}"
     for stage in STAGES:
         for rec in Manifest(out, stage).latest().values():
             row.done += rec.status == "done"
