@@ -228,13 +228,17 @@ def process(ctx: Context, p: Params, detector) -> Result:
     detected = np.zeros((S, n), bool)
     bounds: list[tuple[int, int]] = []
 
-    # Decode chunks of about 64 MB (21 frames at 1024², 10 at 1080p): the prefetch queue, the chunk in
-    # use and the frames held back until the next keyframe keep a few chunks alive at once.
-    w, h = ing.width, ing.height
-    chunk = max(4, min(32, (64 << 20) // (w * h * 3))) if w and h else 16
+    # Small decode chunks (4 frames, 12 MB at 1024²): chunks of ~64 MB made every chunk a fresh mmap
+    # whose pages the kernel zeroes and faults in (measured 1.5 ms of system time per 1024² frame);
+    # small ones are reused from the heap. The prefetch queue still holds ~12 frames ahead.
+    chunk = 4
+    # One OpenCV thread per calling thread (restored after): its parallel_for on our small images and
+    # the one colour conversion per frame cost more in hand-offs than it gained on 2 shared cores.
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     # convert="opencv": ffmpeg's own YUV->RGB cost more CPU than OpenCV's (in the prefetch thread).
     frames = _Prefetch(iter_frames(source, fps=ctx.fps, start_frame=start, n_frames=n, chunk=chunk,
-                                   convert="opencv"))
+                                   convert="opencv"), depth=3)
     bar = tqdm(total=n, desc=f"crop {ctx.item.id}", unit="frame", leave=False, disable=not sys.stderr.isatty())
     writer = _Writer(p, strip_dirs)
     count = 0
@@ -257,6 +261,7 @@ def process(ctx: Context, p: Params, detector) -> Result:
         frames.close()
         bar.close()
         writer.close()
+        cv2.setNumThreads(cv_threads)
     if count == 0:
         raise BadInput(f"{Path(source).name}: decoding frames {start}..{end} produced no frames")
 
@@ -281,7 +286,7 @@ def process(ctx: Context, p: Params, detector) -> Result:
     return Result(outputs=outputs, metrics=metrics)
 
 
-STAGE = Stage(name="crop", version="2", params=Params, outputs=Outputs, metrics=Metrics, setup=setup, process=process,
-              needs=("ingest", "vad"), gpu=True,
+STAGE = Stage(name="crop", version="3", params=Params, outputs=Outputs, metrics=Metrics, setup=setup, process=process,
+              needs=("ingest", "vad"), gpu=True, preload=("torch",),
               description="MTCNN per strip and frame (pyramid on keyframes, R/O-Net tracking between); "
                           "EMOCA-style 224×224 face crops + detections.npz")
