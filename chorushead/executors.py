@@ -194,9 +194,12 @@ def _lost(task: Any, how: str) -> None:
 
 def _queue_follow_ups(todo: deque, follow: Follow, result: Any) -> None:
     """Called once the caller has taken ``result`` (it resumes the generator after handling it, e.g.
-    appending the record ``follow`` then reads), so follow-ups see what the caller made of it."""
+    appending the record ``follow`` then reads), so follow-ups see what the caller made of it. They go
+    to the FRONT of the queue: an item's next stage runs before the next new item starts, so items
+    finish one after another (their files still in the page cache) instead of every item's first
+    stage running before any second stage, which on a large batch would be a stage barrier again."""
     if follow is not None:
-        todo.extend(follow(result))
+        todo.extendleft(reversed(list(follow(result))))
 
 
 # ----------------------------------------------------------------------------- in this process
@@ -369,11 +372,11 @@ def _dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: i
     try:
         for fut in finished:
             task = in_flight.pop(fut)
-            fill()
             try:
                 result = fut.result()
             except KilledWorker:
                 _lost(task, "its Dask worker died while running it")
+                fill()
                 continue
             finally:
                 fut.release()   # drop the result from the worker's memory once we hold it
@@ -461,8 +464,9 @@ def _ray_init(ray: Any, jobs: int, address: str | None) -> None:
 def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu, retries: bool,
              follow: Follow = None) -> Iterator[Any]:
     """``retries`` off on an instance started here: a crash is the item's doing, retrying only repeats it
-    (a cluster at an address keeps Ray's default retries: they cover lost nodes). Every task is handed
-    to Ray at once; Ray runs as many as the cluster has CPUs."""
+    (a cluster at an address keeps Ray's default retries: they cover lost nodes). As many tasks in
+    flight as the cluster has CPUs (Ray runs what it is given in submission order, so follow-ups kept
+    here can still go first)."""
     from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
     died = (WorkerCrashedError, OutOfMemoryError, NodeDiedError, ObjectLostError)
     options: dict[str, Any] = {"num_cpus": 1}
@@ -475,17 +479,20 @@ def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu, ret
     todo: deque[Any] = deque(tasks)
     refs: dict[Any, Any] = {}
     pending: list[Any] = []
+    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def submit() -> None:
-        while todo:
+        while todo and len(pending) < window:
             task = todo.popleft()
             ref = (on_gpu if needs_gpu(task) else remote).remote(task)
             refs[ref] = task
             pending.append(ref)
 
-    submit()
     try:
-        while pending:
+        while True:
+            submit()
+            if not pending:
+                return
             done, pending[:] = ray.wait(pending, num_returns=1)
             for ref in done:
                 task = refs.pop(ref)
@@ -496,7 +503,6 @@ def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu, ret
                     continue
                 yield result
                 _queue_follow_ups(todo, follow, result)
-                submit()
     finally:
         for ref in pending:   # the caller stopped early: free the session's workers
             ray.cancel(ref)

@@ -131,6 +131,22 @@ def test_bad_inputs_fail_clearly_and_the_batch_finishes(raw, tmp_path):
     assert ingest.reused == 5 and ingest.failed == 5
 
 
+def test_the_build_streams_each_video_through_its_stages(tmp_path):
+    """No stage barrier: with one job, a video goes through every stage before the next video starts
+    (its next stage is queued first), so the first video is complete before the second is ingested."""
+    for k in range(2):
+        write_sample(tmp_path, seconds=6.0, size=(96, 192), name=f"clip{k}", seed=k)
+    stages = ["ingest", "bgm_split", "duet_split", "vad"]
+    out = tmp_path / "out"
+    summ = build(tmp_path / "videos", out, Pipeline.load(), stages=stages, stems=tmp_path / "stems", jobs=1,
+                 progress=False)
+    assert [(s.stage, s.done + s.skipped, s.pending) for s in summ] == [(s, 2, 0) for s in stages]
+    recs = [r for stage in stages for r in Manifest(out, stage).read_all()]
+    first, second = sorted({r.item for r in recs}, key=lambda i: min(r.started for r in recs if r.item == i))
+    # (+ 5 ms: a record's seconds are rounded to the millisecond)
+    assert max(r.started + r.seconds for r in recs if r.item == first) <= min(r.started for r in recs if r.item == second) + 0.005
+
+
 def test_second_build_on_same_folder_is_refused(tmp_path):
     from chorushead.runner import BuildLock
     with BuildLock(tmp_path):
