@@ -28,7 +28,7 @@ def build(
     pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline TOML (default: pipelines/chorushead.toml)."),
     sets: List[str] = typer.Option([], "--set", help="Override a parameter: stage.param=value (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    backend: str = typer.Option("local", "--backend", help="Where items run: local (joblib processes), dask, ray."),
+    backend: str = typer.Option("local", "--backend", help="Where items run: local (worker processes), dask, ray."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", "--address",
                                             help="Dask scheduler / Ray cluster address (default: start a local one)."),
 ):

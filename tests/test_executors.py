@@ -35,7 +35,7 @@ def _ray_local_env(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
 
-# Module-level, so every engine can pickle them by reference (workers import this module: loky and
+# Module-level, so every engine can pickle them by reference (workers import this module: the local pool and
 # Dask inherit sys.path, the Ray executor hands it over).
 def slow_first(x: int) -> int:
     """Task 0 takes long, the rest are quick: with two workers task 0 must come out last."""
