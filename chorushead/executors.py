@@ -234,6 +234,17 @@ def _forkserver(preload: tuple[str, ...], env: dict[str, str]) -> Any:
     return ctx
 
 
+def _check_main_importable() -> None:
+    """A worker process re-runs the main script's module (multiprocessing does, to find functions
+    defined there); a script read from standard input has no file to re-run, and every worker would
+    die at start. Say so instead."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path and not os.path.exists(path):
+        raise RuntimeError(f"local worker processes cannot start from a script read from {path!r}: save it to "
+                           "a file and run that, or use jobs=1 (runs in this process)")
+
+
 def _init_worker(env: dict[str, str]) -> None:
     os.environ.update(env)
     if "torch" in sys.modules:    # preloaded: its pool size was fixed in the server, maybe for another jobs
@@ -254,6 +265,7 @@ class _LocalPool:
     def get(self) -> Any:
         if self._pool is None:
             from concurrent.futures import ProcessPoolExecutor
+            _check_main_importable()
             env = _thread_env(self.jobs)
             # Workers fork from the forkserver (never from this process, which runs threads), with the
             # preloaded modules already imported.

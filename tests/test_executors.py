@@ -179,3 +179,16 @@ def test_session_refuses_another_backend():
         with pytest.raises(ValueError, match="'dask' engine"):
             parallel_map(count_calls, [1], backend="ray", engine=engine)
         assert engine.started == 0
+
+
+def test_local_workers_from_a_script_on_stdin_fail_with_one_clear_error(tmp_path):
+    """Worker processes re-run the main script's module; one read from stdin has none to re-run."""
+    import subprocess
+    import sys
+    script = "from chorushead.executors import parallel_map\nprint(list(parallel_map(abs, [-1, -2], jobs=2)))\n"
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "RuntimeError: local worker processes cannot start from a script read from '<stdin>': save it to a "
+        "file and run that, or use jobs=1 (runs in this process)")
