@@ -213,3 +213,37 @@ def test_decode_with_opencv_colour_conversion(duet):
     assert a.shape == b.shape == (12, SIZE[0], SIZE[1], 3)
     d = np.abs(a.astype(np.int16) - b)
     assert d.mean() < 2 and d.max() <= 16, (d.mean(), d.max())
+
+
+def test_pyramid_matches_facenet_mtcnn(duet, detector):
+    """Our detect() (facenet-pytorch's detect_face with OpenCV resizing and numpy NMS, TorchScript
+    nets) finds the same faces as facenet-pytorch's MTCNN at the same settings, boxes within a few px;
+    refine() is MTCNN's R-Net + O-Net unchanged."""
+    from facenet_pytorch import MTCNN
+    from chorushead.core.media import iter_frames
+    video, _ = duet
+    _, ours = detector
+    ref = MTCNN(min_face_size=ours.min_size, keep_all=True, select_largest=False, post_process=False, device="cpu")
+    frames = np.concatenate(list(iter_frames(video, chunk=20)))[::6]
+    for frame in frames:
+        strips = [frame[:, :256], frame[:, 256:]]
+        got = ours.detect(strips)
+        for k, strip in enumerate(strips):
+            small = cv2.resize(strip, None, fx=ours.scale, fy=ours.scale, interpolation=cv2.INTER_AREA)
+            boxes, probs = ref.detect(small)
+            want = boxes is not None and probs[0] >= ours.prob_threshold
+            assert got.found[k] == want
+            if want:
+                assert got.n_faces[k] == int((np.asarray(probs) >= ours.prob_threshold).sum())
+                assert box_iou(got.boxes[k] * ours.scale, boxes[0]) > 0.8, (got.boxes[k] * ours.scale, boxes[0])
+
+
+def test_detector_does_not_import_torchvision():
+    """The nets load facenet-pytorch's weight files without importing facenet-pytorch, whose
+    detect_face imports torchvision and with it torch._dynamo (~1.3 s of CPU per worker)."""
+    import subprocess
+    code = ("import sys; from chorushead.backends.mtcnn import MtcnnDetector; MtcnnDetector(device='cpu'); "
+            "print(sorted(m for m in ('torchvision', 'facenet_pytorch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], check=True).stdout
+    assert out.strip() == "[]"
