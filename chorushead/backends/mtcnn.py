@@ -367,7 +367,7 @@ def _load_nets(torch, device: str):
         x = torch.zeros(2, side, side, 3, dtype=torch.uint8, device=device)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")         # TracerWarnings: no data-dependent control flow
-            out.append(torch.jit.freeze(torch.jit.trace(net, x)))
+            out.append(torch.jit.freeze(torch.jit.trace(net, x, check_trace=False)))
     return out
 
 
