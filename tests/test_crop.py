@@ -238,6 +238,13 @@ def test_pyramid_matches_facenet_mtcnn(duet, detector):
                 assert box_iou(got.boxes[k] * ours.scale, boxes[0]) > 0.8, (got.boxes[k] * ours.scale, boxes[0])
 
 
+def test_detector_on_images_without_faces(detector):
+    _, ours = detector
+    for shape in [(8, 8, 3), (40, 30, 3), (120, 100, 3)]:       # smaller than min_face, and just above
+        got = ours.detect([np.zeros(shape, np.uint8), np.full(shape, 128, np.uint8)])
+        assert not got.found.any() and (got.n_faces == 0).all() and got.detected.all()
+
+
 def test_detector_does_not_import_torchvision():
     """The nets load facenet-pytorch's weight files without importing facenet-pytorch, whose
     detect_face imports torchvision and with it torch._dynamo (~1.3 s of CPU per worker)."""

@@ -230,7 +230,7 @@ class MtcnnDetector:
                 cand[i].append(b[_nms(b, 0.5)])
         boxes, idx = [], []
         for i in range(n):
-            b = np.concatenate(cand[i])
+            b = np.concatenate(cand[i]) if cand[i] else np.zeros((0, 9), np.float32)   # no scale: tiny image
             b = b[_nms(b, 0.7)]
             wh = np.concatenate([b[:, 2:4] - b[:, 0:2]] * 2, axis=1)     # P-Net's regression: no +1
             boxes.append(np.concatenate([_square(b[:, :4] + b[:, 5:9] * wh), b[:, 4:5]], axis=1))

@@ -228,10 +228,12 @@ def process(ctx: Context, p: Params, detector) -> Result:
     detected = np.zeros((S, n), bool)
     bounds: list[tuple[int, int]] = []
 
-    # Small decode chunks (4 frames, 12 MB at 1024²): chunks of ~64 MB made every chunk a fresh mmap
-    # whose pages the kernel zeroes and faults in (measured 1.5 ms of system time per 1024² frame);
-    # small ones are reused from the heap. The prefetch queue still holds ~12 frames ahead.
-    chunk = 4
+    # Small decode chunks (4 frames = 12 MB at 1024², 1 frame at 4K): chunks of ~64 MB were each a
+    # fresh mmap whose pages the kernel zeroes and faults in (measured 1.5 ms of system time per 1024²
+    # frame); under glibc's 32 MB mmap threshold they are reused from the heap. The prefetch queue
+    # holds 3 chunks ahead.
+    w, h = ing.width, ing.height
+    chunk = max(1, min(4, (24 << 20) // (w * h * 3))) if w and h else 4
     # One OpenCV thread per calling thread (restored after): its parallel_for on our small images and
     # the one colour conversion per frame cost more in hand-offs than it gained on 2 shared cores.
     cv_threads = cv2.getNumThreads()
