@@ -20,7 +20,8 @@ Figures also go to benchmarks/results/bench_stages.json (or --json), for benchma
 4. Scaling: ``chorushead build`` of the same stages on ``--copies`` copies of a ``--copy-seconds``
    clip, once per ``--scale`` entry (backend:jobs), e.g. local jobs=1 vs a 2-worker Dask LocalCluster,
    each in a fresh interpreter so each pays its own start-up, imports and model loads. "cpu s" there
-   is the CLI and every process under it (workers, their forkserver, ffmpeg, Ray's), sampled.
+   is the CLI and every process under it (workers, their forkserver, ffmpeg, Ray's), sampled; "work
+   s" is the first record's start to the last one's end (without the CLI's and the engine's start-up).
 
 The machine may be shared: the load average is printed before and after; compare runs with care.
 """
@@ -188,13 +189,18 @@ def run_cli(videos: Path, out: Path, stems: Path | None, backend: str, jobs: int
     row = Row(f"{backend}:{jobs}", time.perf_counter() - t0, cpu.total())
     if proc.returncode not in (0, 1):   # 1: some items failed, which the counts below show
         row.note = f"exit {proc.returncode}: {err.strip()[-200:]}"
+    spans = []
     for stage in STAGES:
         for rec in Manifest(out, stage).latest().values():
+            spans.append((rec.started, rec.started + (rec.seconds or 0.0)))
             row.done += rec.status == "done"
             row.skipped += rec.status == "skipped"
             if rec.status == "failed":
                 row.failed += 1
                 row.note = row.note or f"{stage} failed: {(rec.message or '')[:100]}"
+    # The work itself: first record's start to last record's end (the rest is the CLI's start-up and
+    # the engine's start and stop).
+    row.extra["work_s"] = max(e for _, e in spans) - min(b for b, _ in spans) if spans else float("nan")
     return row
 
 
@@ -324,21 +330,27 @@ def _main(argv: list[str] | None, tee: _Tee) -> int:
         videos, stems_dir = copy_clips(small, small_stems / "small", work / "copies", args.copies)
         print(f"\nscaling: {args.copies} copies of a {args.copy_seconds:g} s {args.size}x{args.size} clip "
               f"(made in {time.perf_counter() - t0:.1f} s), stages {', '.join(STAGES)}")
-        print(f"{'run':<10}{'seconds':>9}{'cpu s':>8}{'videos/s':>10}{'RTF':>8}{'speed-up':>10}  status")
+        print(f"{'run':<10}{'seconds':>9}{'cpu s':>8}{'videos/s':>10}{'RTF':>8}{'speed-up':>10}"
+              f"{'work s':>8}{'speed-up':>10}  status")
         scaling = []
         for spec in args.scale.split(","):
             backend, _, jobs = spec.strip().partition(":")
             r = run_cli(videos, work / f"scale-{backend}-{jobs}", stems_dir if args.stems else None,
                         backend, int(jobs or 1))
-            base = scaling[0].seconds if scaling else r.seconds
+            base = scaling[0] if scaling else r
+            busy = r.extra["work_s"]
             print(f"{r.stage:<10}{r.seconds:>9.2f}{r.cpu:>8.1f}{args.copies / r.seconds:>10.3f}"
-                  f"{args.copies * args.copy_seconds / r.seconds:>8.2f}{base / r.seconds:>10.2f}  "
+                  f"{args.copies * args.copy_seconds / r.seconds:>8.2f}{base.seconds / r.seconds:>10.2f}"
+                  f"{busy:>8.2f}{base.extra['work_s'] / busy:>10.2f}  "
                   f"item-stages done {r.done} skipped {r.skipped} failed {r.failed} {r.note}")
             scaling.append(r)
         results["scaling"] = [asdict(r) for r in scaling]
         rec.row(f"build of {args.copies} × {args.copy_seconds:g} s clips",
-                ", ".join(f"{r.stage} {r.seconds:.0f} s ({scaling[0].seconds / r.seconds:.2f}×)" for r in scaling),
-                **{r.stage: round(r.seconds, 2) for r in scaling})
+                ", ".join(f"{r.stage} {r.seconds:.1f} s ({scaling[0].seconds / r.seconds:.2f}×; work "
+                          f"{r.extra['work_s']:.1f} s, {scaling[0].extra['work_s'] / r.extra['work_s']:.2f}×)"
+                          for r in scaling),
+                **{r.stage: round(r.seconds, 2) for r in scaling},
+                **{f"{r.stage} work": round(r.extra["work_s"], 2) for r in scaling})
 
     results["load_after"] = load()
     print(f"\nload average after: {results['load_after']}")
