@@ -46,6 +46,7 @@ runner's ``run_task`` never raises; anything that does is a bug or a broken work
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -115,7 +116,8 @@ def session(backend: str, jobs: int = 1, address: str | None = None,
     ``preload``: modules the tasks will import (torch, the stage modules...). Worker processes started
     here (the local pool, a Dask LocalCluster) fork from a server process that imported them once, so
     each worker starts with them in memory instead of spending seconds of CPU importing them itself.
-    (Python keeps one such server per process: the first session that starts it fixes its modules.)"""
+    (Python keeps one such server per process and the first session that starts it fixes its modules;
+    a later session's workers import what the server lacks as they start.)"""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     engine = Engine(backend, _jobs(jobs), address, tuple(preload))
@@ -245,8 +247,13 @@ def _check_main_importable() -> None:
                            "a file and run that, or use jobs=1 (runs in this process)")
 
 
-def _init_worker(env: dict[str, str]) -> None:
+def _init_worker(env: dict[str, str], preload: tuple[str, ...]) -> None:
     os.environ.update(env)
+    for name in preload:          # a no-op for what the forkserver imported; the rest imports now
+        try:
+            importlib.import_module(name)
+        except ImportError:       # as the forkserver does: the task that needs it will say so
+            pass
     if "torch" in sys.modules:    # preloaded: its pool size was fixed in the server, maybe for another jobs
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
 
@@ -270,7 +277,7 @@ class _LocalPool:
             # Workers fork from the forkserver (never from this process, which runs threads), with the
             # preloaded modules already imported.
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=_forkserver(self.preload, env),
-                                             initializer=_init_worker, initargs=(env,))
+                                             initializer=_init_worker, initargs=(env, self.preload))
         return self._pool
 
     def drop(self, wait: bool = False) -> None:
@@ -344,7 +351,9 @@ def _dask_connect(stack: ExitStack, jobs: int, address: str | None, preload: tup
     # travels to the workers with the nanny's config. profile: the worker's sampling profiler walks
     # every thread's stack each 10 ms, holding the GIL: crop (Python per frame, three threads) ran
     # ~40 % slower on a Dask worker than on a local one.
+    # worker.preload: each worker imports them as it starts (a no-op for what the forkserver has).
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.worker.preload": list(preload),
                           "distributed.worker.multiprocessing-method": "forkserver",
                           "distributed.worker.profile.enabled": False}):
         # host: scheduler, workers and nannies listen on loopback only (and Dask does not look

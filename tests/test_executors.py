@@ -174,6 +174,36 @@ def test_session_starts_the_engine_once_and_keeps_its_workers(backend):
         assert all(pid in last and n > last[pid] for pid, n in second), (first, second)
 
 
+_HELD: list = []
+
+
+def hold_a_model(_: int) -> int:
+    """Keeps ~350 MB alive in the worker, as a loaded model does; returns the worker's pid."""
+    import numpy as np
+    if not _HELD:
+        _HELD.append(np.ones(350 << 20, np.uint8))
+    return os.getpid()
+
+
+def test_local_workers_keep_what_they_loaded():
+    """A worker whose memory grew by a model's size serves every later task (joblib's loky retired
+    such workers after a task, so each next task re-imported torch and reloaded the model)."""
+    with session("local", jobs=2) as engine:
+        pids = list(engine.map(hold_a_model, list(range(8))))
+    assert len(pids) == 8 and len(set(pids)) <= 2, pids
+
+
+def preloaded(_: int) -> bool:
+    import sys
+    return "colorsys" in sys.modules       # before this task imports anything
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2])
+def test_workers_start_with_the_preloaded_modules(backend):
+    with session(backend, jobs=2, preload=["colorsys"]) as engine:
+        assert all(engine.map(preloaded, [1, 2, 3]))
+
+
 def test_session_refuses_another_backend():
     with session("dask", jobs=1) as engine:
         with pytest.raises(ValueError, match="'dask' engine"):
