@@ -448,15 +448,14 @@ def _stream(names: list[str], stage_params: dict[str, Any], items: list[Item], o
     from tqdm.auto import tqdm
     manifests = {name: Manifest(out, name) for name in names}
     by_id = {it.id: it for it in items}
-    bar = tqdm(total=0, desc="build", unit="task", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    # One unit per item and stage: run, reused or blocked, each moves the bar on.
+    bar = tqdm(total=len(items) * len(names), desc="build", unit="item-stage", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
 
     def next_of(it: Item, start: int = 0) -> list[Task]:
         task = next_task(names, stage_params, it, out, latest, fps, summaries, start)
-        if task is None:
-            return []
-        bar.total += 1
-        bar.refresh()
-        return [task]
+        bar.update((len(names) if task is None else names.index(task.stage)) - start)   # passed over
+        return [] if task is None else [task]
 
     def follow(rec: Record) -> list[Task]:   # called once rec is appended (see executors.parallel_map)
         return next_of(by_id[rec.item], names.index(rec.stage) + 1)
