@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from chorushead.core.decisions import decisions as review_decisions
+from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
 from chorushead.core.manifest import Record, iter_records
 from chorushead.core.windows import SPLITS, WindowReader
 from chorushead.runner import Pipeline, load_items, ready_upstream, upstream_fingerprint
@@ -269,7 +269,9 @@ def _distributions(out: Path, ok: Callable[[str], dict[str, Record]], cont: dict
                           for v, r in ok("crop").items() if r.status == "done"}
     d["assign"] = np.array([assign.Outputs.of(r).confidence for r in ok("assign").values()], float)
     d["assign_low"] = sum(assign.Outputs.of(r).low_confidence for r in ok("assign").values())
-    decided = review_decisions(out)
+    # decisions made on other frames than the segments cover now do not count (core/decisions.py)
+    decided = review_decisions(out, {v: timeline_ranges(crops[v].start_frame, o.segments)
+                                     for v, o in cont.items() if v in crops})
     review = Counter()
     for v, o in cont.items():
         for i in range(len(o.segments)):

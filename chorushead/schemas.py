@@ -32,6 +32,7 @@ class ReviewOutputs(Outputs):
     """A review decision's outputs (see chorushead/core/decisions.py: record_decision)."""
     decision: str
     reason: str | None = None
+    frames: list[int] | None = None   # the segment's [start, end) on the pipeline's timeline when decided
 
 
 def record_schema() -> dict[str, Any]:

@@ -125,6 +125,19 @@ def test_review_decisions_are_honoured_and_repack_is_exact(tmp_path):
     assert keys and all(k.startswith(f"w/{items[1].id}/0000/".encode()) for k in keys)
 
 
+def test_a_decision_on_frames_the_segment_no_longer_covers_is_not_applied(tmp_path):
+    """Decisions carry the frames they were made on; pack applies one only while the segment still
+    covers them (vad's start is 0 in this fixture, so segment 1 is timeline frames 210..400)."""
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=1, segments=((0, 200), (210, 400)))
+    record_decision(out, items[0].id, 1, "reject", frames=(230, 420))      # made before a re-segmentation
+    run_pack(out, items, append=True)
+    assert any(k.startswith(f"w/{items[0].id}/0001/".encode()) for k in lmdb_content(out / "windows.lmdb"))
+    record_decision(out, items[0].id, 1, "reject", frames=(210, 400))      # the segment as it is now
+    run_pack(out, items)
+    assert not any(k.startswith(f"w/{items[0].id}/0001/".encode()) for k in lmdb_content(out / "windows.lmdb"))
+
+
 @pytest.mark.slow
 def test_kill_during_pack_then_resume_equals_uninterrupted(tmp_path):
     ref, crash = tmp_path / "ref", tmp_path / "crash"

@@ -168,6 +168,9 @@ def test_decision_lands_in_review_manifest(server, out):
     status, _, body = server.decide("duetA:1", "reject", "  mouth barely moves ")
     assert status == 200
     latest = Manifest(out, "review").latest()
+    # each decision keeps the frames it was made on (the segment's range on the timeline)
+    frames = {k: latest[k].outputs.pop("frames") for k in ("duetA:1", "duetA:2")}
+    assert frames["duetA:2"][1] - frames["duetA:2"][0] == 150 and frames["duetA:1"][1] <= frames["duetA:2"][0]
     assert latest["duetA:2"].outputs == {"decision": "accept"}
     assert latest["duetA:1"].outputs == {"decision": "reject", "reason": "mouth barely moves"}
     for rec in latest.values():
@@ -425,3 +428,16 @@ def test_a_broken_pipeline_file_is_a_one_line_error_not_silent_defaults(out, tmp
         serve(out, port=0)
     monkeypatch.setattr(runner, "default_pipeline_path", lambda: tmp_path / "absent.toml")
     assert pipeline_thresholds() == F.Thresholds()          # no file at all: the defaults
+
+
+def test_a_decision_stands_only_for_the_frames_it_was_made_on(tmp_path):
+    """Segment indices move when vad/crop/contiguity are redone: a decision made on frames 10..160 is
+    not applied to whatever segment 0 covers afterwards (it is unreviewed again)."""
+    from chorushead.core.decisions import record_decision, timeline_ranges
+    record_decision(tmp_path, "v", 0, "accept", frames=(10, 160))
+    record_decision(tmp_path, "v", 1, "reject")                  # recorded without frames: stands
+    assert timeline_ranges(10, [[0, 150], [200, 400]]) == [(10, 160), (210, 410)]
+    assert decisions(tmp_path, {"v": [(10, 160), (210, 410)]}) == {("v", 0): "accept", ("v", 1): "reject"}
+    assert decisions(tmp_path, {"v": [(40, 190), (210, 410)]}) == {("v", 1): "reject"}     # segment 0 moved
+    assert decisions(tmp_path, {"v": []}) == {("v", 1): "reject"}                          # and is gone
+    assert decisions(tmp_path) == {("v", 0): "accept", ("v", 1): "reject"}                 # no ranges given

@@ -297,8 +297,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
         except ValueError:
             raise HttpError(400, "key must be '<video>:<segment index>'")
         key = self._key(video, str(index))
+        frames = self.server.view.segments[key].frames     # what the reviewer saw: the decision's scope
         with self.server.decision_lock:     # appended and fsynced before we answer
-            rec = record_decision(self.server.out, video, index, decision, reason.strip() if reason else None)
+            rec = record_decision(self.server.out, video, index, decision, reason.strip() if reason else None,
+                                  frames)
         return {"ok": True, "key": key, "decision": decision, "reason": rec.outputs.get("reason"),
                 "summary": self.server.view.summary()}
 

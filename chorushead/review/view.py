@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from chorushead.core import media
-from chorushead.core.decisions import segment_key
+from chorushead.core.decisions import segment_key, standing
 from chorushead.core.manifest import Record, iter_records
 from chorushead.review.flags import SegmentFlags, Thresholds, flag_segment, order_by_suspicion
 from chorushead.runner import load_items
@@ -38,6 +38,11 @@ class Segment:
     @property
     def n_frames(self) -> int:
         return self.end - self.start
+
+    @property
+    def frames(self) -> tuple[int, int]:
+        """[start, end) on the full timeline: what a review decision is about (core/decisions.py)."""
+        return self.abs_start, self.abs_start + self.n_frames
 
 
 @dataclass
@@ -155,13 +160,13 @@ class BuildView:
 
     # -- queries
     def decisions(self) -> dict[str, dict[str, Any]]:
-        """key -> {"decision", "reason", "time"} for segments with a standing accept/reject."""
-        res = {}
-        for key, rec in iter_records(self.out, ["review"])["review"].items():
-            d = rec.outputs.get("decision")
-            if d in ("accept", "reject"):
-                res[key] = {"decision": d, "reason": rec.outputs.get("reason"), "time": rec.started}
-        return res
+        """key -> {"decision", "reason", "time"} for segments with a standing accept/reject (made on the
+        frames the segment covers now)."""
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for s in sorted(self.segments.values(), key=lambda s: (s.video, s.index)):
+            ranges.setdefault(s.video, []).append(s.frames)
+        return {key: {"decision": rec.outputs["decision"], "reason": rec.outputs.get("reason"), "time": rec.started}
+                for key, rec in standing(self.out, ranges).items()}
 
     def segment_list(self) -> list[dict[str, Any]]:
         with self._lock:   # one consistent load, even while a refresh swaps it

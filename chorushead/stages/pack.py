@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from chorushead.core import media
-from chorushead.core.decisions import decisions as review_decisions
+from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import Record
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
@@ -108,7 +108,11 @@ def fit_meta(fits: list[fit.Outputs]) -> dict[str, Any]:
 def plan(ctx: GlobalContext, p: Params) -> dict[str, Any]:
     """Per video: its split and the segments the review lets through."""
     splits = assign_splits(list(ctx.upstream), p.split, p.seed)
-    decisions = review_decisions(ctx.out)
+    # A decision stands only for the frames it was made on (segments move when vad/crop/contiguity redo).
+    ranges = {vid: timeline_ranges(vad.Outputs.of(recs["vad"]).start_frame,
+                                   contiguity.Outputs.of(recs["contiguity"]).segments)
+              for vid, recs in ctx.upstream.items()}
+    decisions = review_decisions(ctx.out, ranges)
     return {vid: {"split": splits[vid],
                   "segments": kept_segments(decisions, vid, len(contiguity.Outputs.of(recs["contiguity"]).segments),
                                             p.include_unreviewed)}
