@@ -230,7 +230,7 @@ def _forkserver(preload: tuple[str, ...], env: dict[str, str]) -> Any:
     import multiprocessing
     from multiprocessing import forkserver
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([m for m in dict.fromkeys(("chorushead.executors",) + preload)])
+    ctx.set_forkserver_preload(list(dict.fromkeys(("chorushead.executors",) + preload)))
     with _environ(env):
         forkserver.ensure_running()   # a no-op once running
     return ctx
@@ -254,8 +254,10 @@ def _init_worker(env: dict[str, str], preload: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except ImportError:       # as the forkserver does: the task that needs it will say so
             pass
-    if "torch" in sys.modules:    # preloaded: its pool size was fixed in the server, maybe for another jobs
-        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
+    threads = env.get("OMP_NUM_THREADS", "")
+    if "torch" in sys.modules and threads.isdigit() and int(threads) > 0:
+        # preloaded: its pool size was fixed in the server, maybe for another number of jobs
+        sys.modules["torch"].set_num_threads(int(threads))
 
 
 class _LocalPool:
