@@ -78,7 +78,8 @@ def parallel_map(fn: Callable[[Any], Any], tasks: Iterable[Any], jobs: int = 1, 
     """Yield ``fn(task)`` for each task, and for each task ``follow`` adds, in completion order (see the
     module docstring). With ``engine`` (a :func:`session` of this backend) the tasks run on that
     session's cluster, started once for many calls; without, a Dask or Ray engine is started for this
-    call and stopped after it. ``jobs == 1`` on the local backend runs in this process."""
+    call and stopped after it (local: a pool of ``jobs`` processes; only a session's runs in this
+    process when ``jobs == 1``)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     tasks = list(tasks)
@@ -229,6 +230,7 @@ def _forkserver(preload: tuple[str, ...], env: dict[str, str]) -> Any:
     forked worker still gets this process's sys.path and working folder (multiprocessing sends them)."""
     import multiprocessing
     from multiprocessing import forkserver
+    _check_main_importable()
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(dict.fromkeys(("chorushead.executors",) + preload)))
     with _environ(env):
@@ -243,8 +245,8 @@ def _check_main_importable() -> None:
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if getattr(main, "__spec__", None) is None and path and not os.path.exists(path):
-        raise RuntimeError(f"local worker processes cannot start from a script read from {path!r}: save it to "
-                           "a file and run that, or use jobs=1 (runs in this process)")
+        raise RuntimeError(f"worker processes started here cannot start from a script read from {path!r}: "
+                           "save it to a file and run that, or use the local backend with jobs=1")
 
 
 def _init_worker(env: dict[str, str], preload: tuple[str, ...]) -> None:
@@ -274,7 +276,6 @@ class _LocalPool:
     def get(self) -> Any:
         if self._pool is None:
             from concurrent.futures import ProcessPoolExecutor
-            _check_main_importable()
             env = _thread_env(self.jobs)
             # Workers fork from the forkserver (never from this process, which runs threads), with the
             # preloaded modules already imported.
