@@ -38,6 +38,10 @@ class JsonLinesWorker:
         self._err = tempfile.NamedTemporaryFile(prefix=f"chorushead-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
                                      text=True, env=env, bufsize=1)
+        # Replies are read from the pipe's descriptor into this buffer, never through proc.stdout: a
+        # buffered readline() may pull two lines off the pipe at once, and select() then waits for
+        # the second one, which already sits in Python's buffer, until the timeout.
+        self._buf = bytearray()
         atexit.register(self.close, True)
         self.ready = self._read(start_timeout, starting=True)
 
@@ -51,26 +55,43 @@ class JsonLinesWorker:
             return ""
 
     def _read(self, timeout: float, starting: bool = False) -> dict[str, Any]:
+        """The next JSON line on the worker's stdout (other lines are library noise, skipped)."""
         deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
         while True:
+            line = self._next_line()
+            if line is not None:
+                if line.startswith("{"):
+                    return json.loads(line)
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 self.close(kill=True)
                 raise StageError(f"{self.name} worker gave no answer in {timeout:.0f} s; "
                                  f"its log ends with:\n{self.stderr_tail()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 5.0))
+            ready, _, _ = select.select([fd], [], [], min(left, 5.0))
             if not ready:
                 continue
-            line = self.proc.stdout.readline()
-            if not line:
-                rc = self.proc.wait()
-                what = "could not start" if starting else "died"
-                raise StageError(f"{self.name} worker {what} (exit code {rc}); its log ends with:\n"
-                                 f"{self.stderr_tail()}")
-            line = line.strip()
-            if line.startswith("{"):
-                return json.loads(line)
-            # anything else on stdout is noise from a library; ignore it
+            chunk = os.read(fd, 1 << 16)
+            if chunk:
+                self._buf += chunk
+                continue
+            if self._buf:               # a last line without its newline
+                self._buf += b"\n"
+                continue
+            rc = self.proc.wait()
+            what = "could not start" if starting else "died"
+            raise StageError(f"{self.name} worker {what} (exit code {rc}); its log ends with:\n"
+                             f"{self.stderr_tail()}")
+
+    def _next_line(self) -> str | None:
+        """A whole line taken from the buffer (stripped), or None while none is complete."""
+        end = self._buf.find(b"\n")
+        if end < 0:
+            return None
+        line = self._buf[:end].decode(errors="replace").strip()
+        del self._buf[:end + 1]
+        return line
 
     def request(self, job: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
         if self.proc.poll() is not None:
