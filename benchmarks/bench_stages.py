@@ -22,6 +22,10 @@ Figures also go to benchmarks/results/bench_stages.json (or --json), for benchma
    each in a fresh interpreter so each pays its own start-up, imports and model loads. "cpu s" there
    is the CLI and every process under it (workers, their forkserver, ffmpeg, Ray's), sampled; "work
    s" is the first record's start to the last one's end (without the CLI's and the engine's start-up).
+   "cpu bound" is the speed-up over the first run that this run would reach with its own CPU seconds
+   spread over every core, none idle: a run whose engine spends CPU of its own (schedulers, event
+   loops, per-worker imports) cannot beat it however well it schedules, and a run far below it lost
+   time to idle cores (start-up, a last item alone) rather than to work.
 
 The machine may be shared: the load average is printed before and after; compare runs with care.
 """
@@ -286,6 +290,9 @@ def _main(argv: list[str] | None, tee: _Tee) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_stages-"))
     work.mkdir(parents=True, exist_ok=True)
+    # A --work folder kept from an earlier run starts afresh: its builds would be reused, not timed.
+    for old in ("clip", "build", "small", "copies", *(p.name for p in work.glob("scale-*"))):
+        shutil.rmtree(work / old, ignore_errors=True)
     rec = Recorder("bench_stages")
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "load_before": load()}
     print(f"work folder {work}; load average {results['load_before']} on {os.cpu_count()} cores")
@@ -330,8 +337,9 @@ def _main(argv: list[str] | None, tee: _Tee) -> int:
         videos, stems_dir = copy_clips(small, small_stems / "small", work / "copies", args.copies)
         print(f"\nscaling: {args.copies} copies of a {args.copy_seconds:g} s {args.size}x{args.size} clip "
               f"(made in {time.perf_counter() - t0:.1f} s), stages {', '.join(STAGES)}")
+        cores = os.cpu_count() or 1
         print(f"{'run':<10}{'seconds':>9}{'cpu s':>8}{'videos/s':>10}{'RTF':>8}{'speed-up':>10}"
-              f"{'work s':>8}{'speed-up':>10}  status")
+              f"{'work s':>8}{'speed-up':>10}{'cpu bound':>11}  status")
         scaling = []
         for spec in args.scale.split(","):
             backend, _, jobs = spec.strip().partition(":")
@@ -339,18 +347,22 @@ def _main(argv: list[str] | None, tee: _Tee) -> int:
                         backend, int(jobs or 1))
             base = scaling[0] if scaling else r
             busy = r.extra["work_s"]
+            r.extra["cpu_bound"] = round(base.seconds / max(r.cpu / cores, 1e-9), 2)
             print(f"{r.stage:<10}{r.seconds:>9.2f}{r.cpu:>8.1f}{args.copies / r.seconds:>10.3f}"
                   f"{args.copies * args.copy_seconds / r.seconds:>8.2f}{base.seconds / r.seconds:>10.2f}"
-                  f"{busy:>8.2f}{base.extra['work_s'] / busy:>10.2f}  "
+                  f"{busy:>8.2f}{base.extra['work_s'] / busy:>10.2f}{r.extra['cpu_bound']:>11.2f}  "
                   f"item-stages done {r.done} skipped {r.skipped} failed {r.failed} {r.note}")
             scaling.append(r)
         results["scaling"] = [asdict(r) for r in scaling]
         rec.row(f"build of {args.copies} × {args.copy_seconds:g} s clips",
                 ", ".join(f"{r.stage} {r.seconds:.1f} s ({scaling[0].seconds / r.seconds:.2f}×; work "
-                          f"{r.extra['work_s']:.1f} s, {scaling[0].extra['work_s'] / r.extra['work_s']:.2f}×)"
+                          f"{r.extra['work_s']:.1f} s, {scaling[0].extra['work_s'] / r.extra['work_s']:.2f}×; "
+                          f"{r.cpu:.1f} CPU-s, bound {r.extra['cpu_bound']:.2f}×)"
                           for r in scaling),
                 **{r.stage: round(r.seconds, 2) for r in scaling},
-                **{f"{r.stage} work": round(r.extra["work_s"], 2) for r in scaling})
+                **{f"{r.stage} work": round(r.extra["work_s"], 2) for r in scaling},
+                **{f"{r.stage} cpu": round(r.cpu, 1) for r in scaling},
+                **{f"{r.stage} cpu bound": r.extra["cpu_bound"] for r in scaling})
 
     results["load_after"] = load()
     print(f"\nload average after: {results['load_after']}")
