@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from synth_video import box_iou, write_duet_video  # noqa: E402
-from _results import Recorder  # noqa: E402
+from _results import Recorder, cpu_seconds  # noqa: E402
 
 from chorushead.core.manifest import Record  # noqa: E402
 from chorushead.core.media import iter_frames  # noqa: E402
@@ -55,14 +55,6 @@ def accuracy(boxes: np.ndarray, truth: np.ndarray) -> dict:
             "iou_ge_0.8": float((iou >= 0.8).mean()) if iou.size else float("nan"),
             "missed": int((want & ~have).sum()), "invented": int((have & ~want).sum()),
             "faces": int(want.sum())}
-
-
-def cpu_seconds() -> float:
-    """CPU of this process (all threads) and its finished children (ffmpeg): on a shared machine
-    wall time swings with the others' load, CPU time much less."""
-    import resource
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def naive_loop(video: Path, frames: np.ndarray, strips: int = 2) -> tuple[np.ndarray, float, float]:
@@ -129,11 +121,7 @@ def main() -> None:
     n = int(round(args.seconds * 30))
     absent = (int(n * 0.4), int(n * 0.4) + 30)
     rec = Recorder("bench_crop")
-    lines: list[str] = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    say = rec.say
 
     say(f"load average before: {os.getloadavg()}  (cores: {os.cpu_count()})")
     say(f"params: {params}")
@@ -204,7 +192,7 @@ def main() -> None:
             f"full pyramid on {metrics['detected_fraction']:.1%} of strip-frames",
             decode_fps=m / dec, detected_fraction=metrics["detected_fraction"], detect_s=metrics["detect_s"],
             save_s=metrics["save_s"], decode_wait_s=metrics["decode_wait_s"])
-    rec.write("\n".join(lines), path=args.json)
+    rec.write(path=args.json)
 
 
 def fmt(a: dict) -> str:

@@ -72,7 +72,7 @@ def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def crop_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
+def crop_section(work: Path, z: Sizes, rec: Recorder, state: dict) -> None:
     """Leaves the folder of the (last) crop run's strips in ``state["strips"]``, for the fit section."""
     from bench_crop import run_stage
     from synth_video import write_duet_video
@@ -87,7 +87,7 @@ def crop_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
             metrics, _, wall, cpu = run_stage(video, z.crop_frames, z.crop_size,
                                               CropParams(device=dev, batch_size=batch, torch_threads=1), run)
             fps = z.crop_frames / wall
-            say(f"crop {dev} batch {batch}: {fps:.1f} frames/s ({wall:.2f} s, {cpu:.2f} CPU-s), full pyramid on "
+            rec.say(f"crop {dev} batch {batch}: {fps:.1f} frames/s ({wall:.2f} s, {cpu:.2f} CPU-s), full pyramid on "
                 f"{metrics['detected_fraction']:.1%} of strip-frames")
             figures.append({"device": dev, "batch": batch, "frames_per_s": round(fps, 1), "cpu_s": round(cpu, 2)})
             state["strips"] = next(run.rglob("crop.tmp"))
@@ -97,7 +97,7 @@ def crop_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
                       for f in figures), runs=figures, section="crop")
 
 
-def duet_split_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
+def duet_split_section(work: Path, z: Sizes, rec: Recorder, state: dict) -> None:
     from chorushead.backends.mossformer2 import write_random_model
     model = write_random_model(work / "m2", num_blocks=z.m2_blocks, channels=z.m2_channels)
     figures = []
@@ -111,7 +111,7 @@ def duet_split_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) ->
             if not lines:
                 raise RuntimeError(f"duet_split on {dev} failed: {p.stderr.strip()[-400:]}")
             r = json.loads(lines[-1])
-            say(f"duet_split {dev} batch {batch}: {r['seconds']:.2f} s for a {z.song_s:g} s song "
+            rec.say(f"duet_split {dev} batch {batch}: {r['seconds']:.2f} s for a {z.song_s:g} s song "
                 f"({r['x_realtime']:.1f}× real time), peak {r['peak_mb']:.0f} MB")
             figures.append(r)
     base = figures[0]["seconds"]
@@ -121,10 +121,10 @@ def duet_split_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) ->
                       f"{r['peak_mb']:.0f} MB" for r in figures), runs=figures, section="duet_split")
 
 
-def fit_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
+def fit_section(work: Path, z: Sizes, rec: Recorder, state: dict) -> None:
     """EMOCA's runner in this process, on the stand-in package (its network is trivial)."""
     if "strips" not in state:          # fit alone: crop a small clip first
-        crop_section(work, QUICK, lambda _text: None, Recorder("unused"), state)
+        crop_section(work, QUICK, Recorder("bench_gpu-crops-for-fit"), state)   # its figures: not this run's
     strips = state["strips"]
     sys.path.insert(0, str(ROOT / "tests" / "stand_ins"))
     os.environ.pop("CHORUSHEAD_EMOCA_PYTHON", None)    # the stand-in, in this process: not a real EMOCA env
@@ -145,7 +145,7 @@ def fit_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
                 t0 = time.perf_counter()
                 _, images = backend.fit([str(strips / "strip0"), str(strips / "strip1")], [(0, n)], out, batch)
                 wall = time.perf_counter() - t0
-                say(f"fit (EMOCA stand-in) {dev} batch {batch}: {images / wall:.0f} images/s ({images} images)")
+                rec.say(f"fit (EMOCA stand-in) {dev} batch {batch}: {images / wall:.0f} images/s ({images} images)")
                 figures.append({"device": dev, "batch": batch, "images_per_s": round(images / wall, 1)})
         finally:
             backend.close()
@@ -162,7 +162,7 @@ def _steps_per_s(run: Path, warmup: int) -> float:
     return (b["step"] - a["step"]) / max(b["time"] - a["time"], 1e-9)
 
 
-def train_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None:
+def train_section(work: Path, z: Sizes, rec: Recorder, state: dict) -> None:
     data = work / "synth.lmdb"
     subprocess.run([sys.executable, "-m", "pachorus.cli", "synth", "--out", str(data), "--videos", str(z.synth_videos),
                     "--seconds", "10", "--window", "60"], check=True, capture_output=True, text=True)
@@ -183,7 +183,7 @@ def train_section(work: Path, z: Sizes, say, rec: Recorder, state: dict) -> None
         if p.returncode != 0:
             raise RuntimeError(f"pachorus train ({name}) failed: {p.stderr.strip()[-400:]}")
         sps = _steps_per_s(out, z.train_warmup)
-        say(f"train {name}: {sps:.1f} steps/s (batch {z.train_batch}, after {z.train_warmup} warm-up steps)")
+        rec.say(f"train {name}: {sps:.1f} steps/s (batch {z.train_batch}, after {z.train_warmup} warm-up steps)")
         figures.append({"run": name, "steps_per_s": round(sps, 2)})
     base = figures[0]["steps_per_s"]
     rec.row(f"pachorus train steps/s (batch {z.train_batch}, synthetic LMDB, default model)",
@@ -205,29 +205,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     rec = Recorder("bench_gpu")
-    lines: list[str] = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
 
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    say(f"load average before: {os.getloadavg()}  (cores: {os.cpu_count()}); GPU: {card or 'none'}")
+    rec.say(f"load average before: {os.getloadavg()}  (cores: {os.cpu_count()}); GPU: {card or 'none'}")
     if card is None:
-        say("no CUDA device here: measuring the CPU side only (the GPU figures need a machine with CUDA)")
+        rec.say("no CUDA device here: measuring the CPU side only (the GPU figures need a machine with CUDA)")
     run = {"crop": crop_section, "duet_split": duet_split_section, "fit": fit_section, "train": train_section}
     work = Path(tempfile.mkdtemp(prefix="bench_gpu-"))
     state: dict = {}
     try:
         for name in (s for s in SECTIONS if s in sections):
             t0 = time.perf_counter()
-            run[name](work, z, say, rec, state)
-            say(f"[{name}: {time.perf_counter() - t0:.0f} s]")
+            run[name](work, z, rec, state)
+            rec.say(f"[{name}: {time.perf_counter() - t0:.0f} s]")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"load average after: {os.getloadavg()}")
+    rec.say(f"load average after: {os.getloadavg()}")
     note = ("" if card else "no CUDA device: CPU side only; ") + ("--quick sizes: a smoke run" if args.quick else "")
-    rec.write("\n".join(lines), note=note.strip("; "), path=args.json)
+    rec.write(note=note.strip("; "), path=args.json)
     return 0
 
 

@@ -64,13 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
                       synth_window=args.window)
     from _results import Recorder
     rec = Recorder("bench_learnability")
-    lines: list[str] = []
-
-    def log(m: str) -> None:
-        print(m, flush=True)
-        lines.append(m)
-
-    report = run_bench(cfg, log=log)
+    report = run_bench(cfg, log=rec.say)
     stats, what = report["stats"], f"{cfg.steps} steps × {cfg.seeds} seeds, synthetic rules, toy head"
     for k, unit in (("LVE_l2", "mm"), ("PPE", "rad")):
         rec.row(f"{k} per variant ({what})", ", ".join(f"{v} {d[k]['mean']:.4g} ± {d[k]['std']:.2g}"
@@ -81,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ("" if not c["holds"] else ", beyond 2 std" if c["established"] else ", not established") +
                 f" (gap {c['gap']:.3g}, 2 std {c['two_std']:.2g})", gap=c["gap"], two_std=c["two_std"])
     n = len(report["runs"])
-    rec.write("\n".join(lines), note=f"{report['trained']} of {n} runs trained in this invocation "
+    rec.write(note=f"{report['trained']} of {n} runs trained in this invocation "
               f"({report['cpu_s']:.0f} CPU-s), the rest reused from earlier ones in the same --out")
     return report
 

@@ -198,11 +198,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)   # the main process converts batches; workers get one thread each anyway
     rec = Recorder("bench_lmdb")
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
+    say = rec.say
 
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         db, npz = write_both(Path(d), args.windows)
@@ -273,7 +269,7 @@ def main() -> None:
         say("  (main+other: the main thread + the reader thread or all workers; idle cores: the rate that CPU work"
             " allows, limited by the busiest thread or process and by all work over 2 cores; device step: a"
             f" {step_ms:.0f} ms sleep per batch after to_device, the host idle as while an accelerator computes)")
-    rec.write("\n".join(lines))
+    rec.write()
 
 
 if __name__ == "__main__":

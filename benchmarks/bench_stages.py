@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from chorushead.core import media  # noqa: E402
 from chorushead.demo import write_sample  # noqa: E402
 from chorushead.core.manifest import Manifest  # noqa: E402
 from chorushead.runner import Pipeline, build  # noqa: E402
-from _results import Recorder  # noqa: E402
+from _results import Recorder, cpu_seconds  # noqa: E402
 
 STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
 FPS = 30
@@ -90,13 +89,6 @@ def copy_clips(src_video: Path, src_stems: Path, dest: Path, copies: int) -> tup
 
 
 # ----------------------------------------------------------------------------- measurements
-def cpu_seconds() -> float:
-    """User + system CPU of this process and of its finished children (ffmpeg, workers). On a shared
-    machine wall time swings with the others' load; CPU time much less so."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 class TreeCPU:
     """CPU seconds (user + system) of a process and all its descendants, sampled every ``every`` s in a
     thread. getrusage cannot see them all: workers fork from a forkserver (local pool, Dask) or start

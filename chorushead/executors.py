@@ -498,12 +498,13 @@ def _ray_map(ray: Any, fn: Callable[[Any], Any], tasks: list[Any], gpu: Gpu, ret
         options["max_retries"] = 0
     remote = ray.remote(**options)(fn)
     needs_gpu = gpu if callable(gpu) else (lambda _task: gpu)
+    resources = ray.cluster_resources()
     # A GPU stage batches inside its task, on a GPU of its own (when the cluster has one).
-    on_gpu = remote.options(num_gpus=1) if ray.cluster_resources().get("GPU", 0) >= 1 else remote
+    on_gpu = remote.options(num_gpus=1) if resources.get("GPU", 0) >= 1 else remote
     todo: deque[Any] = deque(tasks)
     refs: dict[Any, Any] = {}
     pending: list[Any] = []
-    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    window = max(1, int(resources.get("CPU", 1)))
 
     def submit() -> None:
         while todo and len(pending) < window:

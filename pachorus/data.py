@@ -115,9 +115,10 @@ class BufferPool:
     use count is back to the pool's own reference), so a batch does not fault in fresh pages: ~15% less
     CPU per sample measured on the 2-core machine (A/B of the loader with and without the pool). Holds
     at most ``cap`` buffers; one still in use is never handed out again. The count is read through a
-    private torch binding; a torch without it gets a fresh buffer per batch (no reuse, still correct). In-process only: a worker's batches are used in another process (whose
-    references the count cannot see), and a pinned buffer may still be uploading (CUDA's host
-    allocator caches those itself)."""
+    private torch binding; a torch without it gets a fresh buffer per batch (no reuse, still correct).
+    In-process only: a worker's batches are used in another process (whose references the count
+    cannot see), and a pinned buffer may still be uploading (CUDA's host allocator caches those
+    itself)."""
 
     def __init__(self, cap: int):
         self.cap, self._bufs, self._lock = cap, [], threading.Lock()
@@ -204,7 +205,7 @@ class BatchLoader:
         if self.num_workers > 0:
             return iter(DataLoader(self.ds, sampler=self.batches, batch_size=None, num_workers=self.num_workers,
                                    pin_memory=self.pin_memory, generator=self.generator))
-        pool = BufferPool(max(self.prefetch, 0) + 3) if hasattr(torch._C, "_storage_Use_Count") else None
+        pool = BufferPool(max(self.prefetch, 0) + 3)
         if self.prefetch <= 0:
             return (self.ds.batch(js, self.pin_memory, pool) for js in self.batches)
         return self._read_ahead(pool)

@@ -335,7 +335,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     # the datasets read whole batches (one LMDB transaction, no per-sample collate): pachorus.data.BatchLoader
     val_loader = BatchLoader(val_ds, BatchSampler(SequentialSampler(val_ds), cfg.batch_size, False),
                              num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                             prefetch=READ_AHEAD if device.type != "cpu" else 0) if len(val_ds) else None
+                             prefetch=default_read_ahead(device)) if len(val_ds) else None
     return Run(cfg=cfg, out=out, d=d, device=device, use_amp=use_amp, train_ds=train_ds, val_loader=val_loader,
                n_frames=int(cfg.data_info["window"]), loss_fn=loss_fn, model=model, ddp=ddp, params=params, opt=opt,
                scaler=scaler, sampler=sampler, state=state, log=open(out / "log.jsonl", "a") if d.main else None)
@@ -363,6 +363,11 @@ def _step(run: Run, batch: dict) -> dict:
 READ_AHEAD = 2
 
 
+def default_read_ahead(device: torch.device) -> int:
+    """Batches the loader's thread reads ahead unless told otherwise: on an accelerator only."""
+    return READ_AHEAD if device.type != "cpu" else 0
+
+
 def train_loader(ds: HostWindowDataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int, skip: int,
                  device: torch.device, read_ahead: int | None = None) -> BatchLoader:
     """The training batches of ``epoch`` from batch ``skip`` on, read as the trainer reads them (what
@@ -371,10 +376,9 @@ def train_loader(ds: HostWindowDataset, sampler: DistributedSampler, cfg: TrainC
     pinned memory for CUDA."""
     sampler.set_epoch(epoch)
     batches = BatchSampler(SkipSampler(sampler, skip * cfg.batch_size), cfg.batch_size, drop_last=True)
-    if read_ahead is None:
-        read_ahead = READ_AHEAD if device.type != "cpu" else 0
     return BatchLoader(ds, batches, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                       generator=torch.Generator().manual_seed(cfg.seed + epoch), prefetch=read_ahead)
+                       generator=torch.Generator().manual_seed(cfg.seed + epoch),
+                       prefetch=default_read_ahead(device) if read_ahead is None else read_ahead)
 
 
 def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:

@@ -107,6 +107,19 @@ def test_empty_range_is_bad_input(tmp_path, duet, detector):
         STAGE.process(make_ctx(tmp_path / "b", video, 500, 520), params, model)
 
 
+def test_a_failed_crop_write_is_reported_and_opencv_threads_restored(tmp_path, duet, detector, monkeypatch):
+    """A JPEG the writer thread cannot write (disk full) fails the item with the file named, and the
+    process-wide OpenCV thread count the stage lowered is put back for whatever runs next."""
+    import chorushead.stages.crop as crop_mod
+    video, _ = duet
+    params, model = detector
+    before = cv2.getNumThreads()
+    monkeypatch.setattr(crop_mod.cv2, "imwrite", lambda *a, **k: False)
+    with pytest.raises(OSError, match=r"could not write .*strip\d/\d{6}\.jpg \(disk full\?\)"):
+        STAGE.process(make_ctx(tmp_path, video, START, END), params, model)
+    assert cv2.getNumThreads() == before
+
+
 def test_emoca_crop_geometry():
     box = np.array([10.0, 20.0, 50.0, 60.0])                    # 40×40 face
     cb = emoca_crop_box(box)                                    # side 40 -> 50, centre (30, 44.8)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from chorushead.core.flame import FlameModel, make_synthetic_flame
 from chorushead.core.manifest import Manifest
 from chorushead.core.windows import (N_SHAPE, WindowReader, decode_arrays, encode_arrays, open_env, rebuild_index,
-                                     window_key, write_meta)
+                                     window_key)
 from chorushead.runner import run_global_stage
 from chorushead.stages import pack
 from packfixture import make_upstream

@@ -341,7 +341,7 @@ def _load_nets(torch, device: str):
             out[0] = torch.softmax(out[0], dim=1)        # the face/not-face head, returned last
             return tuple(out[1:]) + (out[0],)
 
-    def convs(spec):        # (name, in, out, kernel) + PReLU, then a pool where given
+    def convs(spec):        # (in, out, kernel, pool) -> conv + PReLU, then a max-pool where given
         layers = []
         for i, (cin, cout, k, pool) in enumerate(spec, 1):
             layers += [(f"conv{i}", nn.Conv2d(cin, cout, k)), (f"prelu{i}", nn.PReLU(cout))]

@@ -234,8 +234,9 @@ def process(ctx: Context, p: Params, detector) -> Result:
     # holds 3 chunks ahead.
     w, h = ing.width, ing.height
     chunk = max(1, min(4, (24 << 20) // (w * h * 3))) if w and h else 4
-    # One OpenCV thread per calling thread (restored after): its parallel_for on our small images and
-    # the one colour conversion per frame cost more in hand-offs than it gained on 2 shared cores.
+    # One OpenCV thread while the stage runs (a process-wide setting with pip's pthreads build;
+    # restored after): its parallel_for on our small images and the one colour conversion per frame
+    # cost more in hand-offs than it gained on 2 shared cores.
     cv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     # convert="opencv": ffmpeg's own YUV->RGB cost more CPU than OpenCV's (in the prefetch thread).
@@ -262,8 +263,10 @@ def process(ctx: Context, p: Params, detector) -> Result:
     finally:
         frames.close()
         bar.close()
-        writer.close()
-        cv2.setNumThreads(cv_threads)
+        try:
+            writer.close()          # raises the writer's error (disk full...)
+        finally:
+            cv2.setNumThreads(cv_threads)
     if count == 0:
         raise BadInput(f"{Path(source).name}: decoding frames {start}..{end} produced no frames")
 
