@@ -20,7 +20,7 @@ import numpy as np
 from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
 from chorushead.core.manifest import Record, iter_records
 from chorushead.core.windows import SPLITS, WindowReader
-from chorushead.runner import Pipeline, load_items, ready_upstream, upstream_fingerprint
+from chorushead.runner import Pipeline, Plan, load_items
 from chorushead.stages import assign, contiguity, crop, get_stage, ingest, pack, smooth, vad
 from chorushead.stages.base import DEFAULT_FPS, GlobalContext
 
@@ -158,18 +158,19 @@ def _same_params(out: Path, items: dict, latest: dict[str, dict[str, Record]],
     card shows are exactly the ones the data came from."""
     res = {}
     its = list(items.values())
+    plan = Plan.of(pipeline)
     for name in pipeline.stages:
         stage = get_stage(name)
-        params = stage.make_params(pipeline.params.get(name))
         mine = {v: r for v, r in latest.get(name, {}).items() if r.ok and v in items}
-        ready = ready_upstream(stage, its, latest)
+        ready = {vid: {need: latest[need][vid] for need in stage.needs} for vid in mine
+                 if all(latest.get(need, {}).get(vid) is not None for need in stage.needs)}
         plans: dict[str, Any] = {}
         if stage.kind == "global" and stage.plan is not None:
             ctx = GlobalContext(out=out, fps=pipeline.fps, upstream=dict(sorted(ready.items())), previous={},
-                                fingerprints={}, progress=False)
-            plans = stage.plan(ctx, params)
-        same = sum(1 for v, r in mine.items() if v in ready and r.fingerprint == upstream_fingerprint(
-            stage, params, items[v], ready[v], pipeline.fps, plans.get(v)))
+                                fingerprints={}, progress=False, items=sorted(items))
+            plans = stage.plan(ctx, plan.params[name])
+        same = sum(1 for v, r in mine.items() if v in ready and r.fingerprint == plan.fingerprint(
+            name, items[v], ready[v], plans.get(v)))
         res[name] = (same, len(mine))
     return res
 

@@ -33,7 +33,8 @@ from chorushead.core.manifest import (Manifest, Record, file_fingerprint, finger
                                       write_json_atomic)
 from chorushead.core.shapes import ShapeError
 from chorushead.stages import STAGE_MODULES, get_stage
-from chorushead.stages.base import DEFAULT_FPS, Context, GlobalContext, Item, Result, Stage, params_dict
+from chorushead.stages.base import (DEFAULT_FPS, Context, GlobalContext, Item, Result, Stage, params_dict,
+                                    result_params)
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 try:
@@ -138,12 +139,30 @@ def discover(videos: Path, stems: Path | None = None) -> list[Item]:
     return items
 
 
-def save_items(out: Path, items: list[Item]) -> None:
-    """items.json: every item ever seen by a build of this folder (merged, newest source wins)."""
+def save_items(out: Path, items: list[Item]) -> list[str]:
+    """items.json: every video registered in this build folder (a new batch is added beside the old ones;
+    only `chorushead remove` takes one out). An id already registered from another file (the same
+    relative path under another --videos folder) now names the new file: returns a note for each."""
     known = load_items(out)
+    notes = [f"{it.id}: now built from {it.source} (was {known[it.id].source}: same path under --videos)"
+             for it in items if it.id in known and known[it.id].source != it.source]
     for it in items:
         known[it.id] = it
+    if items or not (Path(out) / "items.json").exists():
+        write_json_atomic(Path(out) / "items.json", {k: vars(v) for k, v in sorted(known.items())})
+    return notes
+
+
+def remove_items(out: Path, ids: list[str]) -> list[Item]:
+    """Take videos out of the build's registry (their outputs stay on disk until the next pack drops
+    their windows). Unknown ids raise ValueError naming the registered ones."""
+    known = load_items(out)
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(f"not registered in {out}: {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    removed = [known.pop(i) for i in ids]
     write_json_atomic(Path(out) / "items.json", {k: vars(v) for k, v in sorted(known.items())})
+    return removed
 
 
 def load_items(out: Path) -> dict[str, Item]:
@@ -261,7 +280,8 @@ def run_task(task: Task) -> Record:
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         model = _model_for(stage, params)
-        ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream, fps=task.fps)
+        ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream, fps=task.fps,
+                      fingerprint=task.fp)
         res: Result = stage.process(ctx, params, model)
         stage.check(res)
         outputs = _relativise(res.outputs, tmp, final.relative_to(out))
@@ -333,49 +353,93 @@ class StageSummary:
             self.failures.append((r.item, f"{r.error_class}: {r.message}"))
 
 
-def upstream_fingerprint(stage: Stage, params: Any, item: Item, upstream: dict[str, Record], fps: int,
-                         plan: Any = None) -> str:
-    """``plan``: what a global stage says the item's result also depends on (see Stage.plan)."""
-    base = [stage.name, stage.version, params_dict(params), fps]
-    if not stage.needs:  # first stage: fingerprint the inputs themselves
-        src = Path(item.source)
-        base.append(file_fingerprint(src) if src.is_file() and os.access(src, os.R_OK) else f"unreadable:{src}")
-        if item.stems:
-            base.append(sorted((p.name, file_fingerprint(p)) for p in Path(item.stems).glob("*.wav")))
-    base.append({k: r.fingerprint for k, r in sorted(upstream.items())})
-    if plan is not None:
-        base.append(plan)
-    return fingerprint(*base)
+@dataclass
+class Plan:
+    """What a build would record now: every stage of the pipeline with its parameters and the identity
+    of the model it would run (Stage.identity, resolved once per build), at the pipeline's fps.
+
+    :meth:`states` walks one item through the stages in order and says of each whether its newest
+    record is *current* (ok, and made from today's inputs, settings, model and current upstream
+    records), *todo* (its upstream is current but its own record is missing, failed or stale), or
+    *blocked* (an upstream stage is not current: it failed, is stale or has not run). Only current
+    records flow downstream; a blocked stage's old outputs stay where they are but count as stale."""
+    order: list[str]
+    params: dict[str, Any]
+    fps: int
+    identities: dict[str, Any] = field(default_factory=dict)
+    _sources: dict[str, Any] = field(default_factory=dict, repr=False)   # item id -> input fingerprint
+
+    @classmethod
+    def of(cls, pipeline: "Pipeline") -> "Plan":
+        params = {name: get_stage(name).make_params(pipeline.params.get(name)) for name in pipeline.stages}
+        ids = {name: get_stage(name).identity(p) for name, p in params.items() if get_stage(name).identity}
+        return cls(order=list(pipeline.stages), params=params, fps=pipeline.fps, identities=ids)
+
+    def source_fingerprint(self, item: Item) -> Any:
+        """The first stage's input: the video file (and the stems), read once per build."""
+        if item.id not in self._sources:
+            src = Path(item.source)
+            fp: list[Any] = [file_fingerprint(src) if src.is_file() and os.access(src, os.R_OK)
+                             else f"unreadable:{src}"]
+            if item.stems:
+                fp.append(sorted((p.name, file_fingerprint(p)) for p in Path(item.stems).glob("*.wav")))
+            self._sources[item.id] = fp
+        return self._sources[item.id]
+
+    def fingerprint(self, name: str, item: Item, upstream: dict[str, Record], plan: Any = None) -> str:
+        """The fingerprint stage ``name`` records for ``item`` from these upstream records; ``plan``: what
+        a global stage says the item's result also depends on (see Stage.plan)."""
+        stage = get_stage(name)
+        base = [stage.name, stage.version, result_params(self.params[name]), self.fps]
+        if name in self.identities:
+            base.append({"model": self.identities[name]})
+        if not stage.needs:  # first stage: fingerprint the inputs themselves
+            base.extend(self.source_fingerprint(item))
+        base.append({k: r.fingerprint for k, r in sorted(upstream.items())})
+        if plan is not None:
+            base.append(plan)
+        return fingerprint(*base)
+
+    def states(self, item: Item, latest: dict[str, dict[str, Record]]) -> dict[str, tuple[str, str | None]]:
+        """Stage -> (state, fingerprint it would record now or None): see the class docstring. A global
+        stage whose upstream is current is "ready" (its fingerprint needs its plan, over all items)."""
+        res: dict[str, tuple[str, str | None]] = {}
+        for name in self.order:
+            stage = get_stage(name)
+            if any(res.get(need, ("absent",))[0] != "current" for need in stage.needs):
+                res[name] = ("blocked", None)
+                continue
+            prev = latest.get(name, {}).get(item.id)
+            if stage.kind == "global":   # item stages after a global one trust its ok record
+                res[name] = ("current" if prev is not None and prev.ok else "ready", None)
+                continue
+            fp = self.fingerprint(name, item, {need: latest[need][item.id] for need in stage.needs})
+            res[name] = ("current" if prev is not None and prev.ok and prev.fingerprint == fp else "todo", fp)
+        return res
+
+    def ready(self, name: str, items: list[Item], latest: dict[str, dict[str, Record]]) -> dict[str, dict[str, Record]]:
+        """Item id -> the records stage ``name`` needs, for the items whose upstream is all current."""
+        stage = get_stage(name)
+        return {it.id: {need: latest[need][it.id] for need in stage.needs}
+                for it in items if self.states(it, latest)[name][0] not in ("blocked",)}
 
 
-def ready_upstream(stage: Stage, items: list[Item], latest: dict[str, dict[str, Record]]) -> dict[str, dict[str, Record]]:
-    """Item id -> the newest record of each stage ``stage`` needs, for items where all of them are ok."""
-    ready = {}
-    for it in items:
-        ups = {need: latest.get(need, {}).get(it.id) for need in stage.needs}
-        if all(r is not None and r.ok for r in ups.values()):
-            ready[it.id] = ups
-    return ready
-
-
-def next_task(names: list[str], stage_params: dict[str, Any], item: Item, out: Path,
-              latest: dict[str, dict[str, Record]], fps: int, summaries: dict[str, "StageSummary"],
-              start: int = 0) -> Task | None:
+def next_task(names: list[str], plan: Plan, item: Item, out: Path, latest: dict[str, dict[str, Record]],
+              summaries: dict[str, "StageSummary"], start: int = 0) -> Task | None:
     """The item's first stage from ``names[start:]`` that has work to do, as a Task; the stages passed
-    on the way are counted as reused (done with this fingerprint) or blocked (an upstream record is
-    missing or not ok). None when the item has nothing left to do in ``names``."""
+    on the way are counted as reused (current) or blocked (an upstream stage is not current). None when
+    the item has nothing left to do in ``names``."""
+    states = plan.states(item, latest)
     for name in names[start:]:
-        stage, params = get_stage(name), stage_params[name]
-        ups = {need: latest.get(need, {}).get(item.id) for need in stage.needs}
-        if not all(r is not None and r.ok for r in ups.values()):
+        state, fp = states[name]
+        if state == "blocked":
             summaries[name].blocked += 1
-            continue
-        fp = upstream_fingerprint(stage, params, item, ups, fps)
-        prev = latest.get(name, {}).get(item.id)
-        if prev is not None and prev.ok and prev.fingerprint == fp:
+        elif state == "current":
             summaries[name].reused += 1
-            continue
-        return Task(name, params_dict(params), item, str(out), ups, fp, fps)
+        else:
+            stage = get_stage(name)
+            ups = {need: latest[need][item.id] for need in stage.needs}
+            return Task(name, params_dict(plan.params[name]), item, str(out), ups, fp, plan.fps)
     return None
 
 
@@ -383,10 +447,11 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
           jobs: int = 1, stems: Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print, backend: str = "local",
           scheduler: str | None = None) -> list[StageSummary]:
-    """Run ``stages`` (default: all) of ``pipeline`` over the videos; returns one summary per stage, in
-    pipeline order. Item stages stream: an item moves to its next stage as soon as its previous one
-    is back, while other items are anywhere in the pipeline. A global stage (pack) waits for every
-    item stage before it in the order, and item stages after it wait for it."""
+    """Run ``stages`` (default: all) of ``pipeline`` over every video registered in ``out`` (with the
+    ones under ``videos`` added to them); returns one summary per stage, in pipeline order. Item stages
+    stream: an item moves to its next stage as soon as its previous one is back, while other items are
+    anywhere in the pipeline. A global stage (pack) waits for every item stage before it in the order,
+    and item stages after it wait for it."""
     out = Path(out)
     # Arguments are checked before the output folder exists, so a typo leaves nothing behind.
     if stages:
@@ -394,19 +459,21 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         if unknown:
             raise ValueError(f"--stages: unknown stage(s) {sorted(unknown)}; pipeline has {pipeline.stages}")
     order = [s for s in pipeline.stages if stages is None or s in stages]
-    stage_params = {name: get_stage(name).make_params(pipeline.params.get(name)) for name in order}
+    plan = Plan.of(pipeline)
     for flag, folder in (("--videos", videos), ("--stems", stems)):
         if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"{flag} {folder}: not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with BuildLock(out):
         items = discover(videos, stems) if videos is not None else []
-        if items:
-            save_items(out, items)
-        pipeline.save(out)
-        all_items = list(load_items(out).values()) if videos is None else items
-        if not all_items:
+        if videos is not None and not items:
             log(f"No videos found under {videos} (extensions: {', '.join(sorted(VIDEO_EXTS))}).")
+        for note in save_items(out, items):
+            log(note)
+        pipeline.save(out)
+        # Batches add up: every registered video is built and packed, not only the new batch.
+        all_items = list(load_items(out).values())
+        if not all_items:
             return []
         summaries = {name: StageSummary(name) for name in order}
         from chorushead.executors import session
@@ -418,11 +485,11 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
         with session(backend, jobs, scheduler, preload=preload) as engine:
             for names, global_name in _runs(order):
                 if names:
-                    _stream(names, stage_params, all_items, out, iter_records(out, pipeline.stages), pipeline.fps,
-                            summaries, engine, progress)
+                    _stream(names, plan, all_items, out, iter_records(out, pipeline.stages), summaries, engine,
+                            progress)
                 if global_name:
-                    _run_global(get_stage(global_name), stage_params[global_name], all_items, out,
-                                iter_records(out, pipeline.stages), pipeline.fps, progress, summaries[global_name])
+                    _run_global(get_stage(global_name), plan, all_items, out, iter_records(out, pipeline.stages),
+                                progress, summaries[global_name])
         return [summaries[name] for name in order]
 
 
@@ -440,9 +507,8 @@ def _runs(order: list[str]) -> list[tuple[list[str], str | None]]:
     return runs
 
 
-def _stream(names: list[str], stage_params: dict[str, Any], items: list[Item], out: Path,
-            latest: dict[str, dict[str, Record]], fps: int, summaries: dict[str, StageSummary], engine: Any,
-            progress: bool) -> None:
+def _stream(names: list[str], plan: Plan, items: list[Item], out: Path, latest: dict[str, dict[str, Record]],
+            summaries: dict[str, StageSummary], engine: Any, progress: bool) -> None:
     """Every item through the item stages ``names``, streaming (see :func:`build`). Records are appended
     here, in this one process, as tasks finish in any order; ``latest`` is kept up to date with them."""
     from tqdm.auto import tqdm
@@ -453,7 +519,7 @@ def _stream(names: list[str], stage_params: dict[str, Any], items: list[Item], o
                file=sys.stderr, dynamic_ncols=True)
 
     def next_of(it: Item, start: int = 0) -> list[Task]:
-        task = next_task(names, stage_params, it, out, latest, fps, summaries, start)
+        task = next_task(names, plan, it, out, latest, summaries, start)
         bar.update((len(names) if task is None else names.index(task.stage)) - start)   # passed over
         return [] if task is None else [task]
 
@@ -478,25 +544,39 @@ def _stream(names: list[str], stage_params: dict[str, Any], items: list[Item], o
         s.pending = len(items) - s.done - s.skipped - s.failed - s.reused - s.blocked
 
 
-def _run_global(stage: Stage, params: Any, items: list[Item], out: Path, latest: dict[str, dict[str, Record]],
-                fps: int, progress: bool, summ: StageSummary) -> None:
+def _run_global(stage: Stage, plan: Plan, items: list[Item], out: Path, latest: dict[str, dict[str, Record]],
+                progress: bool, summ: StageSummary) -> None:
     t0 = time.time()
     manifest = Manifest(out, stage.name)
-    for rec in run_global_stage(stage, params, items, out, latest, fps, progress):
+    records = run_global_stage(stage, plan.params[stage.name], items, out, latest, plan.fps, progress, plan=plan)
+    for rec in records:
         manifest.append(rec)
         summ.count(rec)
+    ready = {r.item for r in records} | {it.id for it in items if plan.states(it, latest)[stage.name][0] != "blocked"}
+    summ.reused = len(ready) - summ.done - summ.skipped - summ.failed
+    summ.blocked = len(items) - len(ready)
     summ.seconds = time.time() - t0
 
 
 def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
-                     latest: dict[str, dict[str, Record]], fps: int, progress: bool = False) -> list[Record]:
-    """One call of a global stage over every ready item; its results become records (not appended)."""
-    ready = dict(sorted(ready_upstream(stage, items, latest).items()))
+                     latest: dict[str, dict[str, Record]], fps: int, progress: bool = False,
+                     plan: Plan | None = None) -> list[Record]:
+    """One call of a global stage over every ready item; its results become records (not appended).
+    With the build's ``plan`` an item is ready when its upstream records are current (Plan.states);
+    without one (a stage run on its own), when they are ok."""
+    if plan is None:
+        plan = Plan(order=[stage.name], params={stage.name: params}, fps=fps)
+        ready = {it.id: ups for it in items
+                 for ups in [{need: latest.get(need, {}).get(it.id) for need in stage.needs}]
+                 if all(r is not None and r.ok for r in ups.values())}
+    else:
+        ready = plan.ready(stage.name, items, latest)
+    ready = dict(sorted(ready.items()))
     by_id = {it.id: it for it in items}
     ctx = GlobalContext(out=Path(out), fps=fps, upstream=ready, previous=latest.get(stage.name, {}),
-                        fingerprints={}, progress=progress)
+                        fingerprints={}, progress=progress, items=sorted(by_id))
     plans = stage.plan(ctx, params) if stage.plan is not None else {}
-    ctx.fingerprints = {vid: upstream_fingerprint(stage, params, by_id[vid], ups, fps, plans.get(vid))
+    ctx.fingerprints = {vid: plan.fingerprint(stage.name, by_id[vid], ups, plans.get(vid))
                         for vid, ups in ready.items()}
     t0 = time.time()
     results = stage.process_all(ctx, params, plans)

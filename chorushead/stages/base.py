@@ -58,6 +58,8 @@ class Context:
     final: Path                       # <out>/items/<id>/<stage>
     upstream: dict[str, Record]       # newest ok record of each stage this one needs
     fps: int = DEFAULT_FPS            # the pipeline's frame rate: every frame index is on this timeline
+    fingerprint: str = ""             # what the runner will record: names this run's inputs + settings
+                                      # (a stage that keeps progress across kills keys it on this)
 
     def path(self, rel: str) -> Path:
         """Absolute path of an upstream output file (outputs hold paths relative to the build root)."""
@@ -73,6 +75,7 @@ class GlobalContext:
     previous: dict[str, Record]              # this stage's newest record per item
     fingerprints: dict[str, str]             # item id -> fingerprint the runner will record for it
     progress: bool = True
+    items: list[str] = field(default_factory=list)   # every video registered in the build, ready or not
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,11 @@ class Stage:
     # Heavy modules ``setup`` imports (torch...): a build's local worker processes fork from a server
     # that imported them once, instead of each importing them (seconds of CPU per worker).
     preload: tuple[str, ...] = ()
+    # identity(params) -> JSON: the model that will actually run (file hashes / ids + versions of its
+    # weights), computed once per build in the runner and folded into every item's fingerprint, so
+    # swapping a weights file redoes this stage (and what follows) only. Cheap; never raises: a missing
+    # asset gives e.g. "missing:<path>" and the stage itself then fails with MissingAsset.
+    identity: Callable[[Any], Any] | None = None
     description: str = ""
 
     def check(self, res: Result) -> None:
@@ -119,6 +127,16 @@ class Stage:
 
 def params_dict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
+
+
+EXEC = {"exec": True}   # field(metadata=EXEC): an execution-only setting (device, batch size, timeout, ...)
+
+
+def result_params(params: Any) -> dict[str, Any]:
+    """The parameters that can change a stage's results: all but those marked ``metadata=EXEC`` (where
+    or how fast it runs), so moving a build to a GPU or another batch size does not redo finished work."""
+    values = dataclasses.asdict(params)
+    return {f.name: values[f.name] for f in dataclasses.fields(params) if not f.metadata.get("exec")}
 
 
 def check_chunking(chunk_seconds: float, overlap_seconds: float) -> None:
