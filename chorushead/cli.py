@@ -1,4 +1,4 @@
-"""The `chorushead` command line: build, status, report, demo, doctor, review."""
+"""The `chorushead` command line: build, remove, status, report, demo, separate, doctor, review."""
 from __future__ import annotations
 
 import sys
@@ -14,6 +14,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def _pipeline(pipeline: Optional[Path], sets: List[str]):
     from chorushead.runner import Pipeline
     return Pipeline.load(pipeline, sets)
+
+
+def _build_pipeline(out: Path, pipeline: Optional[Path], sets: List[str]):
+    """The pipeline a command on an existing build runs with: --pipeline, else the build's saved one,
+    else the default file; --set on top (runner.Pipeline.for_build). Returns (pipeline, where from)."""
+    from chorushead.runner import Pipeline
+    return Pipeline.for_build(out, pipeline, sets)
+
+
+# Exit codes of `chorushead build` / `remove` (the README's "Exit codes"): 0 every selected item-stage is
+# done, reused or skipped; 1 some item-stage failed, was blocked by a failed or stale upstream stage, or
+# was lost with its worker (the rest of the batch was still built: one video never stops the others);
+# 2 a usage error (bad option, missing folder, another build running), nothing built.
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 @app.command()
@@ -33,6 +47,7 @@ def build(
                                             help="Dask scheduler / Ray cluster address (default: start a local one)."),
 ):
     """Run (or resume) the staged build. Rerun the same command after a crash: done work is kept."""
+    from chorushead.core.errors import StageError
     from chorushead.executors import BACKENDS
     from chorushead.runner import build as run_build
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
@@ -43,14 +58,50 @@ def build(
             raise ValueError(f"--backend {backend!r}: unknown; available: {', '.join(BACKENDS)}")
         if videos is None and not (out / "items.json").exists():
             raise FileNotFoundError(f"{out} has no build to rerun; give the raw videos with --videos DIR")
-        pl = _pipeline(pipeline, sets)
+        pl, where = _build_pipeline(out, pipeline, sets)
+        if not quiet:
+            typer.echo(f"pipeline: {where}", err=True)
         summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet,
                               backend=backend, scheduler=scheduler)
-    except (RuntimeError, FileNotFoundError, ValueError) as e:
-        typer.secho(str(e), fg="red", err=True)
-        raise typer.Exit(2)
+    except (RuntimeError, FileNotFoundError, ValueError, StageError) as e:
+        typer.secho(" ".join(str(e).split()), fg="red", err=True)
+        raise typer.Exit(EXIT_USAGE)
     _print_summary(summaries)
     _print_card_hint(out, pl)
+    raise typer.Exit(_exit_code(summaries))
+
+
+def _exit_code(summaries) -> int:
+    return EXIT_ITEMS_FAILED if any(s.failed or s.blocked or s.pending for s in summaries) else EXIT_OK
+
+
+@app.command()
+def remove(
+    videos: List[str] = typer.Argument(..., help="Video id(s) to take out of the build (`chorushead status` lists them)."),
+    out: Path = typer.Option(..., "--out", help="Build output folder."),
+    delete_files: bool = typer.Option(False, "--delete-files", help="Also delete their per-stage outputs "
+                                      "(OUT/items/<id>/); by default they stay on disk."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Take videos out of a build: they leave the registry and their windows leave the LMDB (pack runs).
+    The only command that removes packed windows on purpose; a failed rerun never does."""
+    import shutil
+    from chorushead.runner import build as run_build, remove_items
+    try:
+        if not (out / "items.json").exists():
+            raise FileNotFoundError(f"{out} has no build (no items.json)")
+        pl, _ = _build_pipeline(out, None, [])
+        removed = remove_items(out, videos)
+        summaries = run_build(None, out, pl, stages=["pack"], progress=not quiet) if "pack" in pl.stages else []
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        typer.secho(" ".join(str(e).split()), fg="red", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    for it in removed:
+        if delete_files:
+            shutil.rmtree(it.dir(out), ignore_errors=True)
+        typer.echo(f"removed {it.id} ({it.source})" + ("" if delete_files else f"; its outputs stay in {it.dir(out)}"))
+    _print_summary(summaries)
+    raise typer.Exit(_exit_code(summaries))
 
 
 def _print_card_hint(out: Path, pl) -> None:
@@ -82,7 +133,7 @@ def status(out: Path = typer.Option(..., "--out"), pipeline: Optional[Path] = ty
         typer.secho(f"{out} has no build yet (no items.json). Run `chorushead build --videos DIR --out {out}`.",
                     fg="red", err=True)
         raise typer.Exit(2)
-    pl = _pipeline(pipeline, [])
+    pl, _ = _build_pipeline(out, pipeline, [])
     typer.echo(format_status(collect(out, pl)))
     _print_card_hint(out, pl)
 

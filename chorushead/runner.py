@@ -55,8 +55,14 @@ class Pipeline:
         path = Path(path) if path else default_pipeline_path()
         with open(path, "rb") as f:
             cfg = tomllib.load(f)
-        pipe = dict(cfg.get("pipeline", {}))
-        params = {k: dict(v) for k, v in cfg.get("stages", {}).items()}
+        return cls.from_config(dict(cfg.get("pipeline", {})), cfg.get("stages", {}), overrides, str(path))
+
+    @classmethod
+    def from_config(cls, pipe: dict[str, Any], stage_params: dict[str, Any], overrides: Iterable[str] = (),
+                    where: str = "pipeline") -> "Pipeline":
+        """A pipeline from its ``[pipeline]`` table and per-stage parameters, with ``--set`` overrides."""
+        pipe = dict(pipe)
+        params = {k: dict(v) for k, v in stage_params.items()}
         for ov in overrides:
             key, _, raw = ov.partition("=")
             stage, _, name = key.partition(".")
@@ -71,11 +77,28 @@ class Pipeline:
         stages = list(pipe.get("stages", []))
         for s in params:
             if s not in stages and s != "review":
-                raise ValueError(f"{path}: parameters for unknown stage {s!r}")
+                raise ValueError(f"{where}: parameters for unknown stage {s!r}")
         fps = pipe.get("fps", DEFAULT_FPS)
         if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
-            raise ValueError(f"{path}: [pipeline] fps must be a positive whole number, got {fps!r}")
+            raise ValueError(f"{where}: [pipeline] fps must be a positive whole number, got {fps!r}")
         return cls(stages=stages, params=params, fps=fps)
+
+    @classmethod
+    def for_build(cls, out: Path, path: str | Path | None = None, overrides: Iterable[str] = ()) -> tuple["Pipeline", str]:
+        """The pipeline a command on build folder ``out`` runs with, and where it came from: ``--pipeline``
+        when given, else the one the folder's last build ran with (``pipeline.json``), else the default
+        file; ``--set`` overrides apply on top. So a rerun or a new batch never falls back to defaults
+        the build did not use (e.g. fit.backend)."""
+        overrides = list(overrides)
+        used = None if path else cls.used_by(out)
+        if used is None:
+            pl = cls.load(path, overrides)
+            where = str(path) if path else f"the default pipeline ({default_pipeline_path()})"
+        else:
+            pl = cls.from_config({"stages": used.stages, "fps": used.fps}, used.params, overrides,
+                                 str(Path(out) / USED_PIPELINE))
+            where = f"this build's saved pipeline ({Path(out) / USED_PIPELINE})"
+        return pl, where + (f" with {', '.join(overrides)}" if overrides else "")
 
     def save(self, out: Path) -> None:
         """``<out>/pipeline.json``: the pipeline the last build of this folder ran with (after --set), so

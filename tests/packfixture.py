@@ -6,14 +6,16 @@ from pathlib import Path
 import numpy as np
 
 from chorushead.core import media
-from chorushead.core.manifest import Manifest, Record, fingerprint
-from chorushead.runner import save_items
+from chorushead.core.manifest import Manifest, Record
+from chorushead.runner import Pipeline, Plan, save_items
+from chorushead.stages import get_stage
 from chorushead.stages.base import Item
 
 
 def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=((0, 200), (220, 360)),
                   sr: int = 16000, fps: int = 30, seed: int = 0, fit_backend: str | None = None) -> list[Item]:
     rng = np.random.default_rng(seed)
+    plan = Plan.of(Pipeline.load())
     items = []
     for v in range(n_videos):
         it = Item(id=f"song{v}-abcdef", source=f"/raw/song{v}.mp4")
@@ -49,9 +51,16 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
             "smooth": {"segments": segs},
             "assign": {"order": [0, 1], "confidence": 1.0, "low_confidence": False},
         }
-        for stage, outputs in ups.items():
-            Manifest(out, stage).append(Record(item=it.id, stage=stage, status="done",
-                                               fingerprint=fingerprint(stage, it.id), outputs=outputs))
+        # Every item stage gets a record, with the fingerprint the runner computes for it under the default
+        # pipeline (Plan), so a build's pack sees these records as current; the stages pack does not read
+        # carry no outputs.
+        recs: dict[str, Record] = {}
+        for stage in plan.order:
+            if get_stage(stage).kind == "global":
+                continue
+            fp = plan.fingerprint(stage, it, {need: recs[need] for need in get_stage(stage).needs})
+            recs[stage] = Record(item=it.id, stage=stage, status="done", fingerprint=fp, outputs=ups.get(stage, {}))
+            Manifest(out, stage).append(recs[stage])
     save_items(out, items)
     return items
 

@@ -125,17 +125,66 @@ def test_review_decisions_are_honoured_and_repack_is_exact(tmp_path):
     assert keys and all(k.startswith(f"w/{items[1].id}/0000/".encode()) for k in keys)
 
 
-def test_a_decision_on_frames_the_segment_no_longer_covers_is_not_applied(tmp_path):
-    """Decisions carry the frames they were made on; pack applies one only while the segment still
-    covers them (vad's start is 0 in this fixture, so segment 1 is timeline frames 210..400)."""
+def test_decisions_follow_their_frames_across_a_renumbering(tmp_path):
+    """Decisions belong to frames (core/decisions.py). The fixture's vad starts at 0, so segments are
+    timeline frames. A reject made when frames 230..420 were segment 0 still rejects whatever segment
+    covers any of them now (here segment 1, 210..400); one on frames no segment covers applies to nothing
+    and is listed as unmatched; an accept must cover 90 % of a segment to accept it."""
+    from chorushead.core.decisions import resolve
     out = tmp_path / "out"
     items = make_upstream(out, n_videos=1, segments=((0, 200), (210, 400)))
-    record_decision(out, items[0].id, 1, "reject", frames=(230, 420))      # made before a re-segmentation
+    vid = items[0].id
+    ranges = {vid: [(0, 200), (210, 400)]}
+    record_decision(out, vid, 0, "reject", frames=(230, 420))      # made before a re-segmentation
+    record_decision(out, vid, 5, "accept", frames=(500, 600))      # frames no segment covers now
+    res = resolve(out, ranges)
+    assert {k: p.decision for k, p in res.segments.items()} == {(vid, 1): "reject"}
+    assert [(p.start, p.end, p.decision) for p in res.unmatched] == [(500, 600, "accept")]
     run_pack(out, items, append=True)
-    assert any(k.startswith(f"w/{items[0].id}/0001/".encode()) for k in lmdb_content(out / "windows.lmdb"))
-    record_decision(out, items[0].id, 1, "reject", frames=(210, 400))      # the segment as it is now
-    run_pack(out, items)
-    assert not any(k.startswith(f"w/{items[0].id}/0001/".encode()) for k in lmdb_content(out / "windows.lmdb"))
+    keys = lmdb_content(out / "windows.lmdb")
+    assert not any(k.startswith(f"w/{vid}/0001/".encode()) for k in keys)
+    assert any(k.startswith(f"w/{vid}/0000/".encode()) for k in keys)
+    # a newer decision on the segment as it is now overrides the older one on those frames only
+    record_decision(out, vid, 1, "accept", frames=(210, 400))
+    res = resolve(out, ranges)
+    assert res.segments[(vid, 1)].decision == "accept"
+    assert [(p.start, p.end) for p in res.unmatched] == [(400, 420), (500, 600)]   # the reject's rest
+    # 90 % cover: an accept of 180 of segment 0's 200 frames accepts it, 179 does not
+    record_decision(out, vid, 0, "accept", frames=(0, 179))
+    assert (vid, 0) not in resolve(out, ranges).segments
+    record_decision(out, vid, 0, "accept", frames=(0, 180))
+    assert resolve(out, ranges).segments[(vid, 0)].decision == "accept"
+    # undo clears exactly its frames
+    record_decision(out, vid, 1, "undo", frames=(210, 400))
+    assert (vid, 1) not in resolve(out, ranges).segments
+
+
+def test_a_rejected_segment_stays_rejected_after_renumbering(tmp_path):
+    """The user's case: reject a segment, then rebuild so that a new short segment takes index 0 and
+    the rejected frames become index 1; they are not packed again."""
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=1, segments=((200, 400),))
+    vid = items[0].id
+    record_decision(out, vid, 0, "reject", frames=(200, 400))
+    run_pack(out, items, append=True)
+    assert not any(k.startswith(b"w/") for k in lmdb_content(out / "windows.lmdb"))
+    # contiguity redone with another threshold: a new segment 0 before it, the rejected one is now 1
+    c = Manifest(out, "contiguity").latest()[vid]
+    c.outputs["segments"] = [[0, 180], [200, 400]]
+    c.fingerprint = "other"
+    Manifest(out, "contiguity").append(c)
+    sm = Manifest(out, "smooth").latest()[vid]
+    d = out / "items" / vid / "smooth"
+    np.savez(d / "seg000.npz", coeffs=np.zeros((2, 180, 56), np.float32))
+    np.savez(d / "seg001.npz", coeffs=np.zeros((2, 200, 56), np.float32))
+    sm.outputs["segments"] = [f"items/{vid}/smooth/seg000.npz", f"items/{vid}/smooth/seg001.npz"]
+    Manifest(out, "smooth").append(sm)
+    f = Manifest(out, "fit").latest()[vid]
+    f.outputs["segments"] = sm.outputs["segments"]
+    Manifest(out, "fit").append(f)
+    run_pack(out, items, append=True)
+    keys = [k for k in lmdb_content(out / "windows.lmdb") if k.startswith(b"w/")]
+    assert keys and all(k.startswith(f"w/{vid}/0000/".encode()) for k in keys)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from chorushead.core import media
-from chorushead.core.decisions import segment_key, standing
+from chorushead.core.decisions import Painted, resolve, segment_key
 from chorushead.core.manifest import Record, iter_records
 from chorushead.review.flags import SegmentFlags, Thresholds, flag_segment, order_by_suspicion
 from chorushead.runner import load_items
@@ -159,14 +159,25 @@ class BuildView:
         return self._cached(self._wav, 16, rel, load)
 
     # -- queries
-    def decisions(self) -> dict[str, dict[str, Any]]:
-        """key -> {"decision", "reason", "time"} for segments with a standing accept/reject (made on the
-        frames the segment covers now)."""
+    def _ranges(self) -> dict[str, list[tuple[int, int]]]:
         ranges: dict[str, list[tuple[int, int]]] = {}
         for s in sorted(self.segments.values(), key=lambda s: (s.video, s.index)):
             ranges.setdefault(s.video, []).append(s.frames)
-        return {key: {"decision": rec.outputs["decision"], "reason": rec.outputs.get("reason"), "time": rec.started}
-                for key, rec in standing(self.out, ranges).items()}
+        return ranges
+
+    def decisions(self) -> dict[str, dict[str, Any]]:
+        """key -> {"decision", "reason", "time", "frames"} for segments a decision applies to now (decisions
+        belong to frames: core/decisions.py; "frames" are the ones the decision was made on)."""
+        res = resolve(self.out, self._ranges())
+        return {segment_key(v, i): {"decision": p.decision, "reason": p.reason, "time": p.time,
+                                    "frames": [p.start, p.end]}
+                for (v, i), p in res.segments.items()}
+
+    def unmatched(self) -> list[dict[str, Any]]:
+        """Decisions that stand on frames no segment covers now (listed on the page, applied to nothing)."""
+        with self._lock:
+            self.refresh()
+            return [_painted_row(p) for p in resolve(self.out, self._ranges()).unmatched]
 
     def segment_list(self) -> list[dict[str, Any]]:
         with self._lock:   # one consistent load, even while a refresh swaps it
@@ -279,3 +290,8 @@ def _envelope(a: np.ndarray, sr: int, fps: int, start: int, end: int) -> tuple[l
         lo[ok] = np.minimum.reduceat(a, starts)[: ok.sum()]
     return _rounded(lo, 3), _rounded(hi, 3)
 
+
+
+def _painted_row(p: Painted) -> dict[str, Any]:
+    return {"video": p.video, "frames": [p.start, p.end], "decision": p.decision, "reason": p.reason,
+            "time": p.time, "made_on": p.key}

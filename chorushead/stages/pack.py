@@ -38,7 +38,7 @@ from chorushead.stages import assign, contiguity, fit, smooth, vad
 from chorushead.stages.base import GlobalContext, Result, Stage
 from chorushead.stages.selection import assign_splits, kept_segments
 
-VERSION = "2"   # 2: windows carry each singer's identity (``shape``) when the fit gave one
+VERSION = "3"   # 2: windows carry each singer's identity (``shape``); 3: markers carry their video's summary
 NEEDS = ("vad", "contiguity", "fit", "smooth", "assign")
 
 
@@ -107,7 +107,8 @@ def fit_meta(fits: list[fit.Outputs]) -> dict[str, Any]:
 
 def plan(ctx: GlobalContext, p: Params) -> dict[str, Any]:
     """Per video: its split and the segments the review lets through."""
-    splits = assign_splits(list(ctx.upstream), p.split, p.seed)
+    # Over every registered video, ready or not, so one video failing upstream moves no other's split.
+    splits = assign_splits(sorted(set(ctx.items) | set(ctx.upstream)), p.split, p.seed)
     # A decision stands only for the frames it was made on (segments move when vad/crop/contiguity redo).
     ranges = {vid: timeline_ranges(vad.Outputs.of(recs["vad"]).start_frame,
                                    contiguity.Outputs.of(recs["contiguity"]).segments)
@@ -183,6 +184,18 @@ def _delete_prefix(txn, prefix: bytes) -> int:
     return n
 
 
+def _markers(txn) -> dict[str, dict[str, Any]]:
+    """Video -> its ``__done__`` marker: the fingerprint it was packed with, its windows and summary."""
+    res, cur = {}, txn.cursor()
+    if cur.set_range(DONE_PREFIX):
+        for k, v in cur:
+            k = bytes(k)
+            if not k.startswith(DONE_PREFIX):
+                break
+            res[k[len(DONE_PREFIX):].decode()] = json.loads(bytes(v))
+    return res
+
+
 class _Lmdb:
     """The writable LMDB. A new one is built at a temporary name and renamed by :meth:`publish` (after
     its first complete video), so a half-born file never sits at the final path."""
@@ -204,88 +217,144 @@ class _Lmdb:
             self.pending = False
 
 
+def _write_failure(path: Path, what: str, e: BaseException) -> str:
+    """One line for a failed LMDB write (disk full, map full, I/O error): what, where, what to do."""
+    import lmdb
+    full = isinstance(e, (lmdb.MapFullError, lmdb.DiskError)) or getattr(e, "errno", None) == 28 \
+        or "No space left" in str(e)
+    why = "no space left on the device" if full else f"{type(e).__name__}: {' '.join(str(e).split())}"
+    todo = "free disk space (or raise pack.map_size_gb) and rerun" if full else "rerun; the windows packed before stay"
+    return f"pack: could not write {what} to {path}: {why}; {todo}"
+
+
 def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[str, Result]:
+    """Bring the LMDB in line with the ready videos, changing only what must change:
+
+    - a ready video whose marker has another fingerprint is repacked, its old windows replaced in the
+      same transaction as the new ones are written (a failure keeps the old ones);
+    - a video no longer registered in the build (``chorushead remove``) leaves the LMDB;
+    - a registered video that is not ready (an upstream stage failed, is stale or was not run) keeps
+      its windows: status and the dataset card show it as stale. Only when the file's geometry or fit
+      meta changes (its old windows would not fit beside the new ones) are they removed;
+    - when nothing changes, nothing is written (``data.mdb`` stays byte-identical).
+    Every write moves the meta's ``generation`` on, so a reader can tell it was repacked.
+    """
     from tqdm.auto import tqdm
+    import lmdb
 
     out = Path(ctx.out)
     g = Geometry.of(p, ctx.fps)
-    meta = fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()])
-    db = _Lmdb(out / p.lmdb, p.map_size_gb << 30)
+    path = out / p.lmdb
     results: dict[str, Result] = {}
-    packed: dict[str, dict[str, Any]] = {}   # per video, for the meta's summary
+    db = _Lmdb(path, p.map_size_gb << 30)
     try:
-        with db.env.begin(write=True) as txn:
-            write_meta(txn, fps=g.fps, sr=g.sr, window=g.window, stride=g.stride, extra=meta)
-            # Videos packed before but no longer ready (failed now, removed from the build) leave the LMDB.
-            stale = []
-            cur = txn.cursor()
-            if cur.set_range(DONE_PREFIX):
-                for k in cur.iternext(values=False):
-                    k = bytes(k)
-                    if not k.startswith(DONE_PREFIX):
-                        break
-                    if k[len(DONE_PREFIX):].decode() not in ctx.upstream:
-                        stale.append(k[len(DONE_PREFIX):].decode())
-            for v in stale:
-                _delete_prefix(txn, WINDOW_PREFIX + f"{v}/".encode())
-                txn.delete(DONE_PREFIX + v.encode())
-        bar = tqdm(total=len(ctx.upstream), desc="      pack", unit="video",
-                   disable=not ctx.progress or not ctx.upstream)
-        for vid, recs in ctx.upstream.items():
-            t0 = time.time()
+        with db.env.begin() as txn:
+            markers = _markers(txn)
+            raw = txn.get(META_KEY)
+        old_meta = json.loads(bytes(raw)) if raw is not None else {}
+        extra = (fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()]) if ctx.upstream
+                 else {k: old_meta[k] for k in ("fit_backend", "coeff_groups") if k in old_meta})
+        shape = {"fps": g.fps, "sr": g.sr, "window": g.window, "stride": g.stride, **extra}
+        same_shape = all(old_meta.get(k) == v for k, v in shape.items())
+        registered = set(ctx.items) | set(ctx.upstream)
+        drop = sorted(v for v in markers if v not in registered or (not same_shape and v not in ctx.upstream))
+        todo = [v for v in ctx.upstream if markers.get(v, {}).get("fingerprint") != ctx.fingerprints[v]]
+        kept = {v: m for v, m in markers.items() if v not in drop}
+        summary_now = old_meta.get("summary", {}).get("videos")
+        if not drop and not todo and old_meta and same_shape and \
+                summary_now == {v: m["summary"] for v, m in sorted(kept.items())}:
+            return _unchanged_results(ctx, p, plans, markers)     # nothing to write: the file stays as it is
+
+        def meta_txn(txn) -> None:
+            write_meta(txn, fps=g.fps, sr=g.sr, window=g.window, stride=g.stride, extra=extra)
+
+        try:
+            with db.env.begin(write=True) as txn:    # first: the generation moves on before any window does
+                meta_txn(txn)
+                for v in drop:
+                    _delete_prefix(txn, WINDOW_PREFIX + f"{v}/".encode())
+                    txn.delete(DONE_PREFIX + v.encode())
+        except (lmdb.Error, OSError) as e:   # nothing changed: every video to pack gets the one-line failure
+            return {vid: Result(status="failed", error_class=type(e).__name__,
+                                reason=_write_failure(path, "the meta", e)) for vid in todo}
+        bar = tqdm(total=len(todo), desc="      pack", unit="video", disable=not ctx.progress or not todo)
+        for vid in todo:
+            recs, t0 = ctx.upstream[vid], time.time()
             fp, split, keep = ctx.fingerprints[vid], plans[vid]["split"], set(plans[vid]["segments"])
-            marker_key = DONE_PREFIX + vid.encode()
-            with db.env.begin() as txn:
-                marker = txn.get(marker_key)
-            reused = marker is not None and json.loads(marker)["fingerprint"] == fp
-            if reused:
-                n_windows = json.loads(marker)["windows"]
-            else:
-                with db.env.begin(write=True) as txn:
-                    txn.delete(marker_key)
+            try:
+                entries = [e for _seg, es in video_windows(out, vid, recs, g, split, keep) for e in es]
+            except (StageError, OSError, ValueError, KeyError) as e:
+                # one bad video never stops the others; the windows it had stay until a good repack
+                results[vid] = Result(status="failed", error_class=type(e).__name__, reason=" ".join(str(e).split()),
+                                      seconds=round(time.time() - t0, 3))
+                bar.update(1)
+                continue
+            marker = {"fingerprint": fp, "windows": len(entries),
+                      "summary": video_summary(recs, split, sorted(keep), len(entries), fp)}
+            try:
+                with db.env.begin(write=True) as txn:    # one transaction: old windows out, new ones in
                     _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
-                n_windows = 0
-                try:
-                    for _seg, entries in video_windows(out, vid, recs, g, split, keep):
-                        with db.env.begin(write=True) as txn:
-                            for k, v in entries:
-                                txn.put(k, v)
-                        n_windows += len(entries)
-                except (StageError, OSError, ValueError, KeyError) as e:
-                    # one bad video never stops the others: its partial windows leave, it gets a failed record
-                    with db.env.begin(write=True) as txn:
-                        _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
-                    results[vid] = Result(status="failed", error_class=type(e).__name__, reason=str(e),
-                                          seconds=round(time.time() - t0, 3))
-                    bar.update(1)
-                    continue
-                with db.env.begin(write=True) as txn:
-                    txn.put(marker_key, json.dumps({"fingerprint": fp, "windows": n_windows}).encode())
-                db.publish()
+                    for k, v in entries:
+                        txn.put(k, v)
+                    txn.put(DONE_PREFIX + vid.encode(), json.dumps(marker, sort_keys=True).encode())
+            except (lmdb.Error, OSError) as e:
+                results[vid] = Result(status="failed", error_class=type(e).__name__,
+                                      reason=_write_failure(path, f"{vid}'s windows", e),
+                                      seconds=round(time.time() - t0, 3))
+                bar.update(1)
+                continue
+            kept[vid] = marker
+            db.publish()
             bar.update(1)
-            packed[vid] = video_summary(recs, split, sorted(keep), n_windows, fp)
-            prev = ctx.previous.get(vid)
-            if reused and prev is not None and prev.ok and prev.fingerprint == fp:
-                continue  # nothing new to say about this video
-            n_seg = len(contiguity.Outputs.of(recs["contiguity"]).segments)
-            results[vid] = Result(
-                outputs=Outputs(lmdb=p.lmdb, split=split, windows=n_windows, segments_packed=sorted(keep)),
-                metrics=Metrics(windows=n_windows, segments_packed=len(keep), segments_rejected=n_seg - len(keep),
-                                reused=reused),
-                seconds=round(time.time() - t0, 3))
+            results[vid] = _packed_result(p, recs, marker, keep, reused=False, seconds=round(time.time() - t0, 3))
         bar.close()
-        if db.pending and not packed:   # a first pack with nothing packed (none ready, or all failed): no LMDB
+        if db.pending and not kept:   # a first pack with nothing packed (none ready, or all failed): no LMDB
             db.env.close()
             shutil.rmtree(db.tmp, ignore_errors=True)
             return results
-        with db.env.begin(write=True) as txn:
-            rebuild_index(txn)
-            add_summary(txn, packed, ctx.upstream, p)
-        db.publish()
-        db.env.sync(True)
+        try:
+            with db.env.begin(write=True) as txn:
+                meta_txn(txn)
+                rebuild_index(txn)
+                add_summary(txn, {v: m["summary"] for v, m in kept.items()}, ctx.upstream, p)
+            db.publish()
+            db.env.sync(True)
+        except (lmdb.Error, OSError) as e:
+            # the windows are in but the index is the old one: this run's videos fail (one line each); the
+            # next pack sees the summary disagree with the markers and writes the index again
+            for vid, res in list(results.items()):
+                if res.status != "failed":
+                    results[vid] = Result(status="failed", error_class=type(e).__name__,
+                                          reason=_write_failure(path, "the index", e), seconds=res.seconds)
+            return results
+        for vid, res in _unchanged_results(ctx, p, plans, kept).items():
+            results.setdefault(vid, res)
     finally:
         db.env.close()
     return results
+
+
+def _packed_result(p: Params, recs: dict[str, Record], marker: dict[str, Any], keep: set[int], reused: bool,
+                   seconds: float) -> Result:
+    n_seg = len(contiguity.Outputs.of(recs["contiguity"]).segments)
+    return Result(outputs=Outputs(lmdb=p.lmdb, split=marker["summary"]["split"], windows=marker["windows"],
+                                  segments_packed=sorted(keep)),
+                  metrics=Metrics(windows=marker["windows"], segments_packed=len(keep),
+                                  segments_rejected=n_seg - len(keep), reused=reused), seconds=seconds)
+
+
+def _unchanged_results(ctx: GlobalContext, p: Params, plans: dict[str, Any], markers: dict[str, dict[str, Any]]) -> dict[str, Result]:
+    """Results for ready videos the LMDB already holds as they are now, where the manifest does not say
+    so yet (e.g. its last record is a failure, or from another fingerprint)."""
+    res = {}
+    for vid, recs in ctx.upstream.items():
+        m, prev = markers.get(vid), ctx.previous.get(vid)
+        if m is None or m["fingerprint"] != ctx.fingerprints[vid]:
+            continue
+        if prev is not None and prev.ok and prev.fingerprint == ctx.fingerprints[vid]:
+            continue    # nothing new to say about this video
+        res[vid] = _packed_result(p, recs, m, set(plans[vid]["segments"]), reused=True, seconds=0.0)
+    return res
 
 
 def video_summary(recs: dict[str, Record], split: str, keep: list[int], n_windows: int, fp: str) -> dict[str, Any]:
