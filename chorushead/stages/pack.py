@@ -217,14 +217,26 @@ class _Lmdb:
             self.pending = False
 
 
-def _write_failure(path: Path, what: str, e: BaseException) -> str:
-    """One line for a failed LMDB write (disk full, map full, I/O error): what, where, what to do."""
+def _disk_full(path: Path, e: BaseException) -> bool:
+    """Whether a failed LMDB write means "no space": LMDB reports a full map as MapFullError, but a full
+    disk at commit often as a plain I/O error, so the free space is asked too."""
     import lmdb
-    full = isinstance(e, (lmdb.MapFullError, lmdb.DiskError)) or getattr(e, "errno", None) == 28 \
-        or "No space left" in str(e)
+    if isinstance(e, (lmdb.MapFullError, lmdb.DiskError)) or getattr(e, "errno", None) == 28 \
+            or "No space left" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(path if path.exists() else path.parent).free < (64 << 20)
+    except OSError:
+        return False
+
+
+def _write_failure(path: Path, what: str, e: BaseException) -> Result:
+    """A failed LMDB write (disk full, map full, I/O error) as one line: what, where, what to do."""
+    full = _disk_full(path, e)
     why = "no space left on the device" if full else f"{type(e).__name__}: {' '.join(str(e).split())}"
-    todo = "free disk space (or raise pack.map_size_gb) and rerun" if full else "rerun; the windows packed before stay"
-    return f"pack: could not write {what} to {path}: {why}; {todo}"
+    todo = "free disk space (or raise pack.map_size_gb) and rerun" if full else "rerun"
+    return Result(status="failed", error_class="DiskFull" if full else type(e).__name__,
+                  reason=f"pack: could not write {what} to {path}: {why}; {todo} (the windows packed before stay)")
 
 
 def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[str, Result]:
@@ -275,8 +287,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                     _delete_prefix(txn, WINDOW_PREFIX + f"{v}/".encode())
                     txn.delete(DONE_PREFIX + v.encode())
         except (lmdb.Error, OSError) as e:   # nothing changed: every video to pack gets the one-line failure
-            return {vid: Result(status="failed", error_class=type(e).__name__,
-                                reason=_write_failure(path, "the meta", e)) for vid in todo}
+            return {vid: _write_failure(path, "the meta", e) for vid in todo}
         bar = tqdm(total=len(todo), desc="      pack", unit="video", disable=not ctx.progress or not todo)
         for vid in todo:
             recs, t0 = ctx.upstream[vid], time.time()
@@ -298,9 +309,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                         txn.put(k, v)
                     txn.put(DONE_PREFIX + vid.encode(), json.dumps(marker, sort_keys=True).encode())
             except (lmdb.Error, OSError) as e:
-                results[vid] = Result(status="failed", error_class=type(e).__name__,
-                                      reason=_write_failure(path, f"{vid}'s windows", e),
-                                      seconds=round(time.time() - t0, 3))
+                results[vid] = _write_failure(path, f"{vid}'s windows", e)
                 bar.update(1)
                 continue
             kept[vid] = marker
@@ -324,8 +333,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
             # next pack sees the summary disagree with the markers and writes the index again
             for vid, res in list(results.items()):
                 if res.status != "failed":
-                    results[vid] = Result(status="failed", error_class=type(e).__name__,
-                                          reason=_write_failure(path, "the index", e), seconds=res.seconds)
+                    results[vid] = _write_failure(path, "the index", e)
             return results
         for vid, res in _unchanged_results(ctx, p, plans, kept).items():
             results.setdefault(vid, res)
