@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
+from chorushead.core.decisions import decisions as review_decisions, describe_unmatched, timeline_ranges
 from chorushead.core.manifest import Record, iter_records
-from chorushead.core.windows import SPLITS, WindowReader
+from chorushead.core.windows import SPLITS, WindowReader, packed_videos
 from chorushead.runner import Pipeline, Plan, load_items
 from chorushead.stages import assign, contiguity, crop, get_stage, ingest, pack, smooth, vad
 from chorushead.stages.base import DEFAULT_FPS, GlobalContext
+from chorushead.status import collect as collect_status
 
 REPORT_DIR = "report"
 FINGERPRINT_ROWS = 200   # videos listed with their fingerprints (the rest are counted)
@@ -85,8 +86,6 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
         return fps_of.get(v, pipeline.fps or DEFAULT_FPS)
 
     cont = {v: contiguity.Outputs.of(r) for v, r in ok("contiguity").items()}
-    packed_recs = {v: pack.Outputs.of(r) for v, r in ok("pack").items()}
-
     lmdb_path = out / pipeline.params.get("pack", {}).get("lmdb", pack.Params().lmdb)
     meta, index = None, {}
     if (lmdb_path / "data.mdb").exists():
@@ -100,13 +99,19 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
         lmdb_path = None
         notes.append("pack has not written an LMDB yet: no windows, splits or packed hours; "
                      "the sections below show what the manifests hold so far.")
-    in_lmdb = (meta or {}).get("summary", {}).get("videos")
-    if in_lmdb is not None:   # pack records of videos pack has since dropped (their upstream failed) don't count
-        gone = sorted(set(packed_recs) - set(in_lmdb))
-        if gone:
-            notes.append(f"{len(gone)} video(s) with a pack record are no longer in the LMDB (pack dropped them: "
-                         f"their upstream is not ready now): {', '.join(gone[:10])}")
-        packed_recs = {v: o for v, o in packed_recs.items() if v in in_lmdb}
+    # What is packed is what the LMDB holds (its markers), as `chorushead status` reads it
+    packed_recs = {v: s for v, s in packed_videos(lmdb_path).items() if v in items} if lmdb_path else {}
+    bs = collect_status(out, pipeline)
+    if bs.stale_packed:
+        notes.append(f"{len(bs.stale_packed)} video(s) in the LMDB are stale: their windows come from an earlier "
+                     f"build and stay until a rebuild succeeds ({', '.join(bs.stale_packed[:10])}); "
+                     "see `chorushead status` for the failures")
+    if bs.unregistered_packed:
+        notes.append(f"in the LMDB but removed from the build (the next pack drops them): "
+                     f"{', '.join(bs.unregistered_packed)}")
+    if bs.unmatched:
+        notes.append(f"{len(bs.unmatched)} review decision(s) match no segment now: "
+                     + "; ".join(describe_unmatched(bs.unmatched, limit=5)))
     funnel = _funnel(items, stages, latest, ing, cont, packed_recs, fps)
     splits, violations = _splits(index, packed_recs, cont, fps)
 
@@ -115,8 +120,7 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
     crops = {v: crop.Outputs.of(r) for v, r in ok("crop").items()}
     seg_total = sum(len(o.segments) for o in cont.values())
     kept_s = sum(_frames(o.segments) / fps(v) for v, o in cont.items())
-    packed_s = sum(_frames([cont[v].segments[i] for i in o.segments_packed]) / fps(v)
-                   for v, o in packed_recs.items() if v in cont)
+    packed_s = sum(int(o["frames"]) / fps(v) for v, o in packed_recs.items())
     singers = Counter(o.n_strips for o in crops.values())
     source_fps = _counts(Counter(f"{o.source_fps:g} fps" for o in ing.values()), "video")
     summary = [
@@ -125,7 +129,7 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
         ("Hours ingested", f"{sum(o.duration for o in ing.values()) / 3600:.4f}"),
         ("Hours kept (contiguous segments)", f"{kept_s / 3600:.4f}"),
         ("Hours packed", f"{packed_s / 3600:.4f}" if lmdb_path else "not packed yet"),
-        ("Segments (kept / packed)", f"{seg_total} / {sum(len(o.segments_packed) for o in packed_recs.values())}"),
+        ("Segments (kept / packed)", f"{seg_total} / {sum(int(o['segments']) for o in packed_recs.values())}"),
         ("Windows", f"{n_windows} (" + ", ".join(f"{s} {len(index.get(s, []))}" for s in SPLITS) + ")"
          if lmdb_path else "not packed yet"),
         ("Singers per video", _counts(singers, "video") or "no crops yet"),
@@ -199,9 +203,9 @@ def _funnel(items: dict, stages: list[str], latest: dict[str, dict[str, Record]]
             seconds = {v: crop.Outputs.of(recs[v]).frames / fps(v) for v in good}
         elif s == "contiguity":
             seconds = {v: _frames(cont[v].segments) / fps(v) for v in good if v in cont}
-        elif s == "pack":
-            seconds = {v: _frames([cont[v].segments[i] for i in packed[v].segments_packed]) / fps(v)
-                       for v in good if v in cont and v in packed}
+        elif s == "pack":   # what the LMDB holds (stale windows included: they are in the dataset)
+            good = [v for v in items if v in packed]
+            seconds = {v: int(packed[v]["frames"]) / fps(v) for v in good}
         reasons: Counter = Counter()
         for r in recs.values():
             if r.status == "skipped":
@@ -227,13 +231,12 @@ def _splits(index: dict[str, list[str]], packed: dict, cont: dict,
         vids = sorted({k.split("/")[1] for k in keys})
         for v in vids:
             where.setdefault(v, set()).add(s)
-        hours = sum(_frames([cont[v].segments[i] for i in packed[v].segments_packed]) / fps(v)
-                    for v in vids if v in packed and v in cont) / 3600
+        hours = sum(int(packed[v]["frames"]) / fps(v) for v in vids if v in packed) / 3600
         rows.append(SplitRow(split=s, videos=vids, windows=len(keys), hours=hours))
     violations = [f"{v}: windows in {', '.join(s for s in SPLITS if s in ss)}" for v, ss in sorted(where.items())
                   if len(ss) > 1]
-    violations += [f"{v}: the pack record says {packed[v].split}, the LMDB holds it in {next(iter(ss))}"
-                   for v, ss in sorted(where.items()) if len(ss) == 1 and v in packed and packed[v].split not in ss]
+    violations += [f"{v}: its marker says {packed[v]['split']}, the LMDB index holds it in {next(iter(ss))}"
+                   for v, ss in sorted(where.items()) if len(ss) == 1 and v in packed and packed[v]["split"] not in ss]
     return rows, violations
 
 

@@ -33,6 +33,7 @@ class ReviewOutputs(Outputs):
     decision: str
     reason: str | None = None
     frames: list[int] | None = None   # the segment's [start, end) on the pipeline's timeline when decided
+    segmentation: str | None = None   # fingerprint of the contiguity record whose segments were shown
 
 
 def record_schema() -> dict[str, Any]:

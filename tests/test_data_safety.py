@@ -16,6 +16,7 @@ from chorushead.cli import app
 from chorushead.core.manifest import Manifest
 from chorushead.core.windows import decode_arrays_header, open_env, packed_videos
 from chorushead.runner import Pipeline
+from chorushead.report import collect as collect_card
 from chorushead.status import collect
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def windows(build: Path) -> dict[bytes, bytes]:
 
 
 def agree(build: Path) -> dict[str, int]:
-    """status, the LMDB's index and its markers say the same about what is packed; returns per split."""
+    """status, the dataset card, the LMDB's index and its markers say the same about what is packed; returns per split."""
     bs = collect(build, Pipeline.for_build(build)[0])
     keys = windows(build)
     by_split: dict[str, int] = {}
@@ -53,6 +54,8 @@ def agree(build: Path) -> dict[str, int]:
         split = decode_arrays_header(v)[1]["split"]
         by_split[split] = by_split.get(split, 0) + 1
     assert bs.windows == by_split
+    card = collect_card(build, Pipeline.for_build(build)[0])
+    assert {r.split: r.windows for r in card.splits if r.windows} == by_split
     assert sum(int(s["windows"]) for s in packed_videos(build / "windows.lmdb").values()) == len(keys)
     return by_split
 

@@ -2,7 +2,8 @@
 
 A decision's record is named ``<video id>:<segment index>`` (the index it had on the review page) and
 its ``outputs`` hold ``decision`` ("accept" | "reject" | "undo"), an optional ``reason`` and ``frames``:
-the segment's [start, end) on the pipeline's timeline (vad's start frame + crop frame) when it was made.
+the segment's [start, end) on the pipeline's timeline (vad's start frame + crop frame) when it was made,
+and ``segmentation``: the fingerprint of the contiguity record whose segments the reviewer saw.
 
 Decisions belong to frames, not to segment numbers: a rebuild (another vad setting, contiguity
 threshold, crop...) renumbers segments and moves their edges, and a decision must still land on the
@@ -50,14 +51,17 @@ def timeline_ranges(start_frame: int, segments: Iterable[Iterable[int]]) -> list
 
 
 def record_decision(out, video: str, segment: int, decision: str, reason: str | None = None,
-                    frames: tuple[int, int] | None = None) -> Record:
-    """Append a decision on ``video``'s segment ``segment``, which covers ``frames`` of the timeline."""
+                    frames: tuple[int, int] | None = None, segmentation: str | None = None) -> Record:
+    """Append a decision on ``video``'s segment ``segment``, which covers ``frames`` of the timeline;
+    ``segmentation``: the fingerprint of the contiguity record the segment came from (provenance: which
+    segmentation the reviewer saw; the frames are what the decision applies to)."""
     if decision not in DECISIONS:
         raise ValueError(f"decision must be one of {DECISIONS}")
     if frames is not None and not int(frames[0]) < int(frames[1]):
         raise ValueError(f"frames must be [start, end) with start < end, got {frames}")
     outputs = {"decision": decision, **({"reason": reason} if reason else {}),
-               **({"frames": [int(frames[0]), int(frames[1])]} if frames is not None else {})}
+               **({"frames": [int(frames[0]), int(frames[1])]} if frames is not None else {}),
+               **({"segmentation": segmentation} if segmentation else {})}
     rec = Record(item=segment_key(video, segment), stage="review", status="done",
                  fingerprint=fingerprint(video, segment, decision, reason, frames, now()),
                  outputs=outputs, started=now())
