@@ -10,6 +10,10 @@ page must still work from the crops). Coefficients carry known jaw motion:
     duetB:0  [0, 180)    fine motion, but assign says low confidence       -> low_assign, short
 
 Expected suspicion order: duetA:2, duetA:1, duetB:0, duetA:0.
+
+Segment frames above are crop frames (the trimmed timeline); vad trims ``VAD_START`` frames off the
+front (15 for duetA, 10 for duetB; deliberately not 0), so on the full timeline, where review decisions
+record their frames, segment [a, b) is [VAD_START + a, VAD_START + b): ``ReviewBuild.timeline``.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from chorushead.core import media
+from chorushead.core.decisions import timeline_ranges
 from chorushead.demo import make_duet_frames, sing
 from chorushead.core.manifest import Manifest, Record, fingerprint
 from chorushead.runner import save_items
@@ -33,11 +38,20 @@ EXPECTED_FLAGS = {"duetA:0": set(), "duetA:1": {"still_mouth", "short"},
                   "duetA:2": {"jitter", "low_detection", "short"}, "duetB:0": {"low_assign", "short"}}
 
 
+VAD_START = {"duetA": 15, "duetB": 10}      # vad start_frame per video (crop frame 0 = this timeline frame)
+
+
 @dataclass
 class ReviewBuild:
     out: Path
     source: Path           # duetA's video
-    segments: dict[str, tuple[int, int]]
+    segments: dict[str, tuple[int, int]]                       # key -> [start, end) in crop frames
+    timeline: dict[str, list[tuple[int, int]]]                  # video -> segments on the full timeline
+
+    def frames(self, key: str) -> tuple[int, int]:
+        """``key``'s [start, end) on the full timeline: what a decision on it records."""
+        video, _, i = key.rpartition(":")
+        return self.timeline[video][int(i)]
 
 
 def _record(out: Path, stage: str, item: str, outputs: dict) -> None:
@@ -154,15 +168,17 @@ def make_review_build(root: Path) -> ReviewBuild:
     rng = np.random.default_rng(0)
     seg_a = [(0, 240), (250, 410), (420, 570)]
     coeffs_a = [_coeffs(240, rng), _coeffs(160, rng, still=(1,)), _coeffs(150, rng, noise=0.03)]
-    source = _video(out, root, "duetA", 20.0, 15, 585, seg_a, coeffs_a, probs_low=[(420, 570)],
+    source = _video(out, root, "duetA", 20.0, VAD_START["duetA"], 585, seg_a, coeffs_a, probs_low=[(420, 570)],
                     assign={"order": [0, 1], "confidence": 0.9, "low_confidence": False}, with_source=True, seed=0)
     seg_b = [(0, 180)]
-    _video(out, root, "duetB", 7.0, 10, 200, seg_b, [_coeffs(180, rng)], probs_low=[],
+    _video(out, root, "duetB", 7.0, VAD_START["duetB"], 200, seg_b, [_coeffs(180, rng)], probs_low=[],
            assign={"order": [1, 0], "confidence": 0.05, "low_confidence": True}, with_source=False, seed=3)
     save_items(out, [Item(id="duetA", source=str(source)),
                      Item(id="duetB", source=str(root / "videos" / "duetB.mp4"))])
     segs = {f"duetA:{i}": s for i, s in enumerate(seg_a)} | {"duetB:0": seg_b[0]}
-    return ReviewBuild(out=out, source=source, segments=segs)
+    timeline = {"duetA": timeline_ranges(VAD_START["duetA"], seg_a),
+                "duetB": timeline_ranges(VAD_START["duetB"], seg_b)}
+    return ReviewBuild(out=out, source=source, segments=segs, timeline=timeline)
 
 
 if __name__ == "__main__":   # python tests/review_fixture.py /tmp/rv  -> then: chorushead review --out /tmp/rv/out

@@ -44,8 +44,13 @@ class Running:
         self.thread.start()
 
     def request(self, method: str, path: str, body=None, headers=None):
+        """One request; anything but GET/HEAD carries this run's token (as the page does) unless
+        ``headers`` say otherwise."""
         c = http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=30)
         h = {"Host": f"127.0.0.1:{self.srv.port}", **(headers or {})}
+        if method not in ("GET", "HEAD"):
+            h.setdefault("X-Review-Token", self.srv.token)
+        h = {k: v for k, v in h.items() if v is not None}     # None: leave the header out
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -61,8 +66,8 @@ class Running:
         assert status == 200, payload
         return json.loads(payload)
 
-    def decide(self, key: str, decision: str, reason: str | None = None):
-        return self.request("POST", "/api/decision", {"key": key, "decision": decision, "reason": reason})
+    def decide(self, key: str, decision: str, reason: str | None = None, **fields):
+        return self.request("POST", "/api/decision", {"key": key, "decision": decision, "reason": reason, **fields})
 
     def stop(self):
         self.srv.shutdown()
@@ -162,7 +167,7 @@ def test_segment_detail_series_match_the_build(server, build):
     assert server.request("GET", "/api/segment/duetA/9")[0] == 404
 
 
-def test_decision_lands_in_review_manifest(server, out):
+def test_decision_lands_in_review_manifest(server, out, build):
     status, _, body = server.decide("duetA:2", "accept")
     assert status == 200 and json.loads(body)["decision"] == "accept"
     status, _, body = server.decide("duetA:1", "reject", "  mouth barely moves ")
@@ -170,12 +175,17 @@ def test_decision_lands_in_review_manifest(server, out):
     latest = Manifest(out, "review").latest()
     # each decision keeps the frames it was made on (the segment's range on the timeline)
     frames = {k: latest[k].outputs.pop("frames") for k in ("duetA:1", "duetA:2")}
-    assert frames["duetA:2"][1] - frames["duetA:2"][0] == 150 and frames["duetA:1"][1] <= frames["duetA:2"][0]
+    # on the full timeline: vad's start frame (15, not 0) + the crop frames of the segment
+    assert frames == {"duetA:1": [15 + 250, 15 + 410], "duetA:2": [15 + 420, 15 + 570]}
+    assert frames == {k: list(build.frames(k)) for k in frames}
+    # and the segmentation they were shown from: the contiguity record's fingerprint
+    contig = Manifest(out, "contiguity").latest()["duetA"].fingerprint
+    assert {latest[k].outputs.pop("segmentation") for k in ("duetA:1", "duetA:2")} == {contig}
     assert latest["duetA:2"].outputs == {"decision": "accept"}
     assert latest["duetA:1"].outputs == {"decision": "reject", "reason": "mouth barely moves"}
     for rec in latest.values():
         validate_record(rec.to_dict(), "review")
-    assert decisions(out) == {("duetA", 2): "accept", ("duetA", 1): "reject"}   # what pack reads
+    assert decisions(out, build.timeline) == {("duetA", 2): "accept", ("duetA", 1): "reject"}   # what pack reads
     summary = json.loads(body)["summary"]
     assert summary["total"]["reviewed"] == 2 and summary["total"]["accepted"] == 1
     assert summary["videos"]["duetA"]["rejected"] == 1 and summary["videos"]["duetB"]["reviewed"] == 0
@@ -198,13 +208,13 @@ def test_decisions_survive_a_restart(out):
         s2.stop()
 
 
-def test_undo_returns_a_segment_to_unreviewed(server, out):
+def test_undo_returns_a_segment_to_unreviewed(server, out, build):
     server.decide("duetA:0", "accept")
-    assert decisions(out) == {("duetA", 0): "accept"}
+    assert decisions(out, build.timeline) == {("duetA", 0): "accept"}
     status, _, _ = server.decide("duetA:0", "undo")
     assert status == 200
     assert Manifest(out, "review").latest()["duetA:0"].outputs["decision"] == "undo"
-    assert decisions(out) == {}
+    assert decisions(out, build.timeline) == {}
     segs = {s["key"]: s for s in server.json("/api/segments")["segments"]}
     assert segs["duetA:0"]["decision"] is None
     assert server.json("/api/summary")["total"]["reviewed"] == 0
@@ -221,6 +231,40 @@ def test_bad_decision_requests_write_nothing(server, out):
                           {"Host": f"evil.example:{port}"})[0] == 403                    # DNS rebinding
     assert server.request("POST", "/api/other", {"x": 1})[0] == 404
     assert not (out / "manifests" / "review.jsonl").exists()
+
+
+def test_a_decision_records_the_frames_the_page_showed(server, out, build):
+    """The page sends the frames it showed ([abs_start, abs_start + n) on the full timeline); the server
+    records them, and refuses (409, nothing written) when the segment covers other frames now."""
+    d = server.json("/api/segment/duetA/2")
+    shown = [d["abs_start"], d["abs_start"] + d["frames"]]
+    assert shown == [15 + 420, 15 + 570] == list(build.frames("duetA:2"))
+    status, _, body = server.decide("duetA:2", "reject", "fit error", frames=shown)
+    assert status == 200 and json.loads(body)["frames"] == shown
+    assert Manifest(out, "review").latest()["duetA:2"].outputs["frames"] == shown
+    for stale in ([420, 570], [shown[0] + 1, shown[1]]):            # crop frames / a moved segment
+        status, _, body = server.decide("duetA:2", "accept", frames=stale)
+        assert status == 409 and b"reload" in body
+    for bad in ([1], "435-585", [435.0, 585], [True, 585], [-1, 5], None):
+        if bad is not None:
+            assert server.decide("duetA:2", "accept", frames=bad)[0] == 400, bad
+    assert [r.outputs["decision"] for r in Manifest(out, "review").read_all()] == ["reject"]
+
+
+def test_unmatched_decisions_are_listed(server, out, build):
+    """A decision on frames no segment covers now applies to nothing and is listed by /api/unmatched."""
+    from chorushead.core.decisions import record_decision
+    assert server.json("/api/unmatched") == {"unmatched": []}
+    record_decision(out, "duetA", 0, "reject", "wrong face", frames=(600, 630))     # past the last segment
+    record_decision(out, "duetA", 1, "accept", frames=(256, 262))                   # between segments 0 and 1
+    record_decision(out, "duetA", 2, "accept", frames=build.frames("duetA:2"))      # matches: not listed
+    rows = server.json("/api/unmatched")["unmatched"]
+    assert [(r["video"], r["frames"], r["decision"], r["reason"], r["made_on"]) for r in rows] == [
+        ("duetA", [600, 630], "reject", "wrong face", "duetA:0"), ("duetA", [256, 262], "accept", None, "duetA:1")]
+    assert rows[0]["seconds"] == [20.0, 21.0] and rows[0]["fps"] == 30 and isinstance(rows[0]["time"], float)
+    segs = {s["key"]: s["decision"] for s in server.json("/api/segments")["segments"]}
+    assert segs == {"duetA:0": None, "duetA:1": None, "duetA:2": "accept", "duetB:0": None}
+    assert server.json("/api/summary")["total"]["reviewed"] == 1
 
 
 def test_path_traversal_refused(server, out, tmp_path):
@@ -439,5 +483,5 @@ def test_a_decision_stands_only_for_the_frames_it_was_made_on(tmp_path):
     assert timeline_ranges(10, [[0, 150], [200, 400]]) == [(10, 160), (210, 410)]
     assert decisions(tmp_path, {"v": [(10, 160), (210, 410)]}) == {("v", 0): "accept", ("v", 1): "reject"}
     assert decisions(tmp_path, {"v": [(40, 190), (210, 410)]}) == {("v", 1): "reject"}     # segment 0 moved
-    assert decisions(tmp_path, {"v": []}) == {("v", 1): "reject"}                          # and is gone
-    assert decisions(tmp_path) == {("v", 0): "accept", ("v", 1): "reject"}                 # no ranges given
+    # without frames, a decision applies by its index to the segment that has it now: none here
+    assert decisions(tmp_path, {"v": [(10, 160)]}) == {("v", 0): "accept"}

@@ -160,7 +160,8 @@ class BuildView:
 
     # -- queries
     def _ranges(self) -> dict[str, list[tuple[int, int]]]:
-        ranges: dict[str, list[tuple[int, int]]] = {}
+        # every video with a contiguity record, also one left with no segment (its decisions: unmatched)
+        ranges: dict[str, list[tuple[int, int]]] = {v: [] for v in self.videos}
         for s in sorted(self.segments.values(), key=lambda s: (s.video, s.index)):
             ranges.setdefault(s.video, []).append(s.frames)
         return ranges
@@ -172,6 +173,11 @@ class BuildView:
         return {segment_key(v, i): {"decision": p.decision, "reason": p.reason, "time": p.time,
                                     "frames": [p.start, p.end]}
                 for (v, i), p in res.segments.items()}
+
+    def segmentation(self, video: str) -> str | None:
+        """The fingerprint of the contiguity record ``video``'s segments come from (stored with decisions)."""
+        rec = self.videos[video].records.get("contiguity") if video in self.videos else None
+        return rec.fingerprint if rec is not None else None
 
     def unmatched(self) -> list[dict[str, Any]]:
         """Decisions that stand on frames no segment covers now (listed on the page, applied to nothing)."""

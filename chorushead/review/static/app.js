@@ -19,20 +19,34 @@ const state = {
 };
 
 // ------------------------------------------------------------------ server calls
+// This run's token, written into the page by the server: every POST carries it (a page of another
+// origin can neither read it nor send the header without a preflight, which the server refuses).
+const TOKEN = (document.querySelector('meta[name="review-token"]') || {}).content || "";
+
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-store" });
   if (!r.ok) throw new Error(`${url}: ${r.status} ${(await r.json().catch(() => ({}))).error || ""}`);
   return r.json();
 }
 
-async function postDecision(key, decision, reason) {
+// ``frames``: the segment's [start, end) on the full timeline as this page showed it; the server
+// refuses (409) when the segment now covers other frames (the build changed under the page).
+async function postDecision(key, decision, reason, frames) {
+  const body = { key, decision, reason: reason || null };
+  if (frames) body.frames = frames;
   const r = await fetch("/api/decision", {
-    method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ key, decision, reason: reason || null }),
+    method: "POST", headers: { "Content-Type": "application/json", "X-Review-Token": TOKEN },
+    body: JSON.stringify(body),
   });
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
-  return body;
+  const res = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(res.error || `HTTP ${r.status}`);
+  return res;
+}
+
+// The frames the page shows for ``key`` (from its loaded detail), or undefined if not loaded.
+function shownFrames(key) {
+  const d = state.detail;
+  return d && d.key === key ? [d.abs_start, d.abs_start + d.frames] : undefined;
 }
 
 function toast(msg, error = false, ms = 2500) {
@@ -99,6 +113,25 @@ function renderSummary(sum) {
       `<td>${r.accepted}</td><td>${r.rejected}</td><td>${r.accepted_hours.toFixed(3)}</td><td>${r.hours.toFixed(3)}</td>`;
     tb.appendChild(tr);
   }
+}
+
+// Decisions standing on frames that no segment covers now (after a rebuild): listed, applied to nothing.
+function renderUnmatched(rows) {
+  const box = $("#unmatched"), tb = $("#unmatched tbody");
+  tb.innerHTML = "";
+  for (const u of rows) {
+    const tr = document.createElement("tr");
+    tr.title = `frames ${u.frames[0]}–${u.frames[1]}, made on segment ${u.made_on}`;
+    tr.innerHTML = `<td>${escapeHtml(u.video)}</td><td>${u.seconds[0].toFixed(1)}–${u.seconds[1].toFixed(1)} s</td>` +
+      `<td class="${escapeHtml(u.decision)}">${escapeHtml(u.decision)}</td><td>${escapeHtml(u.reason || "")}</td>`;
+    tb.appendChild(tr);
+  }
+  box.hidden = rows.length === 0;
+}
+
+async function loadUnmatched() {
+  try { renderUnmatched((await getJSON("/api/unmatched")).unmatched); }
+  catch (e) { toast(`Cannot load the unmatched decisions: ${e.message || e}`, true); }
 }
 
 // Next/previous in suspicion order among segments the filters show. Works even when the current
@@ -401,10 +434,11 @@ async function decide(decision, reason) {
   if (!key) return;
   const seg = state.byKey.get(key);
   const prev = { decision: seg.decision, reason: seg.reason };
+  const frames = shownFrames(key);
   try {
-    const res = await postDecision(key, decision, reason);
+    const res = await postDecision(key, decision, reason, frames);
     applyDecision(key, res);
-    state.history.push({ key, prev });
+    state.history.push({ key, prev, frames: res.frames });
     toast(`${key}: ${decision}ed${res.reason ? " (" + res.reason + ")" : ""}`);
   } catch (e) {
     toast(`Not saved: ${e.message || e}. Nothing changed; try again.`, true);
@@ -420,6 +454,7 @@ function applyDecision(key, res) {
   seg.reason = res.decision === "undo" ? null : res.reason;
   renderSummary(res.summary);
   renderList();
+  loadUnmatched();
   if (key === state.current) showDecision(seg);
 }
 
@@ -431,7 +466,7 @@ async function undo() {
   if (!key) return;
   const prev = last ? last.prev : { decision: null };
   try {
-    const res = await postDecision(key, prev.decision || "undo", prev.reason);
+    const res = await postDecision(key, prev.decision || "undo", prev.reason, last ? last.frames : shownFrames(key));
     applyDecision(key, res);
     toast(`${key}: back to ${prev.decision || "unreviewed"}`);
   } catch (e) {
@@ -513,6 +548,7 @@ async function start() {
     for (const [f, text] of Object.entries(list.flag_info)) sel.add(new Option(`${SHORT[f] || f}: ${text}`, f));
     renderSummary(sum);
     renderList();
+    loadUnmatched();
     const fromHash = decodeURIComponent(location.hash.slice(1));
     const first = state.byKey.has(fromHash) ? fromHash
       : (state.segments.find((s) => !s.decision) || state.segments[0] || {}).key;
