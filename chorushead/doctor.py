@@ -3,7 +3,10 @@
 Each :class:`Check` says what is needed, which stage needs it, where it was looked for, whether it
 was found, and how to get it. The checks are cheap (no model is loaded; the other environments are
 asked with a one-line ``find_spec`` subprocess, not a TensorFlow import) and use the same lookup
-rules as the stages, honouring the pipeline's parameters when given.
+rules as the stages (the one lookup in :mod:`chorushead.core.assets`: stage parameter, else the
+specific environment variable, else $CHORUSHEAD_HOME, else the checkout's folders — never the current
+folder), honouring the pipeline's parameters when given. So the doctor run in one folder and a build
+run in another report and use the same paths.
 """
 from __future__ import annotations
 
@@ -65,12 +68,15 @@ def spleeter_checks(p: dict[str, Any]) -> list[Check]:
         out.append(Check("bgm_split", "Spleeter (in this python)", sys.executable, True, sp.SETUP_HINT))
     else:
         ok, err = _other_python_has(exe, "spleeter") if exe else (False, "")
-        out.append(Check("bgm_split", "Spleeter environment", looked, ok, sp.SETUP_HINT, detail=err))
-    mp = sp.model_path(p.get("model_path", ""))
+        out.append(Check("bgm_split", "Spleeter environment", looked, ok, sp.SETUP_HINT,
+                         detail=err or (exe if ok else "")))
     model = p.get("model", "2stems")
+    mp = sp.model_path(p.get("model_path", ""), model)
     problem = sp.model_problem(mp, model)
-    out.append(Check("bgm_split", f"Spleeter model '{model}'", str(mp / model), problem is None,
-                     sp.model_how(mp, model), detail="" if problem in (None, "missing") else problem))
+    looked = ", ".join(str(c / model) for c in sp.model_paths(p.get("model_path", "")))
+    out.append(Check("bgm_split", f"Spleeter model '{model}'", looked, problem is None,
+                     sp.model_how(mp, model), detail=str(mp / model) if problem is None
+                     else "" if problem == "missing" else problem))
     return out
 
 
@@ -98,13 +104,12 @@ def mossformer_checks(p: dict[str, Any]) -> list[Check]:
 # ------------------------------------------------------------------ crop
 
 def facenet_checks(p: dict[str, Any]) -> list[Check]:
-    how = "pip install --no-deps facenet-pytorch==2.6.0 (after torch/torchvision); the weights ship in the wheel"
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.origin:
-        return [Check("crop", "facenet-pytorch MTCNN weights", f"{sys.executable} site-packages", False, how)]
-    data = Path(spec.origin).parent / "data"
-    missing = [f for f in ("pnet.pt", "rnet.pt", "onet.pt") if not (data / f).is_file()]
-    return [Check("crop", "facenet-pytorch MTCNN weights (pnet/rnet/onet)", str(data), not missing, how,
+    from chorushead.backends import mtcnn
+    data = mtcnn.weights_dir()
+    if data is None:
+        return [Check("crop", "facenet-pytorch MTCNN weights", f"{sys.executable} site-packages", False, mtcnn.HOW)]
+    missing = [f for f in mtcnn.WEIGHT_FILES if not (data / f).is_file()]
+    return [Check("crop", "facenet-pytorch MTCNN weights (pnet/rnet/onet)", str(data), not missing, mtcnn.HOW,
                   detail=f"missing: {missing}" if missing else "")]
 
 
@@ -131,8 +136,11 @@ def emoca_checks(p: dict[str, Any]) -> list[Check]:
         out.append(Check("fit", "EMOCA environment", "fit.python, $CHORUSHEAD_EMOCA_PYTHON, "
                          f"this python ({sys.executable})", ok, em.HOW_ENV))
     name = p.get("model_name", "EMOCA_v2_lr_mse_20")
-    mdir = em.models_dir(p.get("models_dir", ""))
-    out.append(Check("fit", f"EMOCA model '{name}'", str(mdir / name), (mdir / name).is_dir(), em.HOW_MODELS))
+    mdir = em.models_dir(p.get("models_dir", ""), name)
+    looked = ", ".join(str(c / name) for c in em.models_dirs(p.get("models_dir", "")))
+    found = (mdir / name).is_dir()
+    out.append(Check("fit", f"EMOCA model '{name}'", looked, found, em.HOW_MODELS,
+                     detail=str(mdir / name) if found else ""))
     return out
 
 
@@ -156,8 +164,9 @@ def landmark_checks(p: dict[str, Any]) -> list[Check]:
         r = subprocess.run([exe, "-c", code], env=env, capture_output=True, text=True, timeout=60)
         root = r.stdout.strip()
         missing = [f for f in MODEL_FILES if not root or not (Path(root) / f).is_file()]
-        out.append(Check("fit", "landmarks: mediapipe environment + face-mesh models", exe, r.returncode == 0 and not missing,
-                         lmk.SETUP_HINT, detail=(f"missing in {root or 'mediapipe (not installed)'}: {missing}" if missing else root)))
+        out.append(Check("fit", "landmarks: mediapipe environment + face-mesh models", looked, r.returncode == 0 and not missing,
+                         lmk.SETUP_HINT, detail=(f"{exe}: missing in {root or 'mediapipe (not installed)'}: {missing}"
+                                                 if missing else f"{exe}: {root}")))
     out.append(Check("fit", "landmarks: canonical face", str(lmk.CANONICAL), lmk.CANONICAL.is_file(),
                      "it ships with chorushead (chorushead/data); reinstall the package"))
     return out
@@ -191,7 +200,9 @@ def doctor(stage_params: Optional[dict[str, dict[str, Any]]] = None) -> list[Che
 
 def format_report(checks: list[Check]) -> str:
     """Human-readable report: one block per check, missing ones with how to get them."""
-    lines = []
+    from chorushead.core.assets import HOME_VAR, home
+    lines = [f"data folder: {home()} (set ${HOME_VAR} to move it; lookup order: stage parameter, the specific "
+             f"environment variable, this folder, then the source checkout's envs/ and model folders)"]
     width = max((len(c.stage) for c in checks), default=5)
     for c in checks:
         mark = "ok     " if c.found else "MISSING"

@@ -56,6 +56,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 BACKENDS = ("local", "dask", "ray")
 LOOPBACK = "127.0.0.1"   # where engines started here listen and talk (see the module docstring)
+# How long to wait for a scheduler / cluster at an address before saying it cannot be reached (Dask's own
+# default is 30 s, followed by a long traceback; Ray retries for a minute or more).
+CONNECT_TIMEOUT = 10.0
 
 # Native thread pools each worker may use, so `jobs` workers do not each grab every core.
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -171,6 +174,8 @@ class Engine:
         return self._client
 
     def _ray(self) -> Any:
+        if self.address:
+            check_reachable("Ray cluster", self.address)
         ray = _ray_import(local=not self.address)
         if not ray.is_initialized():   # someone else's ray.init() is theirs to shut down
             _ray_init(ray, self.jobs, self.address)
@@ -180,6 +185,43 @@ class Engine:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``[scheme://]host:port`` address; None when it names no TCP endpoint
+    ("auto", "inproc://...", a bare host)."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    if "://" in address and address.split("://", 1)[0] not in ("tcp", "tls", "ray", "ws", "wss"):
+        return None
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):                          # [ipv6]:port
+        host, _, port = rest[1:].partition("]:")
+    else:
+        host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def check_reachable(what: str, address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise RuntimeError (one line, naming ``address``) unless a TCP connection to it opens within
+    ``timeout`` seconds: a scheduler or cluster that is not there fails the build at once, instead of
+    after Dask's 30 s wait and a 100-line traceback (or Ray's minute of retries)."""
+    import socket
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, (socket.timeout, TimeoutError)) else (e.strerror or str(e))
+        raise RuntimeError(f"cannot reach the {what} at {address}: {why} (after at most {timeout:g} s); "
+                           f"is it running and is the address right?") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
 def _label(task: Any) -> str:
     """How a warning names a task: the runner's ``Task`` as ``stage:item``, anything else by repr."""
     item_id = getattr(getattr(task, "item", None), "id", None)
@@ -346,7 +388,11 @@ def _dask_connect(stack: ExitStack, jobs: int, address: str | None, preload: tup
         raise ImportError('backend "dask" needs Dask\'s distributed scheduler: '
                           'pip install "dask[distributed]"') from e
     if address:
-        return stack.enter_context(Client(address))
+        check_reachable("Dask scheduler", address)
+        try:
+            return stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
+        except (OSError, TimeoutError) as e:   # reachable but not a Dask scheduler, or it did not answer
+            raise RuntimeError(f"cannot connect to the Dask scheduler at {address}: {_one_line(e)}") from None
     # Workers fork from our forkserver (with the preloaded modules, Dask's own among them).
     _forkserver(("distributed",) + preload, _thread_env(jobs))
     # allowed-failures: read by the scheduler when it is created (it runs in this process), see module
@@ -474,7 +520,10 @@ def _ray_init(ray: Any, jobs: int, address: str | None) -> None:
     callers_proxies = {k: os.environ.get(k, "") for k in _PROXY_VARS}
     with _environ(_local_ray_env() if not address else {}):
         if address:
-            ray.init(address=address, logging_level="WARNING")
+            try:
+                ray.init(address=address, logging_level="WARNING")
+            except (ConnectionError, TimeoutError, OSError) as e:
+                raise RuntimeError(f"cannot connect to the Ray cluster at {address}: {_one_line(e)}") from None
         else:
             # Ray's workers do not inherit this process's sys.path (dask's and the local pool's do); hand it over
             # so whatever imports here (a source checkout, test helpers) also imports in the workers.

@@ -2,6 +2,7 @@
 # One-shot set-up on a fresh machine (Python 3.11 + pip; root for apt when testing).
 #   bash scripts/setup.sh          the project: torch, facenet-pytorch, chorushead + pachorus
 #                                  + the face-landmark venv (envs/landmarks, fit.backend = landmarks)
+#   The venvs go to $CHORUSHEAD_HOME/envs/ when CHORUSHEAD_HOME is set, else to the checkout's envs/.
 #   bash scripts/setup.sh test     + everything the tests exercise: modelscope (MossFormer2), Dask, Ray,
 #                                    Playwright + Debian's Chromium, and Spleeter's own venv (envs/spleeter)
 # Idempotent: rerunning skips what is already there.
@@ -27,10 +28,15 @@ if [ "${1:-}" = "test" ]; then
     fi
   fi
   # Spleeter pins tensorflow 2.12 / numpy<2: its own venv (~2.4 GB), driven through a worker.
-  [ -x envs/spleeter/bin/python ] || bash scripts/setup_spleeter_env.sh envs/spleeter
+  # Where: chorushead/core/assets.py (the lookup the stages use): skipped when a venv is already found
+  # there; else built in $CHORUSHEAD_HOME/envs/spleeter when CHORUSHEAD_HOME is set, else envs/spleeter.
+  $PY chorushead/core/assets.py find spleeter_python >/dev/null \
+    || bash scripts/setup_spleeter_env.sh "$($PY chorushead/core/assets.py install-dir spleeter)"
 else
   $PIP -e .
 fi
 # fit.backend = landmarks (open face-mesh fitter, no licensed asset): mediapipe 0.10.21 pins numpy<2 /
 # protobuf<5, so it gets its own venv (~425 MB, ~30 s), driven through a worker like Spleeter.
-[ -x envs/landmarks/bin/python ] || bash scripts/setup_landmarks_env.sh envs/landmarks
+# Where: as for Spleeter above ($CHORUSHEAD_HOME/envs/landmarks when CHORUSHEAD_HOME is set, else envs/landmarks).
+$PY chorushead/core/assets.py find landmarks_python >/dev/null \
+  || bash scripts/setup_landmarks_env.sh "$($PY chorushead/core/assets.py install-dir landmarks)"

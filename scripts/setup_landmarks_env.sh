@@ -10,13 +10,15 @@
 # Only what `mediapipe.solutions.face_mesh` imports is installed (no jax/jaxlib/sentencepiece/
 # sounddevice, which the metadata lists for other solutions): ~425 MB, ~15 s from a warm pip cache.
 #
-# Usage: scripts/setup_landmarks_env.sh [VENV_DIR]   (default: envs/landmarks in the repo; gitignored)
+# Usage: scripts/setup_landmarks_env.sh [VENV_DIR]   (default: $CHORUSHEAD_HOME/envs/landmarks if set, else envs/landmarks in the repo; gitignored)
 # For a non-default location point the pipeline at it: export CHORUSHEAD_LANDMARKS_PYTHON=DIR/bin/python
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-${CHORUSHEAD_LANDMARKS_VENV:-$REPO/envs/landmarks}}"
 PY="${PYTHON:-python3}"
+# Default: where the stages look first for a new install (chorushead/core/assets.py, stdlib only):
+# $CHORUSHEAD_HOME/envs/landmarks when CHORUSHEAD_HOME is set, else the checkout's envs/landmarks.
+VENV="${1:-${CHORUSHEAD_LANDMARKS_VENV:-$("$PY" "$REPO/chorushead/core/assets.py" install-dir landmarks)}}"
 
 "$PY" - <<'PYCHECK'
 import sys

@@ -5,7 +5,7 @@
 # beside the project's torch 2.14 / numpy 2 environment, so it gets a venv of its own and the
 # bgm_split stage talks to it through chorushead/backends/spleeter_worker.py.
 #
-# Usage: scripts/setup_spleeter_env.sh [VENV_DIR]     (default: envs/spleeter in the repo; gitignored)
+# Usage: scripts/setup_spleeter_env.sh [VENV_DIR]     (default: $CHORUSHEAD_HOME/envs/spleeter if set, else envs/spleeter in the repo; gitignored)
 #        PYTHON=python3.11 scripts/setup_spleeter_env.sh /opt/spleeter
 # Then point the pipeline at it (only needed for a non-default location):
 #        export CHORUSHEAD_SPLEETER_PYTHON=/opt/spleeter/bin/python
@@ -13,8 +13,10 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-${CHORUSHEAD_SPLEETER_VENV:-$REPO/envs/spleeter}}"
 PY="${PYTHON:-python3}"
+# Default: where the stages look first for a new install (chorushead/core/assets.py, stdlib only):
+# $CHORUSHEAD_HOME/envs/spleeter when CHORUSHEAD_HOME is set, else the checkout's envs/spleeter.
+VENV="${1:-${CHORUSHEAD_SPLEETER_VENV:-$("$PY" "$REPO/chorushead/core/assets.py" install-dir spleeter)}}"
 
 # Spleeter (and tensorflow 2.12) need Python 3.8..3.11.
 "$PY" - <<'PYCHECK'

@@ -229,3 +229,50 @@ def test_local_workers_from_a_script_on_stdin_fail_with_one_clear_error(tmp_path
     assert proc.stderr.strip().splitlines()[-1] == (
         "RuntimeError: worker processes started here cannot start from a script read from '<stdin>': save it "
         "to a file and run that, or use the local backend with jobs=1")
+
+
+# ----------------------------------------------------------------------------- an address that is not there
+def closed_loopback_port() -> int:
+    """A loopback port nothing listens on (bound, then released): connecting is refused at once."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("backend,address", [
+    pytest.param("dask", "tcp://127.0.0.1:{port}", marks=pytest.mark.skipif(not HAVE_DASK, reason="no dask")),
+    pytest.param("ray", "127.0.0.1:{port}", marks=pytest.mark.skipif(not HAVE_RAY, reason="no ray")),
+    pytest.param("ray", "ray://127.0.0.1:{port}", marks=pytest.mark.skipif(not HAVE_RAY, reason="no ray")),
+])
+def test_unreachable_address_fails_at_once_in_one_line(backend, address):
+    address = address.format(port=closed_loopback_port())
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as err:
+        list(parallel_map(abs, [1, 2], backend=backend, address=address))
+    assert time.monotonic() - t0 < 10
+    msg = str(err.value)
+    assert address in msg and "\n" not in msg and len(msg) < 300, msg
+
+
+def test_address_parsing():
+    from chorushead.executors import _host_port
+    assert _host_port("tcp://127.0.0.1:8786") == ("127.0.0.1", 8786)
+    assert _host_port("ray://head:10001") == ("head", 10001)
+    assert _host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert _host_port("tcp://[::1]:8786") == ("::1", 8786)
+    assert _host_port("auto") is None and _host_port("inproc://x/1") is None
+
+
+@pytest.mark.skipif(not HAVE_DASK, reason="no dask")
+def test_cli_build_with_an_unreachable_scheduler_prints_one_line(videos, tmp_path):
+    """`chorushead build --backend dask --scheduler tcp://127.0.0.1:<closed>`: exit 2, one line naming it."""
+    import subprocess
+    import sys
+    address = f"tcp://127.0.0.1:{closed_loopback_port()}"
+    proc = subprocess.run([sys.executable, "-m", "chorushead.cli", "build", "--videos", str(videos), "--out",
+                           str(tmp_path / "out"), "--stages", "ingest", "-q", "--backend", "dask",
+                           "--scheduler", address], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and address in lines[0], proc.stderr

@@ -28,6 +28,28 @@ def test_every_package_is_listed_in_pyproject():
     assert (ROOT / "pipelines" / "chorushead.toml").is_file()
 
 
+def running_site_dirs() -> list[str]:
+    """The site folders of the interpreter running the tests, in its sys.path order."""
+    import site
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        dirs.append(site.getusersitepackages())
+    order = {p: i for i, p in enumerate(sys.path)}
+    return sorted((d for d in dirs if os.path.isdir(d)), key=lambda d: order.get(d, len(order)))
+
+
+def inherit_running_environment(py: Path) -> None:
+    """Make the venv whose python is ``py`` see the running environment's packages (see the caller):
+    site.addsitedir also reads the .pth files there (editable installs, namespace packages)."""
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    # One line that starts with "import" (site executes it); exec'd in a function's scope, so no
+    # comprehension (it could not see the imported names): map/filter with a default-bound lambda.
+    line = (f"import site, sys; list(map(site.addsitedir, filter(lambda p, s=sys: p not in s.path, "
+            f"{running_site_dirs()!r})))\n")
+    Path(purelib, "_running_environment.pth").write_text(line)
+
+
 # Run inside the venv: where the package, the pipeline file and the page come from, and that the page serves.
 PROBE = r"""
 import http.client, json, sys, threading
@@ -70,9 +92,15 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
     wanted |= {f"chorushead/{rel}" for rel in filter(None, files) if rel.startswith("pipelines/")
                and rel.endswith(".toml")}
     assert wanted - shipped == set(), f"missing from the wheel: {sorted(wanted - shipped)}"
-    # --system-site-packages: torch and friends come from this interpreter, nothing is downloaded
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # torch and friends come from the environment running these tests, nothing is downloaded. Not
+    # `venv --system-site-packages`: run from inside a venv, that inherits the BASE interpreter's
+    # site-packages (venv always builds on sys._base_executable), not the running venv's, where typer &c.
+    # are. Instead a .pth in the new venv adds the running environment's site folders (in its own order,
+    # after the venv's own site-packages, so the wheel installed there wins): the same packages whether
+    # the suite runs in a plain install or in a venv (with or without system site-packages).
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, exe = venv / "bin" / "python", venv / "bin" / "chorushead"
+    inherit_running_environment(py)
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                    check=True, cwd=work)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}    # the checkout must not leak in

@@ -7,8 +7,11 @@ pytorch3d 0.6.2, and its models are licensed downloads. So it lives in an enviro
   when neither is set and THIS interpreter can import ``gdl_apps``, EMOCA runs in-process.
 - code: ``fit.emoca_path`` or $CHORUSHEAD_EMOCA_PATH, a clone of the emoca repo, put on PYTHONPATH
   (not needed when gdl is pip-installed into that environment with ``pip install -e .``).
-- models: ``fit.models_dir`` or $CHORUSHEAD_EMOCA_MODELS, default ``assets/EMOCA/models`` in this
-  repo; it must hold ``<model_name>/`` (e.g. EMOCA_v2_lr_mse_20/ with cfg.yaml + checkpoints/).
+- models: ``fit.models_dir`` or $CHORUSHEAD_EMOCA_MODELS, else $CHORUSHEAD_HOME/models/EMOCA, else the
+  checkout's ``assets/EMOCA/models`` (core/assets.py: never the current folder); it must hold
+  ``<model_name>/`` (e.g. EMOCA_v2_lr_mse_20/ with cfg.yaml + checkpoints).
+
+Without EMOCA, ``--set fit.backend=landmarks`` fits jaw + head pose with MediaPipe (backends/landmarks.py).
 """
 from __future__ import annotations
 
@@ -20,21 +23,44 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chorushead.backends.worker import JsonLinesWorker
+from chorushead.core import assets
 from chorushead.core.errors import MissingAsset, StageError
 
-REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("emoca_worker.py")
-DEFAULT_MODELS = REPO / "assets" / "EMOCA" / "models"
+OPEN_ALTERNATIVE = ("or, without EMOCA, use the open backend: `--set fit.backend=landmarks` (MediaPipe face mesh "
+                    "from a registry wheel, no licensed assets; jaw + head pose only, expression = 0)")
 HOW_ENV = ("install EMOCA in its own Python 3.8 environment (clone radekd91/emoca with submodules, follow its "
            "install_38.sh: pytorch3d 0.6.2 + `pip install -e .`), then set CHORUSHEAD_EMOCA_PYTHON to that "
-           "environment's python (and CHORUSHEAD_EMOCA_PATH to the clone if gdl is not pip-installed there)")
+           "environment's python (and CHORUSHEAD_EMOCA_PATH to the clone if gdl is not pip-installed there); "
+           + OPEN_ALTERNATIVE)
 HOW_MODELS = ("register at https://emoca.is.tue.mpg.de, run the emoca repo's "
               "gdl_apps/EMOCA/demos/download_assets.sh (it fetches EMOCA_v2_lr_mse_20 and the FLAME assets), "
-              "then point CHORUSHEAD_EMOCA_MODELS / fit.models_dir at its assets/EMOCA/models folder")
+              "then copy its assets/EMOCA/models folder to $CHORUSHEAD_HOME/models/EMOCA (default "
+              "~/.local/share/chorushead/models/EMOCA), or point "
+              "CHORUSHEAD_EMOCA_MODELS / fit.models_dir at it; " + OPEN_ALTERNATIVE)
 
 
-def models_dir(explicit: str = "") -> Path:
-    return Path(explicit or os.environ.get("CHORUSHEAD_EMOCA_MODELS", "") or DEFAULT_MODELS).expanduser()
+def models_dirs(explicit: str = "") -> list[Path]:
+    """Where EMOCA's model folder is looked for, in order (core/assets.py, kind "emoca_models")."""
+    return assets.candidates("emoca_models", explicit)
+
+
+def models_dir(explicit: str = "", model_name: str = "") -> Path:
+    """The first candidate holding ``model_name/`` (any folder when no name is given), else the first."""
+    cands = models_dirs(explicit)
+    return next((c for c in cands if (c / model_name).is_dir()), cands[0])
+
+
+def identity(models: str = "", model_name: str = "EMOCA_v2_lr_mse_20", stage: str = "detail") -> dict:
+    """What will fit (for the stage's fingerprint): the model folder's cfg.yaml and checkpoint files
+    (*.ckpt, *.pt, *.pth, *.pkl, *.npy anywhere below it). Never raises."""
+    def make() -> dict:
+        run = models_dir(models, model_name) / model_name
+        if not run.is_dir():
+            return {"model": model_name, "stage": stage, "missing": [str(c / model_name) for c in models_dirs(models)]}
+        return {"model": model_name, "stage": stage,
+                "files": assets.files_identity(run, ("*.yaml", "*.ckpt", "*.pt", "*.pth", "*.pkl", "*.npy"))}
+    return assets.safe(make)
 
 
 def emoca_python(explicit: str = "") -> str:
@@ -62,9 +88,10 @@ class EmocaBackend:
     @classmethod
     def open(cls, python: str = "", emoca_path: str = "", models: str = "", model_name: str = "EMOCA_v2_lr_mse_20",
              stage: str = "detail", device: str = "auto", start_timeout: float = 900.0) -> "EmocaBackend":
-        mdir = models_dir(models)
+        mdir = models_dir(models, model_name)
         if not (mdir / model_name).is_dir():
-            raise MissingAsset(f"EMOCA model '{model_name}'", [str(mdir / model_name)], HOW_MODELS)
+            raise MissingAsset(f"EMOCA model '{model_name}' (fit.backend = emoca)",
+                               [str(c / model_name) for c in models_dirs(models)], HOW_MODELS)
         exe = emoca_python(python)
         code = emoca_code_path(emoca_path)
         if not exe:

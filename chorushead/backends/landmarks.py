@@ -35,14 +35,14 @@ from typing import Any, Optional
 import numpy as np
 
 from chorushead.backends.worker import JsonLinesWorker
+from chorushead.core import assets
 from chorushead.core.errors import MissingAsset, StageError
 
-REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("landmarks_worker.py")
-DEFAULT_VENV = REPO / "envs" / "landmarks"
 CANONICAL = Path(__file__).resolve().parents[1] / "data" / "face_mesh_canonical.npy"
-SETUP_HINT = ("run `bash scripts/setup.sh` (it builds envs/landmarks with mediapipe 0.10.21 via "
-              "scripts/setup_landmarks_env.sh, ~425 MB, ~30 s), or point CHORUSHEAD_LANDMARKS_PYTHON / "
+SETUP_HINT = ("run `bash scripts/setup_landmarks_env.sh` (or `bash scripts/setup.sh`: it builds the venv with "
+              "mediapipe 0.10.21, ~425 MB, ~30 s, in $CHORUSHEAD_HOME/envs/landmarks when CHORUSHEAD_HOME is set, "
+              "else in the checkout's envs/landmarks), or point CHORUSHEAD_LANDMARKS_PYTHON / "
               "fit.landmarks_python at a python that can `import mediapipe` (0.10.21)")
 
 N_POINTS = 478                    # 468 mesh points + 2 × 5 iris points
@@ -169,11 +169,9 @@ def fill_missing(coeffs: np.ndarray, found: np.ndarray) -> np.ndarray:
 # Where things are.
 
 def landmark_pythons(explicit: str = "") -> list[str]:
-    """First found wins: the parameter alone, else $CHORUSHEAD_LANDMARKS_PYTHON, else envs/landmarks."""
-    if explicit:
-        return [explicit]
-    env = os.environ.get("CHORUSHEAD_LANDMARKS_PYTHON", "")
-    return [env] if env else [str(DEFAULT_VENV / "bin" / "python")]
+    """First found wins: the parameter alone, else $CHORUSHEAD_LANDMARKS_PYTHON alone, else
+    $CHORUSHEAD_HOME/envs/landmarks, else the checkout's envs/landmarks (core/assets.py)."""
+    return [str(c) for c in assets.candidates("landmarks_python", explicit)]
 
 
 def find_landmark_python(explicit: str = "") -> Optional[str]:
@@ -182,6 +180,40 @@ def find_landmark_python(explicit: str = "") -> Optional[str]:
 
 def in_process_available() -> bool:
     return importlib.util.find_spec("mediapipe") is not None
+
+
+def uses_in_process(python: str = "") -> bool:
+    """Whether MediaPipe runs in THIS interpreter (the same rule as LandmarksBackend.open)."""
+    return not python and not os.environ.get("CHORUSHEAD_LANDMARKS_PYTHON") and in_process_available()
+
+
+def identity(python: str = "") -> dict:
+    """What will fit (for the stage's fingerprint): mediapipe's version and its face-mesh model files in
+    the environment that runs it (found on disk: mediapipe is not imported), and our canonical face.
+    Never raises."""
+    def make() -> dict:
+        from chorushead.backends.landmarks_worker import MODEL_FILES
+        out: dict = {"canonical": assets.file_identity(CANONICAL) if CANONICAL.is_file() else f"missing:{CANONICAL}"}
+        if uses_in_process(python):
+            from importlib import metadata
+            spec = importlib.util.find_spec("mediapipe")
+            root = Path(list(spec.submodule_search_locations)[0])
+            version = metadata.version("mediapipe")
+        else:
+            exe = find_landmark_python(python)
+            if exe is None:
+                out["missing"] = landmark_pythons(python)
+                return out
+            sites = assets.venv_site_packages(exe)
+            root = next((d / "mediapipe" for d in sites if (d / "mediapipe").is_dir()), None)
+            version = assets.dist_version("mediapipe", sites)
+            if root is None:
+                out["missing"] = [str(d / "mediapipe") for d in sites] or [exe]
+                return out
+        out["mediapipe"] = version
+        out["files"] = [[f, assets.file_identity(root / f) if (root / f).is_file() else "missing"] for f in MODEL_FILES]
+        return out
+    return assets.safe(make)
 
 
 @dataclass
@@ -197,7 +229,7 @@ class LandmarksBackend:
     @classmethod
     def open(cls, python: str = "", min_confidence: float = 0.5, start_timeout: float = 300.0) -> "LandmarksBackend":
         canonical = load_canonical()
-        if not python and not os.environ.get("CHORUSHEAD_LANDMARKS_PYTHON") and in_process_available():
+        if uses_in_process(python):
             from chorushead.backends.landmarks_worker import LandmarkRunner
             r = LandmarkRunner(min_confidence)
             return cls(canonical, runner=r, where=sys.executable, version=r.version)

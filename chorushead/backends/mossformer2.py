@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from chorushead.core import assets
 from chorushead.core.errors import MissingAsset, StageError
 
 HUB_ID_2SPK = "damo/speech_mossformer2_separation_temporal_8k"
@@ -27,9 +28,10 @@ INSTALL = ('pip install "modelscope[framework]==1.40.2" addict einops rotary-emb
 
 
 def cache_roots() -> list[Path]:
-    """Where modelscope's ``snapshot_download`` puts models (new and old layouts)."""
-    base = Path(os.path.expanduser(os.environ.get("MODELSCOPE_CACHE", "~/.cache/modelscope/hub")))
-    return [base / "models", base]
+    """Where a hub id is looked for (core/assets.py): $MODELSCOPE_CACHE alone when set, else
+    $CHORUSHEAD_HOME/models/modelscope, else modelscope's default ~/.cache/modelscope/hub; each in
+    modelscope's new (``<cache>/models/<id>``) and old (``<cache>/<id>``) layouts."""
+    return [r for base in assets.candidates("modelscope_cache") for r in (base / "models", base)]
 
 
 def candidate_dirs(model: str) -> list[Path]:
@@ -47,9 +49,9 @@ def is_model_dir(p: Path) -> bool:
 
 def how_to_get(model: str) -> str:
     return (f"on a machine with internet: `python -c \"from modelscope import snapshot_download; "
-            f"print(snapshot_download('{model}'))\"` and copy that folder here (into $MODELSCOPE_CACHE/models/"
-            f"{model}, or anywhere and set duet_split.model to the folder); or set "
-            f"duet_split.allow_download=true to fetch it at set-up")
+            f"print(snapshot_download('{model}'))\"` and copy that folder to {cache_roots()[0] / model} (or "
+            f"anywhere, and set duet_split.model to the folder); or set duet_split.allow_download=true to fetch "
+            f"it at set-up; or skip separation by giving the singers' stems (`chorushead build --stems DIR`)")
 
 
 def resolve_model_dir(model: str, allow_download: bool = False) -> Path:
@@ -68,6 +70,28 @@ def resolve_model_dir(model: str, allow_download: bool = False) -> Path:
         looked.append(str(d))
     raise MissingAsset(f"MossFormer2 model '{model}' (configuration.json + pytorch_model.pt)", looked,
                        how_to_get(model))
+
+
+def identity(model: str) -> dict:
+    """What will separate (for the stage's fingerprint): the model id or folder as configured, and the
+    files modelscope loads from the folder it resolves to (configuration.json + pytorch_model.pt), plus
+    the installed modelscope's version (read from its metadata, not imported). Never raises; a model not
+    on disk gives "missing" (set-up then fails, or downloads it with allow_download, and the next build's
+    identity names the downloaded files)."""
+    def make() -> dict:
+        out: dict = {"model": model}
+        found = next((d for d in candidate_dirs(model) if is_model_dir(d)), None)
+        if found is None:
+            out["missing"] = [str(d) for d in candidate_dirs(model)]
+        else:
+            out["files"] = [[f, assets.file_identity(found / f)] for f in ("configuration.json", "pytorch_model.pt")]
+        from importlib import metadata
+        try:
+            out["modelscope"] = metadata.version("modelscope")
+        except metadata.PackageNotFoundError:
+            out["modelscope"] = None
+        return out
+    return assets.safe(make)
 
 
 def pick_device(device: str) -> str:

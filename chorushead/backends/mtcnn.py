@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from chorushead.core.errors import MissingAsset
+from chorushead.core.manifest import file_fingerprint
 
 # Side in pixels of the smallest face, at detection resolution, that we ask the pyramid to find (20 =
 # MTCNN's own default minimum). Small faces give coarse pyramid boxes, but the tracker only uses the
@@ -305,6 +306,37 @@ def _nms(b: np.ndarray, thresh: float, smaller: bool = False) -> np.ndarray:
     return np.array(keep, np.int64)
 
 
+WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+HOW = ("pip install --no-deps facenet-pytorch==2.6.0 (after torch/torchvision; it also needs requests and tqdm): "
+       "the weights ship inside its wheel, nothing is downloaded")
+
+
+def weights_dir() -> "Path | None":
+    """facenet-pytorch's data/ folder (pnet.pt, rnet.pt, onet.pt ship in its wheel), found without
+    importing the package (its __init__ imports torchvision); None when it is not installed."""
+    import importlib.util
+    from pathlib import Path
+    try:
+        spec = importlib.util.find_spec("facenet_pytorch")
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).parent / "data" if spec and spec.origin else None
+
+
+def identity() -> dict:
+    """The MTCNN weights that will run (for the crop stage's fingerprint). Never raises."""
+    def make() -> dict:
+        data = weights_dir()
+        if data is None:
+            return {"missing": "facenet_pytorch"}
+        return {"mtcnn": [[f, file_fingerprint(data / f) if (data / f).is_file() else "missing"]
+                          for f in WEIGHT_FILES]}
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 - set-up reports the real problem
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+
+
 def _load_nets(torch, device: str):
     """MTCNN's P-Net, R-Net and O-Net (the layers of facenet-pytorch 2.6.0, whose weight files they
     load), traced and frozen as TorchScript. Not facenet-pytorch's own modules: importing them imports
@@ -313,14 +345,11 @@ def _load_nets(torch, device: str):
     (which stalled behind the decoder and JPEG threads). Channels-last weights make every conv output
     NHWC, and torch's NHWC max-pool is ~10x faster on CPU than its NCHW one (half the nets' time).
     Each net takes (n, h, w, 3) uint8 RGB and normalises it as MTCNN does."""
-    import importlib.util
-    from pathlib import Path
     nn = torch.nn
-    spec = importlib.util.find_spec("facenet_pytorch")
-    data = Path(spec.origin).parent / "data" if spec and spec.origin else None
-    if data is None or not all((data / f"{k}.pt").exists() for k in ("pnet", "rnet", "onet")):
-        raise MissingAsset("facenet-pytorch MTCNN weights (pnet/rnet/onet.pt)", ["python environment"],
-                           "pip install --no-deps facenet-pytorch==2.6.0")
+    data = weights_dir()
+    if data is None or not all((data / f).exists() for f in WEIGHT_FILES):
+        raise MissingAsset("facenet-pytorch MTCNN weights (pnet/rnet/onet.pt)",
+                           [str(data) if data else "facenet_pytorch/data in this python's site-packages"], HOW)
 
     class Net(nn.Module):
         def __init__(self, trunk, dense, heads):

@@ -9,17 +9,18 @@ Spleeter runs in its own venv through a long-lived worker started once per runne
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from chorushead.backends import spleeter as spleeter_backend
 from chorushead.backends.spleeter import SpleeterBackend
 from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import ingest
-from chorushead.stages.base import Context, Result, Stage, check_chunking
+from chorushead.stages.base import EXEC, Context, Result, Stage, check_chunking
 
 SR = 44100
 
@@ -27,12 +28,17 @@ SR = 44100
 @dataclass
 class Params:
     model: str = "2stems"             # Spleeter model name, looked up at <model_path>/<model>
-    model_path: str = ""              # default: $MODEL_PATH, else ./pretrained_models (Spleeter's rule)
-    python: str = ""                  # Spleeter venv python; default $CHORUSHEAD_SPLEETER_PYTHON, envs/spleeter
-    in_process: str = "auto"          # auto: in-process only if this interpreter imports spleeter; never; always
+    # default: $MODEL_PATH, else $CHORUSHEAD_HOME/models/spleeter, else the checkout's pretrained_models
+    # (core/assets.py). Where the model lives is not what it is: the identity below hashes its files.
+    model_path: str = field(default="", metadata=EXEC)
+    # Which interpreter runs Spleeter (default $CHORUSHEAD_SPLEETER_PYTHON, $CHORUSHEAD_HOME/envs/spleeter,
+    # the checkout's envs/spleeter) and whether in-process: execution only, the identity records the
+    # Spleeter/TensorFlow versions of the environment that runs.
+    python: str = field(default="", metadata=EXEC)
+    in_process: str = field(default="auto", metadata=EXEC)   # auto: only if this interpreter imports spleeter; never; always
     chunk_seconds: float = 60.0       # memory bound: ~1.3 GB per 60 s chunk instead of ~12 GB for 10 min
     overlap_seconds: float = 4.0      # cross-faded between chunks
-    timeout_seconds: float = 7200.0   # per song
+    timeout_seconds: float = field(default=7200.0, metadata=EXEC)   # per song: a limit, not a result
 
     def __post_init__(self):
         check_chunking(self.chunk_seconds, self.overlap_seconds)
@@ -55,6 +61,12 @@ class Metrics(MetricsShape):
 def setup(params: Params) -> SpleeterBackend:
     return SpleeterBackend.open(python=params.python, model_path_=params.model_path, model=params.model,
                                 in_process=params.in_process)
+
+
+def identity(params: Params) -> dict:
+    """The model files and the Spleeter/TensorFlow versions that will run (Stage.identity)."""
+    return spleeter_backend.identity(python=params.python, model_path_=params.model_path, model=params.model,
+                                     in_process=params.in_process)
 
 
 def _as_stereo(a: np.ndarray) -> np.ndarray:
@@ -94,5 +106,5 @@ def process(ctx: Context, params: Params, model: SpleeterBackend) -> Result:
 
 
 STAGE = Stage(name="bgm_split", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
-              setup=setup, needs=("ingest",),
+              setup=setup, needs=("ingest",), identity=identity,
               gpu=False, description="Spleeter 2stems: vocals + accompaniment at 44.1 kHz")

@@ -34,7 +34,7 @@ from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput, StageError
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import bgm_split, ingest
-from chorushead.stages.base import Context, Result, Stage, check_chunking
+from chorushead.stages.base import EXEC, Context, Result, Stage, check_chunking
 
 MODEL_SR = 8000
 OUT_SR = 16000
@@ -45,9 +45,16 @@ class Params:
     n_singers: int = 2
     model: str = "damo/speech_mossformer2_separation_temporal_8k"  # hub id or a local model folder
     model_3: str = ""               # model for 3 singers (hub id or folder); none is published for MossFormer2
-    allow_download: bool = False    # fetch a hub id missing from the cache at set-up (needs internet)
-    device: str = "auto"            # auto | cpu | cuda | cuda:1 ...
-    batch_size: int = 4             # chunks per forward pass
+    # Execution only (left out of the fingerprint, see base.EXEC). allow_download: fetch a hub id missing
+    # from the cache at set-up (needs internet); what was fetched is in the identity (its files).
+    allow_download: bool = field(default=False, metadata=EXEC)
+    # auto | cpu | cuda | cuda:1 ...: the same model and inputs; CPU and GPU kernels differ only in float
+    # rounding, and moving a build to a GPU must not redo it.
+    device: str = field(default="auto", metadata=EXEC)
+    # chunks per forward pass: every chunk has the same length (no padding) and the model has no
+    # batch-dependent layer in eval mode, so a batch only changes how many run at once (measured on CPU
+    # with a random 2-block model: batch 1 and 4 give bit-identical tracks).
+    batch_size: int = field(default=4, metadata=EXEC)
     chunk_seconds: float = 16.0
     overlap_seconds: float = 4.0
     full_band: bool = True          # mask the full-band vocals with the 8 kHz tracks (see module doc)
@@ -83,6 +90,15 @@ def setup(params: Params):
         raise StageError(f"duet_split: model {sep.model_dir} separates {sep.num_spks} voices, "
                          f"but n_singers = {params.n_singers}")
     return sep
+
+
+def identity(params: Params) -> dict:
+    """The MossFormer2 model that will separate (Stage.identity): its id and its files' fingerprints."""
+    from chorushead.backends.mossformer2 import identity as model_identity
+    model = params.model if params.n_singers == 2 else params.model_3
+    if not model:
+        return {"missing": "duet_split.model_3"}
+    return model_identity(model)
 
 
 # ------------------------------------------------------------------ chunked separation (pure numpy)
@@ -224,6 +240,6 @@ def process(ctx: Context, params: Params, model) -> Result:
 
 
 STAGE = Stage(name="duet_split", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
-              setup=setup,
+              setup=setup, identity=identity,
               needs=("ingest", "bgm_split"), gpu=True, preload=("torch",),
               description="MossFormer2 (8 kHz) on the vocals, chunked with speaker-order alignment")

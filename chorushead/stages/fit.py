@@ -26,7 +26,7 @@ from chorushead.backends.landmarks import LandmarksBackend
 from chorushead.core.errors import BadInput
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import contiguity, crop
-from chorushead.stages.base import Context, Result, Stage
+from chorushead.stages.base import EXEC, Context, Result, Stage
 
 COEFF_GROUPS = ["exp", "jaw", "pose"]   # the [exp 50, jaw 3, pose 3] blocks of ``coeffs``
 
@@ -35,13 +35,33 @@ COEFF_GROUPS = ["exp", "jaw", "pose"]   # the [exp 50, jaw 3, pose 3] blocks of 
 class Params:
     model_name: str = "EMOCA_v2_lr_mse_20"
     model_stage: str = "detail"      # EMOCA's load_model mode ("coarse" gives the same codes here)
-    models_dir: str = ""             # default $CHORUSHEAD_EMOCA_MODELS, else assets/EMOCA/models
-    python: str = ""                 # EMOCA env python; default $CHORUSHEAD_EMOCA_PYTHON, else in-process
-    emoca_path: str = ""             # clone of the emoca repo for PYTHONPATH; default $CHORUSHEAD_EMOCA_PATH
-    device: str = "auto"             # auto | cpu | cuda | cuda:1
-    batch_size: int = 32             # images per forward pass
+    # Execution only (left out of the fingerprint, see base.EXEC): where the model and interpreters are
+    # found changes nothing by itself; the identity below hashes the model files that will run.
+    # models_dir: default $CHORUSHEAD_EMOCA_MODELS, else $CHORUSHEAD_HOME/models/EMOCA, else the checkout's
+    # assets/EMOCA/models (core/assets.py).
+    models_dir: str = field(default="", metadata=EXEC)
+    python: str = field(default="", metadata=EXEC)       # EMOCA env python; default $CHORUSHEAD_EMOCA_PYTHON, else in-process
+    emoca_path: str = field(default="", metadata=EXEC)   # clone of the emoca repo for PYTHONPATH; default $CHORUSHEAD_EMOCA_PATH
+    # auto | cpu | cuda | cuda:1: the same network on the same crops (float rounding aside); moving a build
+    # to a GPU must not redo it.
+    device: str = field(default="auto", metadata=EXEC)
+    # images per forward pass: EMOCA runs in eval mode (batch norm uses its stored statistics), so every
+    # image is encoded on its own (float rounding aside); MediaPipe sees one image at a time whatever the batch.
+    batch_size: int = field(default=32, metadata=EXEC)
     backend: str = "emoca"           # emoca (the paper's) | landmarks (MediaPipe face mesh: jaw + pose only)
-    landmarks_python: str = ""       # landmark env python; default $CHORUSHEAD_LANDMARKS_PYTHON, else envs/landmarks
+    # landmark env python; default $CHORUSHEAD_LANDMARKS_PYTHON, else $CHORUSHEAD_HOME/envs/landmarks, else the
+    # checkout's envs/landmarks; the identity records its mediapipe version and model files.
+    landmarks_python: str = field(default="", metadata=EXEC)
+
+
+def identity(params: Params) -> dict:
+    """What will fit (Stage.identity): EMOCA's model files, or MediaPipe's version + model files + our
+    canonical face for the landmarks backend."""
+    if params.backend == "landmarks":
+        from chorushead.backends.landmarks import identity as landmarks_identity
+        return {"backend": "landmarks", **landmarks_identity(params.landmarks_python)}
+    from chorushead.backends.emoca import identity as emoca_identity
+    return {"backend": params.backend, **emoca_identity(params.models_dir, params.model_name, params.model_stage)}
 
 
 @dataclass
@@ -96,5 +116,5 @@ def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend
 
 
 STAGE = Stage(name="fit", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
-              setup=setup, needs=("crop", "contiguity"), preload=("torch",),
+              setup=setup, needs=("crop", "contiguity"), preload=("torch",), identity=identity,
               gpu=True, description="EMOCA v2: 50 exp + 3 jaw + 3 global pose per frame and singer")
