@@ -164,7 +164,9 @@ def _fit_sets(tmp: Path) -> list[str]:
 
 
 def _crop_in_progress(out: Path) -> bool:
-    return any(p.is_dir() and any(p.rglob("*.jpg")) for p in (out / "items").glob("*/.tmp-crop-*"))
+    """JPEGs being written: in crop's chunk progress (.partial-crop) or its temp output folder."""
+    return any(p.is_dir() and any(p.rglob("*.jpg"))
+               for pattern in ("*/.tmp-crop-*", "*/.partial-crop") for p in (out / "items").glob(pattern))
 
 
 def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path, monkeypatch):

@@ -185,6 +185,77 @@ def iter_frames(path: str | Path, fps: int = 30, start_frame: int = 0, n_frames:
         raise BadInput(f"{Path(path).name}: video decoding failed: {err.strip()[-300:]}")
 
 
+
+def timeline_origin(path: str | Path, fps: int = 30) -> int:
+    """The pts (in 1/fps units) of frame 0 of the ``fps`` timeline that :func:`iter_frames` decodes:
+    ffmpeg's fps filter numbers its output from the first video frame's rounded timestamp, which is
+    not 0 when the video starts after the file (e.g. 0.47 s after the audio: 14 at 30 fps)."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-i", str(path), "-an",
+           "-vf", f"fps={fps},showinfo", "-frames:v", "1", "-f", "null", "-"]
+    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    m = re.search(r"\bn:\s*0\s+pts:\s*(-?\d+)", p.stderr)
+    if m is None:
+        raise BadInput(f"{Path(path).name}: cannot decode the first video frame: {p.stderr.strip()[-300:]}")
+    return int(m.group(1))
+
+
+def iter_frames_from(path: str | Path, fps: int = 30, start_frame: int = 0, n_frames: int | None = None,
+                     chunk: int = 32, convert: str = "ffmpeg", origin: int | None = None,
+                     margin_s: float = 1.0) -> Iterator[np.ndarray]:
+    """:func:`iter_frames` (same frames, same chunks) for a range deep inside a long video, without
+    decoding everything before it: ffmpeg seeks to the keyframe at or before ``start_frame``'s time
+    minus ``margin_s`` (``-noaccurate_seek``: every frame from that keyframe on reaches the filters)
+    and keeps the file's timestamps (``-copyts -start_at_zero``: the same ones a decode from the start
+    sees), so the ``fps`` filter picks the same source frame for every timeline pts; ``trim`` then cuts
+    by pts, not by counting. ``origin``: :func:`timeline_origin` (probed when None).
+    """
+    pr = probe(path)
+    w, h = pr.width, pr.height
+    yuv = convert == "opencv" and w % 2 == 0 and h % 2 == 0
+    p0 = timeline_origin(path, fps) if origin is None else int(origin)
+    first = p0 + int(start_frame)
+    seek = first / fps - margin_s           # margin >= 1 frame: the frame shown at ``first`` is decoded
+    trim = f"trim=start_pts={first}" + (f":end_pts={first + n_frames}" if n_frames is not None else "")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-copyts", "-start_at_zero"]
+    if seek > 0:
+        cmd += ["-noaccurate_seek", "-ss", f"{seek:.6f}"]
+    cmd += ["-i", str(path), "-an", "-vf", f"fps={fps},{trim},setpts=PTS-STARTPTS",
+            "-pix_fmt", "yuv420p" if yuv else "rgb24", "-f", "rawvideo", "-"]
+    yield from _pipe_frames(cmd, path, w, h, yuv, chunk)
+
+
+def _pipe_frames(cmd: list[str], path: str | Path, w: int, h: int, yuv: bool, chunk: int,
+                 ) -> Iterator[np.ndarray]:
+    """Run ``cmd`` (ffmpeg writing rawvideo frames to stdout) and yield (k, h, w, 3) RGB chunks (as
+    :func:`iter_frames` does)."""
+    frame_bytes = w * h * 3 // 2 if yuv else w * h * 3
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * chunk)
+    _grow_pipe(proc.stdout)
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes * chunk)
+            if not buf:
+                break
+            k = len(buf) // frame_bytes
+            if k and yuv:
+                import cv2
+                planes = np.frombuffer(buf[:k * frame_bytes], dtype=np.uint8).reshape(k, h * 3 // 2, w)
+                rgb = np.empty((k, h, w, 3), np.uint8)
+                for i in range(k):
+                    cv2.cvtColor(planes[i], cv2.COLOR_YUV2RGB_I420, dst=rgb[i])
+                yield rgb
+            elif k:
+                yield np.frombuffer(buf[:k * frame_bytes], dtype=np.uint8).reshape(k, h, w, 3)
+            if len(buf) < frame_bytes * chunk:
+                break
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        rc = proc.wait()
+    if rc not in (0, None) and rc > 0:
+        raise BadInput(f"{Path(path).name}: video decoding failed: {err.strip()[-300:]}")
+
 def _grow_pipe(pipe) -> None:
     """Linux: a 1 MB pipe instead of 64 kB, so ffmpeg and the reader swap ~16x less often (measured
     ~10 context switches less per 1024² frame). Best effort: elsewhere the default stays."""
