@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from chorushead.core.windows import N_SHAPE, WindowReader, array_views, open_env
+from chorushead.core.windows import N_SHAPE, DatasetChanged, WindowReader, array_views
 
 
 class HostWindowDataset(Dataset):
@@ -59,7 +59,9 @@ class HostWindowDataset(Dataset):
         memcpy speed; numpy's astype is ~25× slower). The batch tensors are views of one buffer: in a
         DataLoader worker one shared-memory block (one handle to send), with ``pin_memory`` page-locked
         (an accelerator uploads it asynchronously, no extra pinning copy), else from ``pool`` when given
-        (a buffer no earlier batch's tensors use any more: no fresh pages to fault in per batch)."""
+        (a buffer no earlier batch's tensors use any more: no fresh pages to fault in per batch). The same
+        transaction checks the LMDB's generation against the one the index came from: a repack during
+        the run raises :class:`DatasetChanged` (also for a window the repack deleted), never a mixed batch."""
         n = len(self)
         js = [int(j) for j in js]
         if not js or min(js) < 0 or max(js) >= n:
@@ -71,8 +73,9 @@ class HostWindowDataset(Dataset):
         audio = torch.float16 if self.half_audio else torch.float32
         convert = not self.half_audio   # float16 pages into float32 tensors: torch's copy converts
         m = len(js)
-        with open_env(self.reader.path).begin(buffers=True) as txn, warnings.catch_warnings():
+        with self.reader.env().begin(buffers=True) as txn, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)   # torch views of read-only pages: only read
+            self.reader.check(txn)   # the index's generation, in the batch's own snapshot: never a mix
             seen: dict[int, dict] = {}
             out = t = None
             for r, (i, h) in enumerate(zip(wins, hosts)):
@@ -80,8 +83,7 @@ class HostWindowDataset(Dataset):
                 if a is None:
                     blob = txn.get(self._keys[i])
                     if blob is None:
-                        raise KeyError(f"window {self.reader.keys[i]} listed in the index but missing from "
-                                       f"{self.reader.path}")
+                        raise self.reader.changed(txn, self.reader.keys[i])
                     a = seen[i] = array_views(blob, self._layouts)   # views of the page, valid inside txn
                 if out is None:
                     n_audio, n_coef = a["bgm"].shape[0], a["coeffs"].shape[1:]
@@ -203,8 +205,9 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[dict]:
         if self.num_workers > 0:
-            return iter(DataLoader(self.ds, sampler=self.batches, batch_size=None, num_workers=self.num_workers,
-                                   pin_memory=self.pin_memory, generator=self.generator))
+            return _plain_errors(iter(DataLoader(self.ds, sampler=self.batches, batch_size=None,
+                                                 num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                                 generator=self.generator)))
         pool = BufferPool(max(self.prefetch, 0) + 3)
         if self.prefetch <= 0:
             return (self.ds.batch(js, self.pin_memory, pool) for js in self.batches)
@@ -246,6 +249,15 @@ class BatchLoader:
         finally:   # the consumer stopped early (max_steps, an error) or finished: end the thread
             stop.set()
             thread.join()
+
+
+def _plain_errors(batches: Iterator[dict]) -> Iterator[dict]:
+    """A worker's :class:`DatasetChanged` arrives with torch's worker traceback in its text: keep its own
+    one-line message (what ``pachorus`` prints)."""
+    try:
+        yield from batches
+    except DatasetChanged as e:
+        raise DatasetChanged(str(e).rsplit("DatasetChanged: ", 1)[-1].strip()) from None
 
 
 _END = object()

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler, SequentialSampler
 
 from chorushead.core.manifest import write_json_atomic
+from chorushead.core.windows import open_env
 
 from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import BatchLoader, HostWindowDataset, to_device
@@ -228,6 +229,9 @@ def _open_data(cfg: TrainConfig, resume: bool,
     """The train/val datasets and the LMDB's data facts, checked before anything is written."""
     train_ds = HostWindowDataset(cfg.data, "train", half_audio=half_audio)
     val_ds = HostWindowDataset(cfg.data, "val", half_audio=half_audio)
+    if val_ds.reader.generation != train_ds.reader.generation:   # a pack committed between the two opens
+        with open_env(cfg.data).begin() as txn:
+            raise train_ds.reader.changed(txn)
     info = data_info(train_ds.meta)
     if info["sr"] != ENCODER_SR:
         raise ValueError(f"{cfg.data}: audio at {info['sr']} Hz, but the audio encoders take {ENCODER_SR} Hz; "
@@ -392,8 +396,17 @@ def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
         from tqdm import tqdm
         bar = tqdm(total=len(run.sampler) // cfg.batch_size, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    dynamic_ncols=True, leave=False, file=sys.stderr)
+    try:
+        return _steps(run, loader, bar, t0)
+    finally:   # also on an error (a repack: DatasetChanged), which is then the only line on stderr
+        if bar is not None:
+            bar.close()
+
+
+def _steps(run: Run, loader: BatchLoader, bar, t0: float) -> tuple[int, str | None]:
+    cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
     steps, reason = 0, None
-    for batch in loader:
+    for batch in loader:   # each batch checks the LMDB's generation: a repack raises DatasetChanged
         parts = _step(run, batch)
         state["step"] += 1
         state["batch_in_epoch"] += 1
@@ -418,8 +431,6 @@ def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
             reason = reason or ("another_rank" if flag.item() else None)
         if reason:
             break
-    if bar is not None:
-        bar.close()
     return steps, reason
 
 

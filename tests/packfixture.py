@@ -65,10 +65,19 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
     return items
 
 
-def lmdb_content(path: Path) -> dict[bytes, bytes]:
+def lmdb_content(path: Path, generation: bool = False) -> dict[bytes, bytes]:
+    """Every key -> value. Without ``generation``, the write counter (``__generation__`` and __meta__'s
+    ``generation``) is left out: a pack resumed after a kill is a later generation of the same content."""
+    import json
     import lmdb
     env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
         content = {bytes(k): bytes(v) for k, v in txn.cursor()}
     env.close()
+    if not generation:
+        content.pop(b"__generation__", None)
+        if b"__meta__" in content:
+            meta = json.loads(content[b"__meta__"])
+            meta.pop("generation", None)
+            content[b"__meta__"] = json.dumps(meta, sort_keys=True).encode()
     return content

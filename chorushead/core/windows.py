@@ -2,7 +2,10 @@
 
 Layout (all keys are UTF-8 bytes):
 
-- ``__meta__``            JSON: format name/version, fps, sample rate, window/stride, coefficient layout.
+- ``__meta__``            JSON: format name/version, fps, sample rate, window/stride, coefficient layout,
+                          ``generation`` (see below).
+- ``__generation__``      the generation as ASCII digits, what a reader checks per batch (a few bytes,
+                          where ``__meta__`` holds pack's per-video summary and grows with the videos).
 - ``__index__``           JSON: ``{"train": [key, ...], "val": [...], "test": [...]}``, sorted keys.
 - ``__done__/<video>``    JSON: the fingerprint of the packed video and its window keys (resume marker).
 - ``w/<video>/<segment>/<start>``  one window, encoded with :func:`encode_arrays`:
@@ -27,12 +30,22 @@ The meta says how many windows carry one (``shape_windows`` of ``windows``; ``ha
 The partner vocal of singer *i* is the sum of the other singers' vocals (paper Eq. 3); the reader
 derives it rather than storing it S times. Values are a small JSON header + raw little-endian
 buffers, so a read is one LMDB lookup and ``np.frombuffer`` per array (no pickle, no zip).
+
+Reading while a pack writes: one writer (pack) may rewrite the file while trainers read it. Readers
+use LMDB's reader lock table (``lock.mdb``), which keeps every page a reader's transaction sees from
+being reused by the writer, and adopt the map when the writer grew it (:func:`open_env`). Each
+:func:`write_meta` (the writer calls it in the transaction that starts a change) increments
+``generation``; a :class:`WindowReader` records the generation its index came from and every read
+checks it in the same transaction as the windows, so a batch is never a mix of two packs, and a repack
+during training stops the run with :class:`DatasetChanged` instead of training on a mix.
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +56,7 @@ FORMAT = "chorushead-windows"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_KEY = b"__meta__"
+GENERATION_KEY = b"__generation__"
 INDEX_KEY = b"__index__"
 DONE_PREFIX = b"__done__/"
 WINDOW_PREFIX = b"w/"
@@ -126,7 +140,16 @@ class Window:
         return np.sum(self.vocals[others], axis=0, dtype=np.float32)
 
 
-_ENVS: dict[tuple[int, str], Any] = {}
+MAX_READERS = 512   # reader lock table slots: one per concurrently open read transaction, all processes
+
+
+class DatasetChanged(RuntimeError):
+    """The LMDB was repacked (or is being repacked) while a reader used it: the windows changed under
+    the run. One line, for a person: ``pachorus`` prints it as its error."""
+
+
+_ENVS: dict[tuple[int, str], "_ReadEnv"] = {}
+_WARNED: set[str] = set()
 
 
 def open_env(path: str | Path, *, write: bool = False, map_size: int = 1 << 30):
@@ -137,6 +160,13 @@ def open_env(path: str | Path, *, write: bool = False, map_size: int = 1 << 30):
     environment twice in a process (a train and a val reader of one file need that), and keying by
     pid gives a forked DataLoader worker its own (LMDB handles must not cross a fork). ``readahead``
     stays on: measured cold reads collapse ~20x without it.
+
+    A reader uses LMDB's reader lock table (``lock.mdb``), which LMDB documents as safe beside the one
+    writer: the pages a read transaction sees are not reused until it ends. Its ``begin()`` adopts the
+    map when the writer grew the file beyond this process's map (``MapResizedError`` →
+    ``set_mapsize(0)``, once no read transaction of the process is open, then again). Where the lock
+    table cannot be written (a read-only copy) it reads without one and warns once: then no writer
+    can run there either.
     """
     import lmdb
     path = Path(path)
@@ -144,16 +174,181 @@ def open_env(path: str | Path, *, write: bool = False, map_size: int = 1 << 30):
         cached = _ENVS.pop((os.getpid(), str(path.resolve())), None)
         if cached is not None:   # a reader of this file in this process: close it so the writer may open
             cached.close()
-        return lmdb.open(str(path), map_size=map_size, subdir=True, readahead=True, meminit=False)
+        return lmdb.open(str(path), map_size=map_size, subdir=True, readahead=True, meminit=False,
+                         max_readers=MAX_READERS)
     key = (os.getpid(), str(path.resolve()))
     env = _ENVS.get(key)
     if env is None:
         for k in [k for k in _ENVS if k[1] == key[1]]:   # inherited over fork: py-lmdb refuses a second
-            _ENVS.pop(k).close()                          # open of the path, and the parent's is unusable here
-        env = lmdb.open(str(path), readonly=True, lock=False, readahead=True, meminit=False,
-                        max_readers=512, subdir=True)
-        _ENVS[key] = env
+            _ENVS.pop(k).close_inherited()                # open of the path, and the parent's is unusable here
+        env = _ENVS[key] = _ReadEnv(path)
     return env
+
+
+def _lock_table_writable(path: Path) -> bool:
+    lock = path / "lock.mdb"
+    return os.access(lock, os.W_OK) if lock.exists() else os.access(path, os.W_OK)
+
+
+class _ReadEnv:
+    """A reader's environment: ``begin()`` like py-lmdb's (a context manager whose ``__enter__`` gives
+    the transaction itself), surviving a map the writer grew; other attributes are the environment's.
+    Counts the open read transactions of this process, because ``set_mapsize`` invalidates them all."""
+
+    def __init__(self, path: Path):
+        import lmdb
+        self.path, self.pid, self.closed = path, os.getpid(), False
+        self._resized = lmdb.MapResizedError
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)   # notified when no read transaction is open
+        self.forks = _FORKS[0]             # which process (in fork order) opened it: see WindowReader.env
+        self._active = 0                   # read transactions open in this process
+        self._mine = threading.local()     # ... and in this thread
+        kw = dict(readonly=True, readahead=True, meminit=False, max_readers=MAX_READERS, subdir=True)
+        self.locked = _lock_table_writable(path)
+        if self.locked:
+            try:
+                self.env = lmdb.open(str(path), lock=True, **kw)
+            except lmdb.ReadonlyError:     # EACCES on lock.mdb although access() allowed it (root squash...)
+                self.locked = False
+        if not self.locked:
+            if str(path) not in _WARNED:
+                _WARNED.add(str(path))
+                warnings.warn(f"{path}: cannot write its LMDB lock table (lock.mdb; a read-only copy?), reading "
+                              "without it: safe only while nothing writes this copy", RuntimeWarning, stacklevel=3)
+            self.env = lmdb.open(str(path), lock=False, **kw)
+        else:
+            self.env.reader_check()        # slots left by dead processes (DataLoader workers end with _exit)
+
+    def begin(self, *, buffers: bool = False) -> "_ReadTxn":
+        self._lock.acquire()
+        try:
+            try:
+                txn = self.env.begin(buffers=buffers)
+            except self._resized:          # the writer grew the file past our map: adopt its size, retry
+                txn = self._adopt_new_size(buffers)
+            self._active += 1
+        finally:
+            self._lock.release()
+        mine = self._mine
+        mine.n = getattr(mine, "n", 0) + 1
+        return _ReadTxn(self, txn)
+
+    def _adopt_new_size(self, buffers: bool):   # under self._lock
+        while True:
+            if getattr(self._mine, "n", 0):
+                raise RuntimeError(f"{self.path}: the LMDB grew while this thread holds a read transaction; "
+                                   "end it before beginning another")
+            while self._active:            # set_mapsize invalidates every open transaction of the process
+                self._idle.wait()
+            self.env.set_mapsize(0)
+            try:
+                return self.env.begin(buffers=buffers)
+            except self._resized:          # grew again meanwhile
+                continue
+
+    def _release(self) -> None:
+        mine = self._mine
+        mine.n = getattr(mine, "n", 1) - 1
+        with self._lock:
+            self._active -= 1
+            if not self._active:
+                self._idle.notify_all()
+
+    def close(self) -> None:
+        self.closed = True
+        self.env.close()
+
+    def close_inherited(self) -> None:
+        """In a forked child: close the parent's environment (py-lmdb refuses a second open of the file
+        while it is open). Closing aborts the transactions it holds, which would free the *parent's*
+        reader slots in the shared lock table; the fork hook below leaves none when no read was open."""
+        self.closed = True
+        if self.locked and self._active:
+            raise RuntimeError(f"{self.path}: this process was forked while its parent was reading the LMDB "
+                               "in another thread; start worker processes while no read is open")
+        self.env.close()
+
+    def __getattr__(self, name):           # info(), stat(), readers()... of the environment
+        if name == "env":
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+class _ReadTxn:
+    """One read transaction of a :class:`_ReadEnv`: ``with env.begin() as txn`` gives py-lmdb's own."""
+    __slots__ = ("txn", "_env", "_open")
+
+    def __init__(self, env: _ReadEnv, txn):
+        self.txn, self._env, self._open = txn, env, True
+
+    def __enter__(self):
+        return self.txn
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self._open:
+            self._open = False
+            self.txn.abort()
+            self._env._release()
+
+    commit = abort
+
+    def __getattr__(self, name):
+        if name == "txn":
+            raise AttributeError(name)
+        return getattr(self.txn, name)
+
+    def __del__(self):
+        if self._open and os.getpid() == self._env.pid:
+            self.abort()
+
+
+_FORK_HELD: list[_ReadEnv] = []
+
+
+def _before_fork() -> None:
+    """Hold every reader of this process still across a fork, and drop py-lmdb's cached read transaction
+    (it keeps a slot in the lock table, which the child's close of the inherited environment would free
+    under the parent or a sibling): ``set_mapsize(0)`` aborts it and costs ~10 µs."""
+    pid = os.getpid()
+    for e in list(_ENVS.values()):
+        if e.pid == pid and not e.closed:
+            e._lock.acquire()
+            _FORK_HELD.append(e)
+            if e.locked and not e._active:
+                try:
+                    e.env.set_mapsize(0)
+                except Exception:   # best effort: never fail a fork
+                    pass
+
+
+def _after_fork() -> None:
+    while _FORK_HELD:
+        _FORK_HELD.pop()._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    _FORKS[0] += 1
+    _after_fork()
+
+
+_FORKS = [0]   # forks this process descends from: a reader's environment of another count is its parent's
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child)
+
+
+def read_generation(source) -> int:
+    """The generation of a windows LMDB (``path``) or of the snapshot a read transaction sees
+    (``txn``): how many times :func:`write_meta` ran on it; 0 for files written before it counted."""
+    if isinstance(source, (str, Path)):
+        with open_env(source).begin() as txn:
+            return read_generation(txn)
+    raw = source.get(GENERATION_KEY)
+    return int(bytes(raw)) if raw is not None else 0
 
 
 class WindowReader:
@@ -162,6 +357,10 @@ class WindowReader:
     ``reader[i]`` is a :class:`Window`; ``reader.host_sample(j)`` expands windows to one sample per
     singer-as-host (what the trainer iterates). Opens lazily so it survives DataLoader fork/spawn.
     Readers of one file in one process share its environment (:func:`open_env`).
+
+    ``generation`` is the file's generation when the reader opened (read with the index, in one
+    transaction); every read checks it in its own transaction (:meth:`check`), so a reader returns only
+    windows of the pack its index came from, or raises :class:`DatasetChanged`.
     """
 
     def __init__(self, path: str | Path, split: str | None = "train"):
@@ -174,6 +373,8 @@ class WindowReader:
         with open_env(self.path).begin() as txn:
             meta = txn.get(META_KEY)
             index = txn.get(INDEX_KEY)
+            self.generation = read_generation(txn)
+        self._generation_raw = str(self.generation).encode() if self.generation else None   # as stored
         if meta is None or index is None:
             raise ValueError(f"{self.path} is not a finished {FORMAT} LMDB (no __meta__/__index__): "
                              "the pack stage did not complete; rerun it.")
@@ -195,14 +396,45 @@ class WindowReader:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def env(self) -> "_ReadEnv":
+        """This process's reader environment of the file (:func:`open_env`), kept by the reader: a read
+        does not resolve the path again (``Path.resolve`` is a few syscalls). A forked or unpickled
+        reader (a DataLoader worker) opens its own."""
+        env = self.__dict__.get("_env")
+        if env is None or env.closed or env.forks != _FORKS[0]:
+            env = self._env = open_env(self.path)
+        return env
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_env", None)   # an LMDB handle: not for another process
+        return state
+
+    def check(self, txn) -> None:
+        """Raise :class:`DatasetChanged` unless ``txn`` sees the generation this reader opened (one
+        lookup of a few bytes: cheap enough per batch, or per window)."""
+        if txn.get(GENERATION_KEY) != self._generation_raw:
+            raise self.changed(txn)
+
+    def changed(self, txn, key: str | None = None) -> DatasetChanged:
+        """The error for a repack seen in ``txn``, or for window ``key`` missing from it."""
+        now = read_generation(txn)
+        if now != self.generation:
+            return DatasetChanged(f"{self.path} was repacked while in use (generation {self.generation} -> {now}): "
+                                  "the windows changed under this run; restart training on the new dataset")
+        return DatasetChanged(f"{self.path}: window {key} vanished while in use (still generation {now}, whose "
+                              "index lists it): the LMDB is being rewritten under this run; restart training "
+                              "once the pack has finished")
+
     def __getitem__(self, i: int) -> Window:
         """One window, arrays in their stored dtypes (audio float16: half the bytes; convert where
         it is used, e.g. ``torch.from_numpy(a).float()``, which is much faster than numpy's astype)."""
         key = self.keys[i]
-        with open_env(self.path).begin(buffers=True) as txn:
+        with self.env().begin(buffers=True) as txn:
+            self.check(txn)
             blob = txn.get(key.encode())
             if blob is None:
-                raise KeyError(f"window {key} listed in the index but missing from {self.path}")
+                raise self.changed(txn, key)
             arrays, head = decode_arrays(blob, copy=True)
         return Window(key=key, video=head["video"], segment=int(head["segment"]), start=int(head["start"]),
                       split=head["split"], coeffs=arrays["coeffs"], vocals=arrays["vocals"], bgm=arrays["bgm"],
@@ -235,11 +467,12 @@ class WindowReader:
         float32 (zeros where unknown) and ``known`` (N,) bool."""
         n = self.n_host_samples()
         shapes, known = np.zeros((n, N_SHAPE), np.float32), np.zeros(n, bool)
-        with open_env(self.path).begin(buffers=True) as txn:
+        with self.env().begin(buffers=True) as txn:
+            self.check(txn)
             for i, key in enumerate(self.keys):
                 blob = txn.get(key.encode())
                 if blob is None:
-                    raise KeyError(f"window {key} listed in the index but missing from {self.path}")
+                    raise self.changed(txn, key)
                 arrays, _ = decode_arrays(blob, copy=False)
                 if "shape" in arrays:
                     a = int(self._ends[i - 1]) if i else 0
@@ -248,13 +481,34 @@ class WindowReader:
         return shapes, known
 
 
-def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, extra: dict | None = None):
-    """``__meta__``; the singer counts present are added by :func:`rebuild_index` (they depend on
-    which windows are in the file)."""
+def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, extra: dict | None = None) -> int:
+    """``__meta__``, with the next ``generation`` (the one stored in ``txn`` + 1; 1 for a new file, also
+    written to ``__generation__``); returns it. Call it once per change, in the write transaction that
+    begins it (before or with the first window deleted or rewritten): readers see the new generation
+    no later than the first changed window. The singer counts present are added by
+    :func:`rebuild_index` (they depend on which windows are in the file)."""
+    generation = read_generation(txn) + 1
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "fps": fps, "sr": sr, "window": window,
             "stride": stride, "coeff_layout": {"exp": [0, 50], "jaw": [50, 53], "pose": [53, 56]}}
     meta.update(extra or {})
+    meta["generation"] = generation
     txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+    txn.put(GENERATION_KEY, str(generation).encode())
+    return generation
+
+
+def bump_generation(txn) -> int:
+    """Move the generation of an existing file on by one (``__generation__`` and ``__meta__``), in a write
+    transaction that changes windows after :func:`write_meta` began the change: every transaction a
+    reader can see in between carries its own generation, so no reader reads two states as one."""
+    generation = read_generation(txn) + 1
+    raw = txn.get(META_KEY)
+    if raw is not None:
+        meta = json.loads(bytes(raw))
+        meta["generation"] = generation
+        txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+    txn.put(GENERATION_KEY, str(generation).encode())
+    return generation
 
 
 def rebuild_index(txn) -> dict[str, list]:
@@ -287,3 +541,24 @@ def decode_arrays_header(blob) -> tuple[dict, dict]:
     (n,) = struct.unpack_from("<I", blob, 0)
     meta = json.loads(bytes(blob[4:4 + n]))
     return meta["arrays"], meta["header"]
+
+
+def packed_videos(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Video id -> what the LMDB at ``path`` holds of it (split, windows, segments, frames, the pack
+    fingerprint), read from its ``__done__`` markers; {} when there is no LMDB. The one answer to "what
+    is packed" for status and the dataset card."""
+    path = Path(path)
+    if not (path / "data.mdb").exists():
+        return {}
+    res: dict[str, dict[str, Any]] = {}
+    with open_env(path).begin() as txn:
+        cur = txn.cursor()
+        if cur.set_range(DONE_PREFIX):
+            for k, v in cur:
+                k = bytes(k)
+                if not k.startswith(DONE_PREFIX):
+                    break
+                m = json.loads(bytes(v))
+                res[k[len(DONE_PREFIX):].decode()] = m.get("summary") or {"windows": m.get("windows", 0),
+                                                                          "split": "?", "fingerprint": m.get("fingerprint")}
+    return res

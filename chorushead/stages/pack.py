@@ -32,8 +32,8 @@ from chorushead.core.decisions import decisions as review_decisions, timeline_ra
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import Record
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
-from chorushead.core.windows import (DONE_PREFIX, META_KEY, WINDOW_PREFIX, encode_arrays, open_env, rebuild_index,
-                                     window_key, write_meta)
+from chorushead.core.windows import (DONE_PREFIX, META_KEY, WINDOW_PREFIX, bump_generation, encode_arrays, open_env,
+                                     rebuild_index, window_key, write_meta)
 from chorushead.stages import assign, contiguity, fit, smooth, vad
 from chorushead.stages.base import GlobalContext, Result, Stage
 from chorushead.stages.selection import assign_splits, kept_segments
@@ -304,6 +304,7 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
                       "summary": video_summary(recs, split, sorted(keep), len(entries), fp)}
             try:
                 with db.env.begin(write=True) as txn:    # one transaction: old windows out, new ones in
+                    bump_generation(txn)                 # readers see this state as a generation of its own
                     _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
                     for k, v in entries:
                         txn.put(k, v)
