@@ -273,9 +273,10 @@ def _distributions(out: Path, ok: Callable[[str], dict[str, Record]], cont: dict
                           for v, r in ok("crop").items() if r.status == "done"}
     d["assign"] = np.array([assign.Outputs.of(r).confidence for r in ok("assign").values()], float)
     d["assign_low"] = sum(assign.Outputs.of(r).low_confidence for r in ok("assign").values())
-    # decisions made on other frames than the segments cover now do not count (core/decisions.py)
-    decided = review_decisions(out, {v: timeline_ranges(crops[v].start_frame, o.segments)
-                                     for v, o in cont.items() if v in crops})
+    # decisions belong to frames: applied to the segments as they are now (core/decisions.py)
+    vads = ok("vad")
+    decided = review_decisions(out, {v: timeline_ranges(vad.Outputs.of(vads[v]).start_frame, o.segments)
+                                     for v, o in cont.items() if v in vads})
     review = Counter()
     for v, o in cont.items():
         for i in range(len(o.segments)):

@@ -37,8 +37,10 @@ import numpy as np
 
 from chorushead.core.manifest import write_json_atomic
 
-VARIANTS = ("full", "no_prior", "no_bgm", "no_kl", "mono", "faceformer")
-TABLE2 = (("full", "PaChorus (Ours)"), ("mono", "Mono (causal host animator)"), ("faceformer", "FaceFormer [1]"))
+VARIANTS = ("full", "no_prior", "no_bgm", "no_kl", "mono", "mono_causal", "faceformer")
+TABLE2 = (("full", "PaChorus (Ours)"), ("mono", "Mono (host animator: Eq. 2)"),
+          ("mono_causal", "Mono causal (FaceFormer masks)"), ("faceformer", "FaceFormer [1]"))
+MIN_SEEDS = 3   # below this a std means nothing: no ordering is called established
 TABLE3 = (("no_bgm", "w/o BGM"), ("no_kl", "w/o L_kl"), ("no_prior", "w/o prior"), ("full", "PaChorus (Ours)"))
 # (metric key in evaluate's results, column title): the paper's columns.
 TABLE2_COLS = (("LVE_l2", "LVE ↓"), ("FVE_max", "FVE ↓"), ("FDD", "FDD →0"))
@@ -63,6 +65,7 @@ class BenchConfig:
     w_kl: float = 0.005
     d_model: int = 64
     n_layers: int = 2
+    attn_band: int = 3             # the host animator's self-attention band (ModelConfig.attn_band)
     jobs: int = 2                  # parallel runs, one torch thread each
     # The synthetic default (ignored with --data): sized for 2 CPU cores, 3 seeds, < 30 min.
     synth_videos: int = 12
@@ -71,7 +74,7 @@ class BenchConfig:
     synth_stride: int = 30         # half-overlapping windows: half the evaluation cost of stride 15
 
     # Settings that change what a run computes: a rerun into the same --out must keep them.
-    SHARED = ("data", "flame", "steps", "batch_size", "lr", "w_kl", "d_model", "n_layers",
+    SHARED = ("data", "flame", "steps", "batch_size", "lr", "w_kl", "d_model", "n_layers", "attn_band",
               "synth_videos", "synth_seconds", "synth_window", "synth_stride")
 
     def shared(self) -> dict:
@@ -91,6 +94,7 @@ class Job:
     w_kl: float
     d_model: int
     n_layers: int
+    attn_band: int = 3
     mean_coeffs: list[float] = field(default_factory=list)
 
 
@@ -123,7 +127,7 @@ def run_job(job: Job) -> dict:
         cfg = TrainConfig(data=job.data, out=job.out, epochs=1_000_000, batch_size=job.batch_size, lr=job.lr,
                           seed=job.seed, device="cpu", threads=1, max_steps=job.steps, ckpt_every=100,
                           model=ModelConfig(variant=job.variant, d_model=job.d_model, n_layers=job.n_layers,
-                                            dropout=0.0),
+                                            dropout=0.0, attn_band=job.attn_band),
                           loss=LossConfig(w_kl=0.0 if job.variant == "no_kl" else job.w_kl))
         summary = train(cfg, resume=have > 0, progress=False)
     elif have > job.steps:
@@ -166,16 +170,17 @@ def _score(metric: str, mean: float) -> float:
 def rank_column(stats: dict[str, tuple[float, float, int]], metric: str) -> dict[str, str]:
     """row -> "best" | "not established" | "worse" for one metric column (rows: (mean, std, n)).
 
-    A row is "not established" when its gap to the best is ≤ 2 · max(std_best, std_row)."""
+    A row is "not established" when its gap to the best is ≤ 2 · max(std_best, std_row), or when either
+    row has fewer than MIN_SEEDS seeds (its std is then no estimate of the spread at all)."""
     best = min(stats, key=lambda r: _score(metric, stats[r][0]))
-    bm, bs, _ = stats[best]
+    bm, bs, bn = stats[best]
     out = {}
-    for r, (m, s, _) in stats.items():
+    for r, (m, s, n) in stats.items():
         if r == best:
             out[r] = "best"
         else:
             gap = _score(metric, m) - _score(metric, bm)
-            out[r] = NOT_ESTABLISHED if gap <= 2 * max(bs, s) else "worse"
+            out[r] = NOT_ESTABLISHED if gap <= 2 * max(bs, s) or min(n, bn) < MIN_SEEDS else "worse"
     return out
 
 
@@ -243,10 +248,11 @@ def orderings(stats: dict, pairs: list[tuple[str, str, str]]) -> list[dict]:
     out = []
     for a, b, k in pairs:
         if a in stats and b in stats and k in stats[a]:
-            (ma, sa, _), (mb, sb, _) = stats[a][k], stats[b][k]
+            (ma, sa, na), (mb, sb, nb) = stats[a][k], stats[b][k]
             gap = _score(k, mb) - _score(k, ma)
             out.append({"claim": f"{a} < {b} on {k}", "holds": gap > 0,
-                        "established": gap > 2 * max(sa, sb), "gap": gap, "two_std": 2 * max(sa, sb)})
+                        "established": gap > 2 * max(sa, sb) and min(na, nb) >= MIN_SEEDS,
+                        "gap": gap, "two_std": 2 * max(sa, sb), "seeds": min(na, nb)})
     return out
 
 
@@ -300,7 +306,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     mean = [float(x) for x in train_mean_coeffs(data)]
     jobs = [Job(variant=v, seed=s, data=data, flame=flame, out=str(out / "runs" / f"{v}_s{s}"), steps=cfg.steps,
                 batch_size=cfg.batch_size, lr=cfg.lr, w_kl=cfg.w_kl, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                mean_coeffs=mean)
+                attn_band=cfg.attn_band, mean_coeffs=mean)
             for s in range(cfg.seeds) for v in cfg.variants]
     log(f"{len(jobs)} runs ({len(cfg.variants)} variants x {cfg.seeds} seeds) x {cfg.steps} steps "
         f"on {cfg.jobs} process(es)")
@@ -322,12 +328,18 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                f"Vertex metrics on {mesh}, in mm with the head pose zeroed; LVE and FVE = per-frame max L2 over "
                f"lip / face vertices; FDD signed (GT − prediction), best = closest to 0; PPE in rad. **Bold**: "
                f"best mean; ({NOT_ESTABLISHED}): gap to the best ≤ 2 std (the larger of the two rows').")
+    if cfg.seeds < MIN_SEEDS:
+        caption += (f" **Only {cfg.seeds} seed(s): fewer than {MIN_SEEDS}, so no std is an estimate of the spread "
+                    f"and no ordering below is established.**")
+        log(f"note: {cfg.seeds} seed(s) < {MIN_SEEDS}: nothing in these tables is established (use --seeds 5)")
     ref = runs[0]["mean_motion"]
     t2 = write_table(out / "table2", TABLE2, TABLE2_COLS, stats, "Table 2. PaChorus vs baselines. " + caption, ref)
     t3 = write_table(out / "table3", TABLE3, TABLE3_COLS, stats, "Table 3. Ablations. " + caption)
     plot_metrics(out / "metrics.png", runs, stats, list(cfg.variants))
-    checks = orderings(stats, [("full", "mono", "LVE_l2"), ("full", "faceformer", "LVE_l2"),
-                               ("full", "mono", "PPE"), ("full", "faceformer", "PPE"),
+    checks = orderings(stats, [("full", "mono", "LVE_l2"), ("full", "mono_causal", "LVE_l2"),
+                               ("full", "faceformer", "LVE_l2"), ("full", "mono", "FVE_max"),
+                               ("full", "faceformer", "FVE_max"), ("full", "mono", "PPE"),
+                               ("full", "mono_causal", "PPE"), ("full", "faceformer", "PPE"),
                                ("full", "no_prior", "PPE"), ("full", "no_bgm", "PPE"), ("full", "no_kl", "PPE")])
     report = {"config": asdict(cfg), "data": data, "flame": flame, "mesh": mesh, "runs": runs,
               "stats": {v: {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in d.items()} for v, d in stats.items()},
@@ -340,6 +352,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     for c in checks:
         log(f"  {c['claim']}: {'holds' if c['holds'] else 'does NOT hold'}"
             f"{'' if not c['holds'] else ' (beyond 2 std)' if c['established'] else ' (' + NOT_ESTABLISHED + ')'}"
+            f"{' [' + str(c['seeds']) + ' seed(s)]' if c['seeds'] < MIN_SEEDS else ''}"
             f"  gap {c['gap']:.4g} vs 2 std {c['two_std']:.2g}")
     log(f"{out}: table2.md/.csv, table3.md/.csv, metrics.png, results.json ({report['wall_s']:.0f} s, "
         f"{report['trained']} run(s) trained)")

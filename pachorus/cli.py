@@ -66,7 +66,7 @@ def train(
     data: Path = typer.Option(..., help="packed LMDB (chorushead build ... pack, or pachorus synth)"),
     out: Path = typer.Option(..., help="run folder (created; never deleted)"),
     resume: bool = typer.Option(False, help="continue the run in --out from last.pt"),
-    variant: str = typer.Option("full", help="full | no_bgm | no_kl | no_prior | mono | faceformer"),
+    variant: str = typer.Option("full", help="full | no_bgm | no_kl | no_prior | mono | mono_causal | faceformer"),
     audio_encoder: str = typer.Option("logmel", help="logmel, or wav2vec2:<hub id or local folder>"),
     epochs: int = typer.Option(100), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-4),
     w_mse: float = typer.Option(1.0), w_kl: float = typer.Option(0.005), w_vel: float = typer.Option(1.0),
@@ -75,6 +75,7 @@ def train(
     w_lip_vertex: float = typer.Option(0.0, help="vertex lip loss weight (needs --flame)"),
     d_model: int = typer.Option(64), n_layers: int = typer.Option(2), n_heads: int = typer.Option(4),
     latent: int = typer.Option(16), dropout: float = typer.Option(0.1),
+    attn_band: int = typer.Option(3, help="host animator self-attention band in frames (±N; 0 = whole window)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, cuda:N"),
     amp: bool = typer.Option(True, help="autocast + GradScaler (CUDA only)"),
@@ -99,7 +100,7 @@ def train(
         num_workers=num_workers, threads=threads, ckpt_every=ckpt_every, max_steps=max_steps,
         time_budget_s=time_budget, flame=str(flame) if flame else None,
         model=ModelConfig(variant=variant, audio_encoder=audio_encoder, d_model=d_model, n_layers=n_layers,
-                          n_heads=n_heads, latent=latent, dropout=dropout),
+                          n_heads=n_heads, latent=latent, dropout=dropout, attn_band=attn_band),
         loss=LossConfig(w_mse=w_mse, w_kl=w_kl, w_vel=w_vel, jaw_weight=jaw_weight, pose_weight=pose_weight,
                         w_lip_vertex=w_lip_vertex))
     summary = run(cfg, resume=resume, progress=progress)
@@ -278,10 +279,11 @@ def bench(
     out: Path = typer.Option(..., help="bench folder (created; runs inside are reused or resumed)"),
     data: Optional[Path] = typer.Option(None, help="packed LMDB (default: a synthetic one written into --out)"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (default: a generated toy head; the tables say so)"),
-    variants: str = typer.Option("full,no_prior,no_bgm,no_kl,mono,faceformer", help="comma list"),
+    variants: str = typer.Option("full,no_prior,no_bgm,no_kl,mono,mono_causal,faceformer", help="comma list"),
     seeds: int = typer.Option(3), steps: int = typer.Option(600, help="training steps of every run (equal for all)"),
     batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3), w_kl: float = typer.Option(0.005),
     d_model: int = typer.Option(64), n_layers: int = typer.Option(2),
+    attn_band: int = typer.Option(3, help="host animator self-attention band (±frames; 0 = none)"),
     jobs: int = typer.Option(2, help="runs in parallel, one CPU thread each"),
     videos: int = typer.Option(12, help="synthetic default only: songs"),
     seconds: float = typer.Option(20.0, help="synthetic default only: song length"),
@@ -295,7 +297,8 @@ def bench(
     from .bench import BenchConfig, run_bench
     run_bench(BenchConfig(out=str(out), data=str(data) if data else None, flame=str(flame) if flame else None,
                           variants=tuple(_csv(variants, "--variants")), seeds=seeds, steps=steps,
-                          batch_size=batch_size, lr=lr, w_kl=w_kl, d_model=d_model, n_layers=n_layers, jobs=jobs,
+                          batch_size=batch_size, lr=lr, w_kl=w_kl, d_model=d_model, n_layers=n_layers,
+                          attn_band=attn_band, jobs=jobs,
                           synth_videos=videos, synth_seconds=seconds, synth_window=window),
               log=lambda m: typer.echo(m))
 

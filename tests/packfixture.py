@@ -13,7 +13,12 @@ from chorushead.stages.base import Item
 
 
 def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=((0, 200), (220, 360)),
-                  sr: int = 16000, fps: int = 30, seed: int = 0, fit_backend: str | None = None) -> list[Item]:
+                  sr: int = 16000, fps: int = 30, seed: int = 0, fit_backend: str | None = None,
+                  read_by_pack_only: bool = False) -> list[Item]:
+    """A build's records up to pack, current under the default pipeline (Plan), so a build's pack packs
+    them: ingest and crop with small real outputs, the separations skipped as with stems, vad ..
+    assign as pack reads them. ``read_by_pack_only``: only vad .. assign (an older or partial build:
+    a run_global_stage without the build's plan packs it, a build blocks it)."""
     rng = np.random.default_rng(seed)
     plan = Plan.of(Pipeline.load())
     items = []
@@ -42,7 +47,15 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
         fit = {"segments": segs, "n_strips": 2}     # (the raw fits are not read by pack)
         if fit_backend is not None:                 # else: a record from before fits named their backend
             fit.update(backend=fit_backend, coeff_groups=["exp", "jaw", "pose"])
+        n_frames = int(seconds * fps)
+        (d / "crop").mkdir(parents=True, exist_ok=True)
+        probs = np.full((2, n_frames), 0.99, np.float32)
+        np.savez(d / "crop" / "detections.npz", probs=probs, detected=np.ones((2, n_frames), bool))
         ups = {
+            "ingest": {"source": it.source, "n_frames": n_frames, "fps": fps, "width": 512, "height": 256,
+                       "duration": float(seconds), "source_fps": float(fps)},
+            "crop": {"detections": f"items/{it.id}/crop/detections.npz", "strips": [], "n_strips": 2,
+                     "frames": n_frames, "start_frame": 0, "crop_size": 224},
             "vad": {"start_frame": 0, "end_frame": int(seconds * fps), "start_s": 0.0, "end_s": float(seconds),
                     "singers_16k": singers, "bgm_16k": f"items/{it.id}/vad/bgm_16k.wav", "vocals_16k": singers[0],
                     "sr": sr},
@@ -51,16 +64,26 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
             "smooth": {"segments": segs},
             "assign": {"order": [0, 1], "confidence": 1.0, "low_confidence": False},
         }
-        # Every item stage gets a record, with the fingerprint the runner computes for it under the default
-        # pipeline (Plan), so a build's pack sees these records as current; the stages pack does not read
-        # carry no outputs.
+        metrics = {"crop": {"frames": n_frames, "frames_expected": n_frames, "faces_per_strip": [n_frames] * 2,
+                            "multi_face_frames": 0, "detected_fraction": 0.1, "decode_wait_s": 0.0, "detect_s": 0.0,
+                            "save_s": 0.0, "seconds": 0.0, "frames_per_s": 0.0, "detector_images": 0},
+                   "ingest": {"seconds_of_video": float(seconds), "frames": n_frames, "resolution": "512x256",
+                              "source_fps": float(fps)},
+                   "contiguity": {"segments": len(segments), "frames_kept": int(sum(b - a for a, b in segments)),
+                                  "frames": n_frames, "kept_fraction": sum(b - a for a, b in segments) / n_frames}}
+        # Every item stage gets a record with the fingerprint the runner computes for it (Plan), chained
+        # through its upstream ones, so a build sees them all as current.
         recs: dict[str, Record] = {}
         for stage in plan.order:
             if get_stage(stage).kind == "global":
                 continue
-            fp = plan.fingerprint(stage, it, {need: recs[need] for need in get_stage(stage).needs})
-            recs[stage] = Record(item=it.id, stage=stage, status="done", fingerprint=fp, outputs=ups.get(stage, {}))
-            Manifest(out, stage).append(recs[stage])
+            fp = plan.fingerprint(stage, it, {need: recs[need] for need in get_stage(stage).needs if need in recs})
+            skipped = stage in ("bgm_split", "duet_split")
+            recs[stage] = Record(item=it.id, stage=stage, status="skipped" if skipped else "done", fingerprint=fp,
+                                 outputs=ups.get(stage, {}), metrics=metrics.get(stage, {}),
+                                 reason="stems supplied" if skipped else None)
+            if not read_by_pack_only or stage in ups and stage not in ("ingest", "crop"):
+                Manifest(out, stage).append(recs[stage])
     save_items(out, items)
     return items
 

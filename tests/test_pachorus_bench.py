@@ -44,13 +44,18 @@ def test_tables_from_hand_made_numbers(tmp_path):
     lines = md.splitlines()
     assert lines[0] == "| Method | LVE ↓ | FVE ↓ | FDD →0 |"
     assert lines[2].startswith("| PaChorus (Ours) | **1 ± 0.02** |")
-    assert lines[3].startswith("| Mono (causal host animator) | 1.5 ± 0.02 |")           # established gap
+    assert lines[3].startswith("| Mono (host animator: Eq. 2) | 1.5 ± 0.02 |")           # established gap
     assert lines[4].startswith(f"| FaceFormer [1] | 1.01 ± 0.04 ({NOT_ESTABLISHED}) |")
     assert lines[5].startswith("| *mean motion (reference)* | *9* |") and "caption here" in md
     rows = list(csv.DictReader((tmp_path / "table2.csv").open()))
     assert [r["variant"] for r in rows] == ["full", "mono", "faceformer", "mean_motion"]
     assert rows[2]["LVE_l2_vs_best"] == NOT_ESTABLISHED and rows[1]["LVE_l2_vs_best"] == "worse"
     assert float(rows[0]["LVE_l2_std"]) == pytest.approx(0.02)
+    # with fewer than 3 seeds nothing is established, however large the gap (std of 2 seeds is no spread)
+    two = summarise(_runs({"full": [1.0, 1.0], "mono": [1.5, 1.5]}))
+    assert rank_column({k: v["LVE_l2"] for k, v in two.items()}, "LVE_l2")["mono"] == NOT_ESTABLISHED
+    (c,) = orderings(two, [("full", "mono", "LVE_l2")])
+    assert c["holds"] and not c["established"] and c["seeds"] == 2
     # Table 3 keeps the paper's row order and leaves out variants that were not run
     md3 = write_table(tmp_path / "table3", TABLE3, TABLE3_COLS, stats, "c")
     assert [line.split(" | ")[0] for line in md3.splitlines()[2:4]] == ["| w/o BGM", "| PaChorus (Ours)"]

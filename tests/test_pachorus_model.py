@@ -30,7 +30,7 @@ def _randomise_heads(m):
             torch.nn.init.normal_(mod.weight, std=0.5)
 
 
-@pytest.mark.parametrize("variant", ["full", "no_bgm", "no_kl", "no_prior", "mono"])
+@pytest.mark.parametrize("variant", ["full", "no_bgm", "no_kl", "no_prior", "mono", "mono_causal"])
 def test_variants_shapes_and_pose_anchor(variant):
     m = tiny(variant)
     _randomise_heads(m)
@@ -47,7 +47,8 @@ def test_prior_uses_partner_and_bgm_but_no_prior_does_not():
     host, partner, bgm, pose0, _ = _inputs()
     other = torch.randn_like(partner) * 0.3
     for variant, partner_matters, bgm_matters in [("full", True, True), ("no_bgm", True, False),
-                                                  ("no_prior", False, False), ("mono", False, False)]:
+                                                  ("no_prior", False, False), ("mono", False, False),
+                                                  ("mono_causal", False, False)]:
         m = tiny(variant).eval()
         _randomise_heads(m)
         with torch.no_grad():
@@ -60,11 +61,11 @@ def test_prior_uses_partner_and_bgm_but_no_prior_does_not():
         torch.testing.assert_close(a[..., :53], b[..., :53])
 
 
-def test_mono_is_causal_full_is_not():
+def test_mono_causal_is_causal_mono_and_full_are_not():
     host, partner, bgm, pose0, _ = _inputs(b=1)
     late = host.clone()
     late[:, N // 2:] += torch.randn(1, N // 2) * 0.5
-    for variant, causal in [("mono", True), ("no_prior", False)]:
+    for variant, causal in [("mono_causal", True), ("mono", False), ("no_prior", False)]:
         m = tiny(variant).eval()
         _randomise_heads(m)
         with torch.no_grad():
@@ -72,6 +73,37 @@ def test_mono_is_causal_full_is_not():
             b = m(late, partner, bgm, pose0, T, z_mode="mean").coeffs
         early_same = torch.allclose(a[:, : T // 2 - 3], b[:, : T // 2 - 3], atol=1e-6)
         assert early_same == causal, variant
+
+
+@pytest.mark.parametrize("band", [1, 3])
+def test_host_self_attention_stays_in_its_band_and_the_diagnostic_reads_it(band):
+    from pachorus.model.pachorus import attention_diagnostic
+    m = tiny("full", attn_band=band).eval()
+    host, _, _, pose0, _ = _inputs(b=2)
+    w = m.animator.self_attention(m.audio(host), pose0, T)                 # (B, T, T)
+    i = torch.arange(T)
+    outside = (i[None, :] - i[:, None]).abs() > band
+    assert w.shape == (2, T, T) and float(w[:, outside].abs().max()) == 0.0
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, T))
+    d = attention_diagnostic(w)
+    assert d["attended_distance"] <= band and d["entropy"] <= np.log(2 * band + 1) + 1e-5
+    # the diagnostic's scale: uniform attention and attention on the own frame
+    u = attention_diagnostic(torch.full((1, T, T), 1.0 / T))
+    assert abs(u["entropy"] - np.log(T)) < 1e-5 and abs(u["attended_distance"] - (T * T - 1) / (3 * T)) < 1e-4
+    e = attention_diagnostic(torch.eye(T)[None])
+    assert e["entropy"] < 1e-6 and e["own_frame_weight"] == 1.0 and e["attended_distance"] < 1e-6
+    # no band: the whole window
+    w0 = tiny("full", attn_band=0).eval().animator.self_attention(m.audio(host), pose0, T)
+    assert float(w0[:, outside].min()) > 0
+
+
+def test_checkpoints_from_before_the_band_load_as_they_were_trained():
+    """A saved config without attn_band / memory_pe was trained with neither, and its "mono" was the
+    causal baseline; today's defaults must not change what an old checkpoint computes."""
+    old = ModelConfig.from_dict({"variant": "mono", "d_model": 16})
+    assert (old.variant, old.attn_band, old.memory_pe) == ("mono_causal", 0, False)
+    new = ModelConfig.from_dict(ModelConfig(variant="mono").to_dict())
+    assert (new.variant, new.attn_band, new.memory_pe) == ("mono", 3, True)
 
 
 def test_samples_differ_mean_is_deterministic():

@@ -57,11 +57,13 @@ def funnel_rows(md: str) -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------- a build without ingest/crop
-@pytest.mark.slow   # packs 3 videos and draws the card twice (~9-14 s)
-def test_card_before_and_after_pack_says_what_exists(tmp_path):
+@pytest.mark.slow
+def test_card_of_a_build_without_ingest_or_crop_and_pack_blocked_on_it(tmp_path):
+    """vad .. assign records only (a partial or older build): the card says what exists, and a build's
+    pack refuses to pack on upstream records that are not current (issue 18: only current inputs flow)."""
     out = tmp_path / "b"
-    make_upstream(out, n_videos=3, fit_backend="landmarks")    # vad .. assign records, nothing of ingest/crop
-    record_decision(out, "song1-abcdef", 0, "reject")
+    make_upstream(out, n_videos=3, fit_backend="landmarks", read_by_pack_only=True)
+    record_decision(out, "song1-abcdef", 0, "reject", frames=(0, 200))
     # a fourth video that failed at ingest: counted in the funnel with its reason
     save_items(out, [Item(id="broken-123456", source="/raw/broken.mp4")])
     Manifest(out, "ingest").append(Record(item="broken-123456", stage="ingest", status="failed", fingerprint="x",
@@ -82,6 +84,20 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
     assert sorted(card.dists["jaw"]) == [0, 1] and len(card.dists["jaw"][0]) == 3 * (200 + 140)
     assert card.dists["review"] == {"accept": 0, "reject": 1, "unreviewed": 5}
     assert card_hint(out, pl) is None     # nothing packed: build/status say nothing of a card
+    res = CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "--quiet"])
+    assert res.exit_code == 1 and not (out / "windows.lmdb").exists(), res.output
+    assert next(line for line in res.output.splitlines() if line.startswith("pack")).split()[5] == "4"  # blocked
+
+
+@pytest.mark.slow   # packs 3 videos and draws the card twice (~9-14 s)
+def test_card_before_and_after_pack_says_what_exists(tmp_path):
+    out = tmp_path / "b"
+    make_upstream(out, n_videos=3, fit_backend="landmarks")    # current records up to assign
+    record_decision(out, "song1-abcdef", 0, "reject", frames=(0, 200))
+    pl = Pipeline.load()
+    card = collect(out, pl)
+    assert card.lmdb is None
+    write_card(card)
 
     res = CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "--quiet"])
     assert res.exit_code == 0, res.output
@@ -115,17 +131,25 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
     assert not card.split_violations
     assert card_hint(out, pl) == (f"Dataset card: {index_html} (refresh: chorushead report --out {out})")
 
-    # song2's assign now fails: a new pack drops it from the LMDB; its old pack record no longer counts
+    # song2's assign now fails: its windows stay in the LMDB (nothing a user built is lost) and the
+    # card says they are stale; the LMDB file is not rewritten
+    before = (out / "windows.lmdb" / "data.mdb").read_bytes()
     Manifest(out, "assign").append(Record(item="song2-abcdef", stage="assign", status="failed", fingerprint="y",
                                           error_class="StageError", message="no voice matches"))
-    assert CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "-q"]).exit_code == 0
+    assert CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "-q"]).exit_code == 1
+    assert (out / "windows.lmdb" / "data.mdb").read_bytes() == before
     card = collect(out, pl)
     meta, index = raw_lmdb(out)
-    assert "song2-abcdef" not in meta["summary"]["videos"] and records(out, "pack")["song2-abcdef"]["status"] == "done"
-    assert any("no longer in the LMDB" in n and "song2-abcdef" in n for n in card.notes), card.notes
+    assert "song2-abcdef" in meta["summary"]["videos"]
+    assert any("stale" in n and "song2-abcdef" in n for n in card.notes), card.notes
     assert {s.split: s.windows for s in card.splits} == {s: len(index[s]) for s in ("train", "val", "test")}
+    assert dict(card.summary)["Hours packed"] == f"{frames / 30 / 3600:.4f}"
+    # removed from the build: the next pack drops it, and the card agrees
+    res = CliRunner().invoke(app, ["remove", "song2-abcdef", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    card = collect(out, pl)
     assert "song2-abcdef" not in [v for sp in card.splits for v in sp.videos]
-    assert dict(card.summary)["Hours packed"] == f"{(340 + 140) / 30 / 3600:.4f}"
+    assert "song2-abcdef" not in raw_lmdb(out)[0]["summary"]["videos"]
 
 
 def test_split_check_lists_a_video_in_two_splits():

@@ -16,9 +16,13 @@ Variants (``ModelConfig.variant``):
 - ``no_kl``: same network, trained with KL weight 0 (the trainer zeroes it).
 - ``no_bgm``: the prior is conditioned on the partner only.
 - ``no_prior``: Host Animator alone (pose = pose0 + Δ_host).
-- ``mono``: FaceFormer-style baseline on host audio only (+ pose0): causal self-attention and
-  a diagonal alignment mask for audio cross-attention (FaceFormer's two masks), one decoder for
-  all 56 coefficients. Unlike FaceFormer it is not autoregressive on its own past motion.
+- ``mono``: the paper's Eq. 2 with our animator: the same Host Animator as ``full`` (same band, same
+  position encodings) on host audio + pose0, without partner, BGM and prior, so full vs mono
+  measures the partner-aware branch alone (its network is ``no_prior``'s; the rows differ by seeds).
+- ``mono_causal``: a FaceFormer-style causal baseline on host audio only (+ pose0): causal
+  self-attention and a diagonal alignment mask for audio cross-attention (FaceFormer's two masks),
+  one decoder for all 56 coefficients; not autoregressive on its own past motion. (Checkpoints
+  written before ``mono`` changed meaning load as ``mono_causal``.)
 - ``faceformer``: FaceFormer as published (autoregressive over past motion, periodic positional
   encoding, biased causal attention, alignment mask), host audio + pose0, teacher-forced in
   training and generated step by step otherwise (see :mod:`pachorus.model.faceformer`).
@@ -35,7 +39,7 @@ from torch import nn
 from .audio import SinusoidalPE, build_audio_encoder, to_frames
 from .faceformer import FaceFormer
 
-VARIANTS = ("full", "no_bgm", "no_kl", "no_prior", "mono", "faceformer")
+VARIANTS = ("full", "no_bgm", "no_kl", "no_prior", "mono", "mono_causal", "faceformer")
 
 
 @dataclass
@@ -49,14 +53,30 @@ class ModelConfig:
     latent: int = 16
     dropout: float = 0.1
     period: int = 30                # faceformer: PPE / attention-bias period in frames (FaceFormer's 25 at 25 fps)
+    # The host animator's self-attention sees frames within ±attn_band of its own (0 = the whole window).
+    # 3 frames = ±100 ms at 30 fps: the paper's animator follows FaceFormer, whose alignment mask ties
+    # each frame to its own audio; a short non-causal band keeps that locality (a lip shape depends on
+    # the phoneme and its neighbours, ~±100 ms of coarticulation) without FaceFormer's causality.
+    # Measured (issue 19): without it, attention stays near uniform after training (entropy 3.95 of
+    # 4.09 nats), every frame pools the whole window and LVE loses to the causal baseline.
+    attn_band: int = 3
+    memory_pe: bool = True          # position encoding on the cross-attention memory (the audio frames)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.attn_band < 0:
+            raise ValueError(f"attn_band must be >= 0 (0 = no band), got {self.attn_band}")
+
+    # What a checkpoint written before a setting existed was trained with (not today's default).
+    LEGACY = {"attn_band": 0, "memory_pe": False}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        kw = {**cls.LEGACY, **{f.name: d[f.name] for f in fields(cls) if f.name in d}}
+        if "attn_band" not in d and kw.get("variant") == "mono":
+            kw["variant"] = "mono_causal"   # what "mono" was before it became Eq. 2 with our animator
+        return cls(**kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,13 +104,15 @@ class HostAnimator(nn.Module):
     """Host vocal -> linear -> interpolate to the motion frame rate -> transformer decoder -> 56 coefficients.
 
     The decoder's queries are the frame-rate audio features + position + a pose0 embedding; it
-    cross-attends to the same features. ``causal=True`` gives the FaceFormer-style masks.
+    cross-attends to the same features (+ position, ``memory_pe``). Self-attention is limited to a
+    ±``attn_band`` frame band; ``causal=True`` gives the FaceFormer-style masks instead.
     """
 
     def __init__(self, cfg: ModelConfig, audio_dim: int, causal: bool = False):
         super().__init__()
         d = cfg.d_model
         self.causal = causal
+        self.band, self.memory_pe = cfg.attn_band, cfg.memory_pe
         self.proj = nn.Linear(audio_dim, d)
         self.pe = SinusoidalPE(d)
         self.pose0 = nn.Linear(3, d)
@@ -101,16 +123,52 @@ class HostAnimator(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, host_feat: torch.Tensor, pose0: torch.Tensor, n_frames: int) -> torch.Tensor:
+    def masks(self, n_frames: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(self-attention mask, memory mask), True = not allowed."""
+        i = torch.arange(n_frames, device=device)
+        if self.causal:
+            tgt = i[None, :] > i[:, None]
+            return tgt, i[None, :] != i[:, None]
+        if self.band:
+            return (i[None, :] - i[:, None]).abs() > self.band, None
+        return None, None
+
+    def inputs(self, host_feat: torch.Tensor, pose0: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries, memory) at the motion frame rate."""
         mem = to_frames(self.proj(host_feat), n_frames)
         q = self.pe(mem) + self.pose0(pose0)[:, None]
-        tgt_mask = mem_mask = None
-        if self.causal:
-            full = torch.ones(n_frames, n_frames, dtype=torch.bool, device=mem.device)
-            tgt_mask = torch.triu(full, diagonal=1)          # True = not allowed
-            mem_mask = ~torch.eye(n_frames, dtype=torch.bool, device=mem.device)
+        return q, (self.pe(mem) if self.memory_pe else mem)
+
+    def forward(self, host_feat: torch.Tensor, pose0: torch.Tensor, n_frames: int) -> torch.Tensor:
+        q, mem = self.inputs(host_feat, pose0, n_frames)
+        tgt_mask, mem_mask = self.masks(n_frames, q.device)
         h = self.decoder(q, mem, tgt_mask=tgt_mask, memory_mask=mem_mask)
         return self.out(h)
+
+    @torch.no_grad()
+    def self_attention(self, host_feat: torch.Tensor, pose0: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """The first decoder layer's self-attention weights (B, T, T), averaged over heads: what
+        :func:`attention_diagnostic` reads."""
+        q, _ = self.inputs(host_feat, pose0, n_frames)
+        layer = self.decoder.layers[0]
+        x = layer.norm1(q) if layer.norm_first else q
+        tgt_mask, _ = self.masks(n_frames, q.device)
+        _, w = layer.self_attn(x, x, x, attn_mask=tgt_mask, need_weights=True, average_attn_weights=True)
+        return w
+
+
+def attention_diagnostic(weights: torch.Tensor) -> dict[str, float]:
+    """How local the host animator's self-attention is, from weights (B, T, T): mean entropy per
+    query (nats) beside the uniform maximum log T, the weight on the query's own frame, and the mean
+    attended distance in frames. Near-uniform attention (entropy ≈ log T, distance ≈ T/3) means every
+    frame pools the whole window."""
+    w = weights.float().clamp_min(1e-12)
+    t = w.shape[-1]
+    i = torch.arange(t, device=w.device, dtype=torch.float32)
+    dist = (i[None, :] - i[:, None]).abs()
+    return {"entropy": float(-(w * w.log()).sum(-1).mean()), "entropy_uniform": float(torch.log(torch.tensor(float(t)))),
+            "own_frame_weight": float(torch.diagonal(w, dim1=-2, dim2=-1).mean()),
+            "attended_distance": float((w * dist).sum(-1).mean()), "frames": int(t)}
 
 
 class MotionPrior(nn.Module):
@@ -166,7 +224,7 @@ class PaChorus(nn.Module):
                                        cfg.period)
             self.prior = None
             return
-        self.animator = HostAnimator(cfg, adim, causal=cfg.variant == "mono")
+        self.animator = HostAnimator(cfg, adim, causal=cfg.variant == "mono_causal")
         self.prior = MotionPrior(cfg, adim, use_bgm=cfg.variant != "no_bgm") \
             if cfg.variant in ("full", "no_kl", "no_bgm") else None
 
