@@ -172,7 +172,8 @@ def write_sample(folder: Path, seconds: float = 12.0, size: tuple[int, int] = (2
 MIN_DEMO_SECONDS = 7.0
 _MAX_REASON = 240   # characters of a failure message in the closing lines (status shows it whole)
 # pack splits by video (60/10/30): four videos give 2 train / 1 val / 1 test, so `pachorus eval` (test
-# split by default) and the trainer's validation both have data. With pack's seed 0, duet3 is the test song.
+# split by default) and the trainer's validation both have data. With pack's seed 0, duet1 is the test
+# song (the README journey animates it; tests/test_journey.py checks that).
 DEMO_VIDEOS = 4
 FIT_BACKENDS = {
     "landmarks": "Fitting with the open landmark backend (jaw + head pose, no expression); for the paper's "

@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from chorushead.core.decisions import decisions as review_decisions, describe_unmatched, timeline_ranges
+from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
 from chorushead.core.manifest import Record, iter_records
 from chorushead.core.windows import SPLITS, WindowReader, packed_videos
 from chorushead.runner import Pipeline, Plan, load_items
 from chorushead.stages import assign, contiguity, crop, get_stage, ingest, pack, smooth, vad
 from chorushead.stages.base import DEFAULT_FPS, GlobalContext
-from chorushead.status import collect as collect_status
+from chorushead.status import collect as collect_status, dataset_notes
 
 REPORT_DIR = "report"
 FINGERPRINT_ROWS = 200   # videos listed with their fingerprints (the rest are counted)
@@ -101,17 +101,7 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
                      "the sections below show what the manifests hold so far.")
     # What is packed is what the LMDB holds (its markers), as `chorushead status` reads it
     packed_recs = {v: s for v, s in packed_videos(lmdb_path).items() if v in items} if lmdb_path else {}
-    bs = collect_status(out, pipeline)
-    if bs.stale_packed:
-        notes.append(f"{len(bs.stale_packed)} video(s) in the LMDB are stale: their windows come from an earlier "
-                     f"build and stay until a rebuild succeeds ({', '.join(bs.stale_packed[:10])}); "
-                     "see `chorushead status` for the failures")
-    if bs.unregistered_packed:
-        notes.append(f"in the LMDB but removed from the build (the next pack drops them): "
-                     f"{', '.join(bs.unregistered_packed)}")
-    if bs.unmatched:
-        notes.append(f"{len(bs.unmatched)} review decision(s) match no segment now: "
-                     + "; ".join(describe_unmatched(bs.unmatched, limit=5)))
+    notes += dataset_notes(collect_status(out, pipeline))
     funnel = _funnel(items, stages, latest, ing, cont, packed_recs, fps)
     splits, violations = _splits(index, packed_recs, cont, fps)
 

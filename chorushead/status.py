@@ -90,6 +90,23 @@ def collect(out: Path, pipeline: Pipeline) -> BuildStatus:
                        unmatched=resolve(out, ranges).unmatched)
 
 
+def dataset_notes(bs: BuildStatus, limit: int = 10) -> list[str]:
+    """What a user must know about the dataset beyond the counts (status prints these, the card shows
+    them as notes): stale packed videos, videos removed but still packed, unmatched review decisions."""
+    notes = []
+    if bs.stale_packed:
+        notes.append(f"stale in the LMDB ({len(bs.stale_packed)}): {', '.join(bs.stale_packed[:limit])}"
+                     f"{' ...' if len(bs.stale_packed) > limit else ''} — their windows are from an earlier build "
+                     "and stay until a rebuild succeeds (`chorushead status` lists the failures; fix them and rerun)")
+    if bs.unregistered_packed:
+        notes.append(f"in the LMDB but no longer registered: {', '.join(bs.unregistered_packed)} "
+                     "(the next pack removes them)")
+    if bs.unmatched:
+        notes.append(f"review decisions that match no segment now ({len(bs.unmatched)}): "
+                     + "; ".join(describe_unmatched(bs.unmatched, limit)))
+    return notes
+
+
 def format_status(bs: BuildStatus, max_failures: int = 20) -> str:
     lines = [f"{bs.items} video(s), {bs.hours:.3f} h ingested, {bs.frames} frames cropped, "
              f"{bs.segments} segment(s) kept ({bs.frames_in_segments} frames)"]
@@ -102,17 +119,10 @@ def format_status(bs: BuildStatus, max_failures: int = 20) -> str:
     if any(s.stale for s in bs.stages):
         lines.append("stale: outputs made from other inputs, settings or models than now (or on an upstream "
                      "result that has changed); they are kept, not used downstream; rerun `chorushead build` to refresh.")
-    if bs.stale_packed:
-        lines.append(f"stale in the LMDB ({len(bs.stale_packed)}): {', '.join(bs.stale_packed[:10])}"
-                     f"{' ...' if len(bs.stale_packed) > 10 else ''} — their windows are from an earlier build and "
-                     "stay until a rebuild succeeds (fix the failures below and rerun)")
-    if bs.unregistered_packed:
-        lines.append(f"in the LMDB but no longer registered: {', '.join(bs.unregistered_packed)} "
-                     "(the next pack removes them)")
-    if bs.unmatched:
+    notes = dataset_notes(bs)
+    if notes:
         lines.append("")
-        lines.append(f"review decisions that match no segment now ({len(bs.unmatched)}):")
-        lines += [f"  {line}" for line in describe_unmatched(bs.unmatched)]
+        lines += notes
     fails = [(s.stage, i, m) for s in bs.stages for i, m in s.failures]
     if fails:
         lines.append("")

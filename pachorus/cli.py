@@ -116,6 +116,8 @@ def eval_cmd(
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (generic_model.pkl + FLAME_masks.pkl) for LVE/FVE/FDD"),
     out: Optional[Path] = typer.Option(None, help="JSON file for the results (default: next to the checkpoint)"),
     batch_size: int = typer.Option(16), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
+    diagnose: bool = typer.Option(False, "--diagnose", help="also report how local the host animator's "
+                                  "self-attention is (entropy, own-frame weight, attended distance)"),
 ):
     """Evaluate: LVE (squared, CodeTalker; L2, SingingHead), FVE, FDD, PPE, coefficient errors + a mean-motion baseline.
 
@@ -124,7 +126,7 @@ def eval_cmd(
     """
     from .evaluate import evaluate, format_table
     out = out or ckpt.with_name(f"eval_{split}.json")
-    res = evaluate(ckpt, data, split, flame, out, batch_size, device)
+    res = evaluate(ckpt, data, split, flame, out, batch_size, device, diagnose=diagnose)
     if flame is None:   # after the run, so that an error stays the only stderr line
         typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE and "
                    "coefficient errors only. Get FLAME at https://flame.is.tue.mpg.de (registration).", err=True)
@@ -133,6 +135,12 @@ def eval_cmd(
         typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
     if res["vertex_metrics"]:
         typer.echo(f"vertex metrics on {res['identity']['heads']}")
+    if diagnose:
+        a = res.get("attention")
+        typer.echo("attention: not applicable (faceformer: autoregressive, its own attention)" if a is None else
+                   f"attention (host animator, layer 1, band ±{a['band']}{', causal' if a['causal'] else ''}): "
+                   f"entropy {a['entropy']:.3g} of {a['entropy_uniform']:.3g} nats (uniform), own-frame weight "
+                   f"{a['own_frame_weight']:.3g}, attended distance {a['attended_distance']:.3g} frames of {a['frames']}")
     typer.echo(f"{res['n_samples']} samples of split {split!r}; {res['units']}. JSON: {out}")
 
 

@@ -103,6 +103,29 @@ def predict(model: PaChorus, ds: HostWindowDataset, batch_size: int = 16, device
         yield o.coeffs.float().cpu().numpy(), b["coeffs"].numpy()
 
 
+@torch.no_grad()
+def attention_summary(model: PaChorus, ds: HostWindowDataset, batch_size: int = 16, device: str = "cpu",
+                      max_batches: int = 8) -> dict | None:
+    """The host animator's self-attention on real inputs (first decoder layer, averaged over heads and
+    up to ``max_batches`` batches): entropy vs the uniform log T, weight on the own frame, attended
+    distance in frames (see model.pachorus.attention_diagnostic). None for the autoregressive
+    ``faceformer``, whose attention is its own module."""
+    from .model.pachorus import HostAnimator, attention_diagnostic
+    if not isinstance(model.animator, HostAnimator):
+        return None
+    model.eval().to(device)
+    n_frames = int(ds.meta["window"])
+    rows = []
+    for i, b in enumerate(DataLoader(ds, batch_size=batch_size)):
+        if i >= max_batches:
+            break
+        w = model.animator.self_attention(model.audio(b["host"].to(device)), b["pose0"].to(device), n_frames)
+        rows.append(attention_diagnostic(w))
+    out = _summarise(rows)
+    out.update(frames=n_frames, band=model.cfg.attn_band, causal=bool(model.animator.causal))
+    return out
+
+
 def _summarise(rows: list[dict]) -> dict[str, float]:
     keys = rows[0].keys() if rows else []
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}
@@ -169,7 +192,8 @@ def format_table(results: dict[str, dict], spread: dict[str, dict] | None = None
 
 
 def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir: str | Path | None = None,
-             out_json: str | Path | None = None, batch_size: int = 16, device: str = "auto") -> dict:
+             out_json: str | Path | None = None, batch_size: int = 16, device: str = "auto",
+             diagnose: bool = False) -> dict:
     from .train import Dist, pick_device
     device = str(pick_device(device, Dist()))
     model, meta = load_model(ckpt, map_location=device)
@@ -180,6 +204,8 @@ def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir:
         flame = FlameModel.load(flame_dir)
     res = evaluate_model(model, data, split, flame, batch_size, device)
     res.update(ckpt=str(ckpt), data=str(data), variant=model.cfg.variant, step=meta.get("step"))
+    if diagnose:
+        res["attention"] = attention_summary(model, HostWindowDataset(data, split), batch_size, device)
     if out_json:
         Path(out_json).write_text(json.dumps(res, indent=2))
     return res

@@ -70,6 +70,10 @@ def test_readme_journey_runs_verbatim(tmp_path):
     counts = {split: len(WindowReader(lmdb, split)) for split in ("train", "val", "test")}
     assert all(n > 0 for n in counts.values()), counts   # split by video: 4 videos → 2 / 1 / 1
     assert f"{counts['train']} train / {counts['val']} val / {counts['test']} test windows" in demo, demo
+    # the README names the held-out song its journey animates: it is the test split's one video
+    test_videos = {k.split("/")[1].split("-")[0] for k in WindowReader(lmdb, "test").keys}
+    named = re.search(r"the test split: (duet\d)", (ROOT / "README.md").read_text()).group(1)
+    assert test_videos == {named} and f"stems/{named}/singer1.wav" in (ROOT / "README.md").read_text()
 
     run = out / "run"
     assert {"model.pt", "best.pt", "last.pt", "config.json", "log.jsonl"} <= {p.name for p in run.iterdir()}

@@ -200,3 +200,16 @@ def test_vertex_metrics_zero_absent_groups_on_both_sides(tmp_path):
     m = sequence_metrics(pred, gt, flame, ["jaw", "pose"])
     assert m["LVE_l2"] == 0.0 and m["FVE_mean"] == 0.0 and "exp_mse" not in m
     assert sequence_metrics(pred, gt, flame)["FVE_mean"] > 0   # with exp present it counts
+
+
+def test_eval_diagnose_reports_the_host_attention_band(mixed, mixed_run, tmp_path):
+    """`pachorus eval --diagnose`: how local the host animator's self-attention is, so a model that
+    pools the whole window (near-uniform attention) cannot pass unnoticed."""
+    run, _ = mixed_run
+    res = _ok(cli("eval", "--ckpt", run / "model.pt", "--data", mixed, "--out", tmp_path / "e.json", "--diagnose"))
+    a = json.loads((tmp_path / "e.json").read_text())["attention"]
+    assert a["band"] == 3 and not a["causal"] and a["frames"] == 25
+    # a ±3 band: at most 7 frames attended, so entropy ≤ log 7 and distance ≤ 3, far below uniform over 25
+    assert a["entropy"] <= np.log(7) + 1e-4 < a["entropy_uniform"] == pytest.approx(np.log(25))
+    assert 0 <= a["attended_distance"] <= 3 and 0 < a["own_frame_weight"] <= 1
+    assert "attention (host animator" in res.stdout and "own-frame weight" in res.stdout

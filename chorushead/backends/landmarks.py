@@ -40,9 +40,9 @@ from chorushead.core.errors import MissingAsset, StageError
 
 WORKER = Path(__file__).with_name("landmarks_worker.py")
 CANONICAL = Path(__file__).resolve().parents[1] / "data" / "face_mesh_canonical.npy"
-SETUP_HINT = ("run `bash scripts/setup_landmarks_env.sh` (or `bash scripts/setup.sh`: it builds the venv with "
-              "mediapipe 0.10.21, ~425 MB, ~30 s, in $CHORUSHEAD_HOME/envs/landmarks when CHORUSHEAD_HOME is set, "
-              "else in the checkout's envs/landmarks), or point CHORUSHEAD_LANDMARKS_PYTHON / "
+SETUP_HINT = ("run `bash scripts/setup.sh` (it builds the venv with mediapipe 0.10.21 via "
+              "scripts/setup_landmarks_env.sh, ~425 MB, ~30 s, in $CHORUSHEAD_HOME/envs/landmarks when "
+              "CHORUSHEAD_HOME is set, else in the checkout's envs/landmarks), or point CHORUSHEAD_LANDMARKS_PYTHON / "
               "fit.landmarks_python at a python that can `import mediapipe` (0.10.21)")
 
 N_POINTS = 478                    # 468 mesh points + 2 × 5 iris points

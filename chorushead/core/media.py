@@ -156,34 +156,7 @@ def iter_frames(path: str | Path, fps: int = 30, start_frame: int = 0, n_frames:
         vf.append(f"scale={w}:{h}:flags=area")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-an",
            "-vf", ",".join(vf), "-pix_fmt", "yuv420p" if yuv else "rgb24", "-f", "rawvideo", "-"]
-    frame_bytes = w * h * 3 // 2 if yuv else w * h * 3
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * chunk)
-    _grow_pipe(proc.stdout)
-    try:
-        while True:
-            buf = proc.stdout.read(frame_bytes * chunk)
-            if not buf:
-                break
-            k = len(buf) // frame_bytes
-            if k and yuv:
-                import cv2
-                planes = np.frombuffer(buf[:k * frame_bytes], dtype=np.uint8).reshape(k, h * 3 // 2, w)
-                rgb = np.empty((k, h, w, 3), np.uint8)
-                for i in range(k):
-                    cv2.cvtColor(planes[i], cv2.COLOR_YUV2RGB_I420, dst=rgb[i])
-                yield rgb
-            elif k:
-                yield np.frombuffer(buf[:k * frame_bytes], dtype=np.uint8).reshape(k, h, w, 3)
-            if len(buf) < frame_bytes * chunk:
-                break
-    finally:
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace")
-        proc.stderr.close()
-        rc = proc.wait()
-    if rc not in (0, None) and rc > 0:
-        raise BadInput(f"{Path(path).name}: video decoding failed: {err.strip()[-300:]}")
-
+    yield from _pipe_frames(cmd, path, w, h, yuv, chunk)
 
 
 def timeline_origin(path: str | Path, fps: int = 30) -> int:
@@ -255,6 +228,7 @@ def _pipe_frames(cmd: list[str], path: str | Path, w: int, h: int, yuv: bool, ch
         rc = proc.wait()
     if rc not in (0, None) and rc > 0:
         raise BadInput(f"{Path(path).name}: video decoding failed: {err.strip()[-300:]}")
+
 
 def _grow_pipe(pipe) -> None:
     """Linux: a 1 MB pipe instead of 64 kB, so ffmpeg and the reader swap ~16x less often (measured
