@@ -6,13 +6,20 @@ syllable. The FLAME coefficients of each singer follow these rules (strong on pu
 throwaway prototype showed 0.05-rad nods drown in seed noise):
 
 - jaw:  jaw[0] = 0.3 · (host RMS envelope per motion frame, centred 3-frame smoothing, ÷0.15, clipped at 1.5);
-- anticipation (on by default, ``anticipation`` s = 0.1): the mouth starts opening BEFORE each of the
-        host's phrase onsets, as real singers breathe in and open before the note: jaw[0] +=
-        ``anticipation_amp`` (0.15 rad) · a raised-cosine bump of 2 × 0.1 s peaking at the onset, and
-        the lips open along (exp += the same bump · a fixed 50-vector). Its first half lies before any
-        host sound, so only a model that sees the host audio AHEAD of frame t can predict it: a
-        causal animator (``mono``, ``faceformer``: frame t attends to audio frames ≤ t, ~60 ms look-
-        ahead from the log-mel window and convolutions) cannot; ``anticipation=0`` turns it off;
+- anticipation (``anticipation`` s = 0.3 lead; 0 = off): the mouth opens BEFORE each of the host's
+        phrase onsets, as singers breathe in and open before the note: jaw[0] += ``anticipation_amp``
+        (0.15 rad) · a profile that rises (half raised cosine, 0.1 s) from ``lead`` s before the onset,
+        stays open until the onset and closes over 0.15 s after it; the lips open along (exp += the
+        profile · a fixed 50-vector). The lead is longer than what the audio encoder sees ahead of
+        frame t (~60 ms: the log-mel window and convolutions), so a causal animator (``mono_causal``,
+        ``faceformer``: frame t attends to audio frames ≤ t) cannot predict ~0.24 s of each opening,
+        while a model attending to the host audio ahead can. At the old 0.1 s lead the encoder's own
+        look-ahead already saw most of the rise, which barely separated causal from non-causal models;
+- silent singer: while the host is silent (outside its phrases and their anticipation) the mouth is
+        closed (jaw and the audio-driven expression gated to 0; only the small noise remains), whatever
+        the partner sings, and the head still follows the music (the BGM nods below never stop). So
+        such stretches are frequent, ``solo`` (0.3) of the phrases are solos: the other singers rest
+        while one lasts (plus the anticipation lead around it) — call and response;
 - exp:  exp = M · b, with M a fixed (50×8) matrix (same for every song) and b the host's 8 log-band
         energies (100 Hz–4 kHz) squashed to [0, 1];
 - yaw:  0.3 rad turn TOWARD the partner(s), a 1.2 s raised-cosine bump starting 0.2 s after each
@@ -21,8 +28,23 @@ throwaway prototype showed 0.05-rad nods drown in seed noise):
 - a place-dependent yaw bias (±0.15), slow smoothed drift (~0.03), per-frame noise, and a random
   per-WINDOW pose offset (σ 0.08 per axis), so only motion relative to frame 0 is predictable.
 
+No partner rule reaches expression or jaw: the model (pachorus.model.pachorus) lets the partner and
+BGM move only the head pose (exp/jaw come from the host audio alone, tested), so a "listener smiles
+when the partner sings" rule could be learned by no variant and would only add the same error to all.
+
 Which singer's place a model is looking at is visible in ``pose0`` (the yaw bias sign), which every
 model variant receives.
+
+``talking=True`` writes a talking-style corpus for the paper's "pretrained on talking data, then
+fine-tuned" protocol: speech-like host audio (0.08–0.22 s syllables with consonant noise, falling
+intonation, no vibrato, 1–3.5 s utterances), silent BGM (zeros: no beats, no nods) and a silent
+partner track (the second singer slot, which the windows format needs, never speaks: no turns; as
+host it keeps its mouth closed). The host rules (jaw, expression, anticipation) are the singing ones.
+
+``rules`` says which rule set wrote an LMDB: 2 (today's) or 1 (before the silent-singer rule: a
+raised-cosine anticipation bump of 2 × lead peaking at the onset, lead 0.1 s, no gating, no solos).
+:meth:`SynthConfig.from_dict` reads the config stored in an LMDB's meta; one stored without
+``rules`` is a rules-1 LMDB, and regenerating it with that config gives the same data.
 
 ``n_singers`` may be a list, cycled over videos (``[2, 3]``: duets and trios in one LMDB). With
 ``coeff_groups`` a subset of exp/jaw/pose, the other groups are written as zeros and the meta says
@@ -33,7 +55,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +64,8 @@ from scipy.ndimage import gaussian_filter1d
 from chorushead.core.windows import SPLITS, encode_arrays, open_env, rebuild_index, window_key, write_meta
 
 N_BANDS = 8
+RULES = 2          # today's rule set (SynthConfig.rules)
+RISE, RELEASE = 0.1, 0.15   # s: the anticipation opening's rise (from the lead on) and its close after the onset
 GROUPS = {"exp": slice(0, 50), "jaw": slice(50, 53), "pose": slice(53, 56)}
 
 
@@ -59,9 +83,32 @@ class SynthConfig:
     turn: float = 0.3          # yaw turn amplitude (rad)
     nod: float = 0.12          # pitch nod amplitude (rad)
     window_offset: float = 0.08  # per-window pose offset std (rad)
-    anticipation: float = 0.1    # s the mouth opens before a host phrase onset (0 = rule off)
+    anticipation: float = 0.3    # s the mouth starts opening before a host phrase onset (0 = rule off)
     anticipation_amp: float = 0.15  # jaw opening (rad) of that rule at the onset
     coeff_groups: tuple[str, ...] = ("exp", "jaw", "pose")  # the groups "the fit estimated"; others are 0
+    solo: float = 0.3            # share of phrases sung alone (the others rest): host-silent stretches
+    talking: bool = False        # talking-style corpus: speech, silent BGM, silent partner (pretraining)
+    rules: int = RULES           # rule set (see the module doc); 1 = before the silent-singer rule
+
+    # What a config stored before a setting existed was written with (not today's default).
+    LEGACY = {"rules": 1, "anticipation": 0.1, "solo": 0.0, "talking": False}
+
+    def __post_init__(self):
+        if self.rules not in (1, RULES):
+            raise ValueError(f"rules must be 1 or {RULES}, got {self.rules}")
+        if self.anticipation < 0 or not 0 <= self.solo <= 1:
+            raise ValueError(f"anticipation must be ≥ 0 s and solo in [0, 1], got {self.anticipation}, {self.solo}")
+        if self.rules == 1 and (self.solo or self.talking):
+            raise ValueError("rules 1 has no solos and no talking corpus (rules 2 has)")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SynthConfig":
+        """The config stored in an LMDB's meta (``synth_config``) or synth_config.json; keys it lacks
+        take the value the data was written with (:attr:`LEGACY`), unknown keys are ignored."""
+        kw = {**cls.LEGACY, **{f.name: d[f.name] for f in fields(cls) if f.name in d}}
+        if isinstance(kw.get("coeff_groups"), list):
+            kw["coeff_groups"] = tuple(kw["coeff_groups"])
+        return cls(**kw)
 
     def singers_of(self, video: int) -> int:
         counts = self.n_singers if isinstance(self.n_singers, (list, tuple)) else [self.n_singers]
@@ -75,6 +122,7 @@ class Song:
     coeffs: np.ndarray   # (S, T, 56) before per-window offsets
     beats: np.ndarray    # beat times (s)
     onsets: list[np.ndarray]  # per singer phrase onset times (s)
+    phrases: list[list[tuple[float, float]]] | None = None  # per singer (onset, duration) s; rules 2 only
 
 
 def _expression_map() -> np.ndarray:
@@ -128,6 +176,86 @@ def _sing(rng: np.random.Generator, n: int, sr: int) -> tuple[np.ndarray, np.nda
     return out, np.asarray(onsets)
 
 
+def _schedule(rng: np.random.Generator, seconds: float, talking: bool = False) -> list[tuple[float, float]]:
+    """One voice's (onset, duration) list: sung phrases 0.5–2 s with 0.5–2.5 s rests, or spoken
+    utterances 1–3.5 s with 0.3–1.2 s pauses."""
+    lo, hi, rest = ((1.0, 3.5, (0.3, 1.2)) if talking else (0.5, 2.0, (0.5, 2.5)))
+    out, t = [], rng.uniform(0.0, 1.5)
+    while t < seconds - 0.5:
+        dur = rng.uniform(lo, hi)
+        out.append((t, dur))
+        t += dur + rng.uniform(*rest)
+    return out
+
+
+def _call_and_response(rng: np.random.Generator, phrases: list[list[tuple[float, float]]], solo: float,
+                       margin: float) -> list[list[tuple[float, float]]]:
+    """Make a share ``solo`` of the phrases solos: the other voices' phrases within ``margin`` s of one
+    are dropped (earlier phrases first; a solo that would cut into an already kept phrase stays a
+    plain phrase)."""
+    items = sorted(((t, d, v, rng.uniform() < solo) for v, ph in enumerate(phrases) for t, d in ph))
+    kept: list[tuple[float, float, int, bool]] = []
+    for t, d, v, is_solo in items:
+        clash = [k for k in kept if k[2] != v and k[0] - margin < t + d and t - margin < k[0] + k[1]]
+        if any(k[3] for k in clash):
+            continue                      # inside another voice's solo: this voice rests
+        kept.append((t, d, v, is_solo and not clash))
+    return [[(t, d) for t, d, w, _ in kept if w == v] for v in range(len(phrases))]
+
+
+def _render(rng: np.random.Generator, phrases: list[tuple[float, float]], n: int, sr: int,
+            talking: bool = False) -> np.ndarray:
+    """Audio of one voice's phrases: sung (vibrato, sustained syllables) or spoken (short syllables
+    with a consonant noise burst each, falling intonation, no vibrato)."""
+    out = np.zeros(n, np.float32)
+    formants = np.array([300, 600, 900, 1500, 2500])
+    for t, dur in phrases:
+        a, b = int(t * sr), min(n, int((t + dur) * sr))
+        if b <= a:
+            continue
+        ts = np.arange(b - a) / sr
+        if talking:
+            f0 = rng.uniform(100, 220) * (1 - 0.25 * ts / dur) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(1, 3) * ts))
+            bounds = np.cumsum(rng.uniform(0.08, 0.22, 64))
+        else:
+            f0 = rng.uniform(150, 350) * (1 + 0.01 * np.sin(2 * np.pi * 5.5 * ts))  # vibrato
+            bounds = np.cumsum(rng.uniform(0.15, 0.35, 20))
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        syl = np.minimum(np.searchsorted(bounds, ts), len(bounds) - 1)
+        formant = rng.choice(formants, size=len(bounds))[syl]
+        starts = np.concatenate([[0.0], bounds])[syl]
+        ends = bounds[syl]
+        u = np.clip((ts - starts) / np.maximum(ends - starts, 1e-3), 0, 1)
+        env = np.sin(np.pi * u) ** 0.5 * rng.uniform(0.5, 1.0, len(bounds))[syl]
+        sig = np.zeros_like(ts)
+        for h in range(1, 13):
+            sig += np.exp(-((h * f0 - formant) / 300.0) ** 2) * np.sin(h * phase) + 0.05 * np.sin(h * phase) / h
+        if talking:   # a consonant: 40 ms of noise opening each syllable
+            sig += (rng.normal(0, 1, len(ts)) * 1.5 * (ts - starts < 0.04)) * np.exp(-(ts - starts) / 0.02)
+        out[a:b] += (0.25 * env * sig / 2.0).astype(np.float32)
+    return out
+
+
+def _opening(t: np.ndarray, onsets, lead: float) -> np.ndarray:
+    """The anticipation profile (rules 2), in [0, 1]: rises over RISE s from ``lead`` s before each
+    onset, stays open until the onset, closes over RELEASE s after it."""
+    out = np.zeros_like(t)
+    rise = min(RISE, lead / 2)
+    for o in onsets:
+        up = np.clip((t - (o - lead)) / rise, 0, 1)
+        down = np.clip((t - o) / RELEASE, 0, 1)
+        out = np.maximum(out, (0.5 - 0.5 * np.cos(np.pi * up)) * (0.5 + 0.5 * np.cos(np.pi * down)))
+    return out
+
+
+def _voiced(t: np.ndarray, phrases: list[tuple[float, float]], fps: int) -> np.ndarray:
+    """1 on frames inside a phrase (one frame of slack each side: the 3-frame smoothed envelope), else 0."""
+    g = np.zeros_like(t)
+    for o, d in phrases:
+        g[(t >= o - 1.0 / fps) & (t <= o + d + 1.0 / fps)] = 1.0
+    return g
+
+
 def _bgm(rng: np.random.Generator, n: int, sr: int) -> tuple[np.ndarray, np.ndarray]:
     bpm = rng.uniform(80, 130)
     period = 60.0 / bpm
@@ -167,8 +295,22 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
     n = int(round(cfg.seconds * cfg.sr))
     n_frames = int(cfg.seconds * cfg.fps)
     t = np.arange(n_frames) / cfg.fps
-    tracks, onsets = zip(*[_sing(rng, n, cfg.sr) for _ in range(n_singers)])
-    bgm, beats = _bgm(rng, n, cfg.sr)
+    if cfg.rules == 1:
+        tracks, onsets = zip(*[_sing(rng, n, cfg.sr) for _ in range(n_singers)])
+        phrases = None
+        bgm, beats = _bgm(rng, n, cfg.sr)
+    else:
+        if cfg.talking:   # one talker; the other slots stay silent (no partner), no music
+            phrases = [_schedule(rng, cfg.seconds, talking=True)] + [[] for _ in range(n_singers - 1)]
+        else:
+            phrases = _call_and_response(rng, [_schedule(rng, cfg.seconds) for _ in range(n_singers)], cfg.solo,
+                                         margin=cfg.anticipation + RELEASE)
+        tracks = [_render(rng, ph, n, cfg.sr, talking=cfg.talking) for ph in phrases]
+        onsets = [np.asarray([o for o, _ in ph], float) for ph in phrases]
+        if cfg.talking:
+            bgm, beats = np.zeros(n, np.float32), np.zeros(0)
+        else:
+            bgm, beats = _bgm(rng, n, cfg.sr)
     m = _expression_map()
     lips = _anticipation_lips()
     coeffs = np.zeros((n_singers, n_frames, 56), np.float32)
@@ -180,20 +322,25 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
         partner_onsets = np.concatenate([onsets[p] for p in range(n_singers) if p != s] or [np.zeros(0)])
         turn = cfg.turn * np.tanh(_bump(t, partner_onsets, 0.2, 1.2))
         drift = gaussian_filter1d(rng.normal(0, 1, (n_frames, 3)), sigma=45, axis=0) * 0.03 * np.sqrt(45)
+        # silent-singer rule (rules 2): no audio-driven mouth or expression outside the host's phrases
+        gate = np.ones(n_frames) if phrases is None else _voiced(t, phrases[s], cfg.fps)
         f = coeffs[s]
-        f[:, :50] = bands @ m.T + rng.normal(0, 0.05 * cfg.noise, (n_frames, 50))
-        f[:, 50] = 0.3 * env
-        f[:, 51] = 0.02 * env
+        f[:, :50] = (bands @ m.T) * gate[:, None] + rng.normal(0, 0.05 * cfg.noise, (n_frames, 50))
+        f[:, 50] = 0.3 * env * gate
+        f[:, 51] = 0.02 * env * gate
         if cfg.anticipation > 0:
-            # Bump of 2 × lead starting ``lead`` s before each onset: it peaks at the onset itself.
-            pre = cfg.anticipation_amp * _bump(t, onsets[s], -cfg.anticipation, 2 * cfg.anticipation)
+            if cfg.rules == 1:   # a bump of 2 × lead starting ``lead`` s before each onset: it peaks at the onset
+                pre = cfg.anticipation_amp * _bump(t, onsets[s], -cfg.anticipation, 2 * cfg.anticipation)
+            else:
+                pre = cfg.anticipation_amp * _opening(t, onsets[s], cfg.anticipation)
             f[:, 50] += pre
             f[:, :50] += pre[:, None] * lips[None]
         f[:, 50:53] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
         f[:, 53] = nod
         f[:, 54] = direction * (0.15 + turn)
         f[:, 53:56] += drift + rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
-    return Song(vocals=np.stack(tracks), bgm=bgm, coeffs=coeffs, beats=beats, onsets=list(onsets))
+    return Song(vocals=np.stack(tracks), bgm=bgm, coeffs=coeffs, beats=beats, onsets=list(onsets),
+                phrases=phrases)
 
 
 def video_splits(n_videos: int, seed: int) -> list[str]:
@@ -218,6 +365,9 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
         raise ValueError(f"coeff_groups must be a non-empty subset of {list(GROUPS)}, got {list(cfg.coeff_groups)}")
     if min(cfg.singers_of(v) for v in range(max(cfg.videos, 1))) < 2:
         raise ValueError(f"every video needs at least 2 singers, got n_singers={cfg.n_singers}")
+    if cfg.talking and cfg.n_singers != 2:
+        raise ValueError(f"a talking corpus has one talker and one silent partner track (n_singers=2), "
+                         f"got n_singers={cfg.n_singers}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not empty: synth writes a new LMDB; "
@@ -236,6 +386,7 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
     with env.begin(write=True) as txn:
         write_meta(txn, fps=cfg.fps, sr=cfg.sr, window=cfg.window, stride=cfg.stride,
                    extra={"synthetic": True, "synth_config": asdict(cfg), "fit_backend": "synthetic",
+                          "talking": cfg.talking,
                           "coeff_groups": [g for g in GROUPS if g in cfg.coeff_groups]})
     for v in range(cfg.videos):
         rng = np.random.default_rng([cfg.seed, v])

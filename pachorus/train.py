@@ -9,6 +9,10 @@ All three are written and read by :mod:`pachorus.checkpoint` (atomic saves, ``we
   log.jsonl     one line per training step and per validation; a resume truncates it to the checkpoint
   curves.png    loss curves (matplotlib Agg), redrawn every epoch
 
+``init`` (``pachorus train --init CKPT``) starts a NEW run from another run's weights (the paper's
+"pretrained on talking data, then fine-tuned" protocol): same ModelConfig (dropout aside) or a one-line
+refusal, then a fresh optimiser at step 0; config.json records where the weights came from.
+
 Resume is exact: the data order is a function of (seed, epoch) (DistributedSampler), a mid-epoch
 resume skips the batches already seen, the DataLoader has its own generator (so creating one does
 not consume the global RNG) and the global RNG states are restored; on CPU the next step's loss is
@@ -74,6 +78,7 @@ class TrainConfig:
     threads: int = 0            # torch CPU threads (0: leave torch's default)
     flame: str | None = None    # FLAME folder, needed only for the vertex lip loss
     data_info: dict | None = None  # fps/sr/window/fit_backend/coeff_groups of the LMDB (set by train)
+    init: str | None = None     # checkpoint whose weights start a NEW run (fine-tuning; fresh optimiser, step 0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -212,6 +217,29 @@ def validate(model: PaChorus, loader: BatchLoader, loss_fn: PaChorusLoss, device
 
 
 
+# ModelConfig fields that do not shape the weights or what they compute: --init may change them.
+INIT_MAY_DIFFER = ("dropout", "faceformer_dropout")
+
+
+def load_init(model: PaChorus, cfg: TrainConfig, device: torch.device) -> None:
+    """Copy the weights of ``cfg.init`` (any checkpoint pachorus writes) into ``model``; refuse (one line)
+    a checkpoint of another architecture (ModelConfig other than dropout) or with other tensors."""
+    from .checkpoint import CheckpointError
+    ck = load_checkpoint(cfg.init, map_location=device)
+    theirs, ours = ModelConfig.from_dict(ck["model_config"]).to_dict(), cfg.model.to_dict()
+    diff = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+            if k not in INIT_MAY_DIFFER and theirs.get(k) != v]
+    if diff:
+        raise CheckpointError(f"--init {cfg.init}: another model architecture ({'; '.join(diff)}); "
+                              "give the same model options as the run that wrote it")
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(ck["model"])) + [k for k in own if k in ck["model"]
+                                                  and tuple(own[k].shape) != tuple(ck["model"][k].shape)]
+    if bad:
+        raise CheckpointError(f"--init {cfg.init}: its weights do not fit this model ({len(bad)} tensors differ, "
+                              f"e.g. {bad[0]})")
+    model.load_state_dict(ck["model"])
+
 
 def _resolve_resume(cfg: TrainConfig, out: Path) -> TrainConfig:
     saved = out / "config.json"
@@ -286,6 +314,10 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     """Data, model, optimiser and (with ``resume``) the saved state. Every argument is checked before
     the run folder is created, so a mistyped command leaves nothing behind."""
     out = Path(cfg.out)
+    if resume and cfg.init:
+        raise ValueError("--init starts a new run from a checkpoint's weights, --resume continues one: give one")
+    if cfg.init and not Path(cfg.init).is_file():
+        raise FileNotFoundError(f"--init {cfg.init}: no such checkpoint")
     if resume:
         cfg = _resolve_resume(cfg, out)
     elif (out / "last.pt").exists():
@@ -312,6 +344,8 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         flame = FlameModel.load(cfg.flame).to(device)
     loss_fn = PaChorusLoss(cfg.loss, flame, cfg.data_info["coeff_groups"])
     model = build_model(cfg.model).to(device)
+    if cfg.init and not resume:   # fine-tuning: the weights from there, everything else fresh (optimiser, step 0)
+        load_init(model, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     use_amp = cfg.amp and device.type == "cuda"

@@ -190,3 +190,46 @@ def test_synth_writes_a_new_lmdb_whole_or_not_at_all(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         write_synth_lmdb(out, SynthConfig(videos=1, seconds=2, window=30, stride=30, seed=1))
     assert WindowReader(out, None).keys and len({k.split("/")[1] for k in WindowReader(out, None).keys}) == 2
+
+
+def test_init_pretrained_on_talking_then_finetuned_on_singing(lmdb_path, tmp_path):
+    """The paper's protocol: pretrain on a talking corpus (`synth --talking`), then `train --init` on the
+    singing data: a new run (step 0, fresh optimiser) that starts from the pretrained weights."""
+    from pachorus.train import setup
+    talk = tmp_path / "talk.lmdb"
+    write_synth_lmdb(talk, SynthConfig(videos=4, seconds=4, window=30, stride=15, seed=1, talking=True))
+    pre = tmp_path / "pre"
+    train(_cfg(talk, pre, epochs=4), progress=False)
+    # at step 0 the fine-tuning run holds exactly the pretrained weights
+    run = setup(_cfg(lmdb_path, tmp_path / "probe", init=str(pre / "model.pt")), resume=False)
+    run.log.close()
+    pretrained = torch.load(pre / "model.pt", weights_only=True)["model"]
+    assert run.state["step"] == 0 and not run.opt.state
+    for k, v in run.model.state_dict().items():
+        torch.testing.assert_close(v, pretrained[k], rtol=0, atol=0)
+    # fine-tune vs from scratch (same seed, same data order): the first step's loss is lower
+    ft, scratch = tmp_path / "ft", tmp_path / "scratch"
+    train(_cfg(lmdb_path, ft, init=str(pre / "model.pt"), max_steps=3), progress=False)
+    train(_cfg(lmdb_path, scratch, max_steps=3), progress=False)
+    first = {p: read_log(p / "log.jsonl")[0] for p in (ft, scratch)}
+    assert first[ft]["step"] == 1 and first[ft]["loss"] < first[scratch]["loss"]
+    assert json.loads((ft / "config.json").read_text())["init"] == str(pre / "model.pt")
+
+
+def test_init_refuses_another_architecture_in_one_line(lmdb_path, tmp_path):
+    from typer.testing import CliRunner
+    from pachorus.cli import app
+    pre = tmp_path / "pre"
+    train(_cfg(lmdb_path, pre, max_steps=1), progress=False)
+    base = ["train", "--data", str(lmdb_path), "--batch-size", "4", "--max-steps", "1", "--no-progress",
+            "--threads", "1", "--init", str(pre / "model.pt")]
+    res = CliRunner().invoke(app, base + ["--out", str(tmp_path / "a"), "--d-model", "32", "--n-layers", "1",
+                                          "--n-heads", "2", "--latent", "4"])
+    assert res.exit_code == 2 and "another model architecture (d_model: 16 there, 32 here)" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    res = CliRunner().invoke(app, base + ["--out", str(tmp_path / "b"), *TINY_ARGS, "--dropout", "0.3"])
+    assert res.exit_code == 0, res.output                  # dropout is not architecture
+    res = CliRunner().invoke(app, base + ["--out", str(tmp_path / "b"), *TINY_ARGS, "--resume"])
+    assert res.exit_code == 2 and "give one" in res.output
+    res = CliRunner().invoke(app, base[:-1] + [str(tmp_path / "nope.pt"), "--out", str(tmp_path / "c"), *TINY_ARGS])
+    assert res.exit_code == 2 and "no such checkpoint" in res.output and not (tmp_path / "c").exists()
