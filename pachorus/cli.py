@@ -66,6 +66,8 @@ def train(
     data: Path = typer.Option(..., help="packed LMDB (chorushead build ... pack, or pachorus synth)"),
     out: Path = typer.Option(..., help="run folder (created; never deleted)"),
     resume: bool = typer.Option(False, help="continue the run in --out from last.pt"),
+    init: Optional[Path] = typer.Option(None, help="start a NEW run from this checkpoint's weights (fine-tuning: same "
+                                        "model options, fresh optimiser, step 0), e.g. a run on `synth --talking`"),
     variant: str = typer.Option("full", help="full | no_bgm | no_kl | no_prior | mono | mono_causal | faceformer"),
     audio_encoder: str = typer.Option("logmel", help="logmel, or wav2vec2:<hub id or local folder>"),
     epochs: int = typer.Option(100), batch_size: int = typer.Option(16), lr: float = typer.Option(1e-4),
@@ -98,7 +100,7 @@ def train(
     cfg = TrainConfig(
         data=str(data), out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, amp=amp,
         num_workers=num_workers, threads=threads, ckpt_every=ckpt_every, max_steps=max_steps,
-        time_budget_s=time_budget, flame=str(flame) if flame else None,
+        time_budget_s=time_budget, flame=str(flame) if flame else None, init=str(init) if init else None,
         model=ModelConfig(variant=variant, audio_encoder=audio_encoder, d_model=d_model, n_layers=n_layers,
                           n_heads=n_heads, latent=latent, dropout=dropout, attn_band=attn_band),
         loss=LossConfig(w_mse=w_mse, w_kl=w_kl, w_vel=w_vel, jaw_weight=jaw_weight, pose_weight=pose_weight,
@@ -118,23 +120,42 @@ def eval_cmd(
     batch_size: int = typer.Option(16), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
     diagnose: bool = typer.Option(False, "--diagnose", help="also report how local the host animator's "
                                   "self-attention is (entropy, own-frame weight, attended distance)"),
+    samples: int = typer.Option(5, "--samples", help="K prior samples z ~ N(0, I) per window for the pose "
+                                "diversity (variants with a motion prior; K ≥ 2, 0 = skip)"),
 ):
     """Evaluate: LVE (squared, CodeTalker; L2, SingingHead), FVE, FDD, PPE, coefficient errors + a mean-motion baseline.
+
+    Also: LVE/FVE with the head pose applied (*_posed), |FDD|, the jaw on the host's silent frames, and
+    for variants with a prior the diversity of --samples K prior samples and its active latent units.
 
     Coefficient groups the LMDB's fit did not estimate are masked (reported as such). The checkpoint
     must come from data with the same fps, sample rate, fit backend and coefficient groups.
     """
     from .evaluate import evaluate, format_table
     out = out or ckpt.with_name(f"eval_{split}.json")
-    res = evaluate(ckpt, data, split, flame, out, batch_size, device, diagnose=diagnose)
+    res = evaluate(ckpt, data, split, flame, out, batch_size, device, diagnose=diagnose, samples=samples)
     if flame is None:   # after the run, so that an error stays the only stderr line
-        typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE and "
-                   "coefficient errors only. Get FLAME at https://flame.is.tue.mpg.de (registration).", err=True)
+        typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE, silent "
+                   "jaw, the prior's metrics and coefficient errors only. Get FLAME at https://flame.is.tue.mpg.de "
+                   "(registration).", err=True)
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
     if res["masked_groups"]:
         typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
     if res["vertex_metrics"]:
         typer.echo(f"vertex metrics on {res['identity']['heads']}")
+    m = res["model"]
+    if m.get("silent_fraction") is not None:
+        sj = lambda v: "-" if v is None else f"{v:.4g} rad"  # noqa: E731
+        typer.echo(f"silent jaw (host vocals below {res['silence_db']:g} dBFS: {100 * m['silent_fraction']:.3g}% of "
+                   f"frames): model {sj(m.get('silent_jaw'))}, ground truth {sj(m.get('silent_jaw_gt'))}")
+    if m.get("latent") is None:
+        typer.echo(f"motion prior: none in variant {res['variant']} (no diversity, no active units)")
+    else:
+        div = m.get("diversity_pose")
+        typer.echo(f"motion prior: diversity {'-' if div is None else f'{div:.4g} rad'} (mean pairwise pose "
+                   f"distance of {res['samples']} samples z ~ N(0, I)); active units "
+                   f"{'-' if m['active_units'] is None else m['active_units']} of {m['latent']} (posterior KL > "
+                   "0.01 nats per latent dimension)")
     if diagnose:
         a = res.get("attention")
         typer.echo("attention: not applicable (faceformer: autoregressive, its own attention)" if a is None else
@@ -265,8 +286,12 @@ def synth(
     seed: int = typer.Option(0), noise: float = typer.Option(1.0, help="scale of the per-frame noise"),
     coeff_groups: str = typer.Option("exp,jaw,pose", help="groups 'the fit estimated' (e.g. jaw,pose like the "
                                      "landmarks backend); the others are written as zeros and masked by train/eval"),
-    anticipation: float = typer.Option(0.1, help="seconds the mouth starts opening before a host phrase onset "
+    anticipation: float = typer.Option(0.3, help="seconds the mouth starts opening before a host phrase onset "
                                        "(0 = off; see pachorus.synth)"),
+    solo: float = typer.Option(0.3, help="share of phrases sung alone (the others rest): stretches where the "
+                               "host is silent while the partner sings"),
+    talking: bool = typer.Option(False, "--talking", help="a talking-style corpus instead (speech-like host, silent "
+                                 "BGM, silent partner track) to pretrain on before fine-tuning (train --init)"),
 ):
     """Write a synthetic packed LMDB whose motion follows known, learnable rules (see pachorus.synth)."""
     from .synth import SynthConfig, write_synth_lmdb
@@ -276,7 +301,7 @@ def synth(
         raise ValueError(f"--singers takes comma-separated integers such as 2 or 2,3, got {singers!r}") from None
     cfg = SynthConfig(videos=videos, seconds=seconds, n_singers=counts_s[0] if len(counts_s) == 1 else counts_s,
                       window=window, stride=stride, fps=fps, seed=seed, noise=noise, anticipation=anticipation,
-                      coeff_groups=tuple(_csv(coeff_groups, "--coeff-groups")))
+                      solo=solo, talking=talking, coeff_groups=tuple(_csv(coeff_groups, "--coeff-groups")))
     counts = write_synth_lmdb(out, cfg)
     typer.echo(json.dumps({"out": str(out), "windows": counts}))
 
@@ -288,14 +313,25 @@ def bench(
     data: Optional[Path] = typer.Option(None, help="packed LMDB (default: a synthetic one written into --out)"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (default: a generated toy head; the tables say so)"),
     variants: str = typer.Option("full,no_prior,no_bgm,no_kl,mono,mono_causal,faceformer", help="comma list"),
-    seeds: int = typer.Option(3), steps: int = typer.Option(600, help="training steps of every run (equal for all)"),
-    batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3), w_kl: float = typer.Option(0.005),
+    recipe: str = typer.Option("fast", help="fast (600 steps, lr 1e-3, 2 s windows: minutes on a CPU) | paper "
+                               "(§5.1: lr 1e-4, 100 epochs, 5 s windows, 0.5 s stride: hours); options given override it"),
+    seeds: int = typer.Option(3),
+    steps: Optional[int] = typer.Option(None, help="training steps of every run, equal for all [recipe: fast 600]"),
+    epochs: Optional[int] = typer.Option(None, help="instead of --steps: epochs over the training split [recipe: "
+                                         "paper 100]"),
+    batch_size: int = typer.Option(16),
+    lr: Optional[float] = typer.Option(None, help="[recipe: fast 1e-3, paper 1e-4]"),
+    w_kl: float = typer.Option(0.005),
     d_model: int = typer.Option(64), n_layers: int = typer.Option(2),
     attn_band: int = typer.Option(3, help="host animator self-attention band (±frames; 0 = none)"),
     jobs: int = typer.Option(2, help="runs in parallel, one CPU thread each"),
     videos: int = typer.Option(12, help="synthetic default only: songs"),
     seconds: float = typer.Option(20.0, help="synthetic default only: song length"),
-    window: int = typer.Option(60, help="synthetic default only: frames per window"),
+    window: Optional[int] = typer.Option(None, help="synthetic default only: frames per window [recipe: fast 60, "
+                                         "paper 150 = 5 s]"),
+    stride: Optional[int] = typer.Option(None, help="synthetic default only: frames between window starts "
+                                         "[recipe: fast 30, paper 15 = 0.5 s]"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved settings and exit (nothing is written)"),
 ):
     """Tables 2 and 3 of the paper: train every variant over seeds, evaluate, write Markdown/CSV/PNG.
 
@@ -303,12 +339,17 @@ def bench(
     pachorus.bench. Rerunning reuses finished runs and resumes unfinished ones.
     """
     from .bench import BenchConfig, run_bench
-    run_bench(BenchConfig(out=str(out), data=str(data) if data else None, flame=str(flame) if flame else None,
-                          variants=tuple(_csv(variants, "--variants")), seeds=seeds, steps=steps,
-                          batch_size=batch_size, lr=lr, w_kl=w_kl, d_model=d_model, n_layers=n_layers,
-                          attn_band=attn_band, jobs=jobs,
-                          synth_videos=videos, synth_seconds=seconds, synth_window=window),
-              log=lambda m: typer.echo(m))
+    cfg = BenchConfig.from_recipe(recipe, out=str(out), data=str(data) if data else None,
+                                  flame=str(flame) if flame else None, variants=tuple(_csv(variants, "--variants")),
+                                  seeds=seeds, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, w_kl=w_kl,
+                                  d_model=d_model, n_layers=n_layers, attn_band=attn_band, jobs=jobs,
+                                  synth_videos=videos, synth_seconds=seconds, synth_window=window,
+                                  synth_stride=stride)
+    if dry_run:
+        typer.echo(json.dumps({**cfg.shared(), "variants": list(cfg.variants), "seeds": cfg.seeds, "jobs": cfg.jobs},
+                              indent=2))
+        return
+    run_bench(cfg, log=lambda m: typer.echo(m))
 
 
 def main() -> None:  # pragma: no cover

@@ -1,4 +1,5 @@
-"""pachorus bench: the "not established" logic, the tables' layout, run reuse; the synthetic anticipation rule."""
+"""pachorus bench: the "not established" logic, the tables' layout, run reuse, the recipes (the synthetic
+rules are tested in test_synth_rules.py)."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from pachorus.bench import (NOT_ESTABLISHED, TABLE2, TABLE2_COLS, TABLE3, TABLE3_COLS, BenchConfig, orderings,
-                            rank_column, run_bench, summarise, write_table)
+from pachorus.bench import (NOT_ESTABLISHED, RECIPES, TABLE2, TABLE2_COLS, TABLE3, TABLE3_COLS, BenchConfig,
+                            orderings, rank_column, resolve_steps, run_bench, summarise, write_table)
 
 
 def test_rank_column_marks_gaps_within_two_std():
@@ -94,25 +95,6 @@ def test_tiny_bench_writes_tables_and_reuses_complete_runs(tmp_path):
         run_bench(BenchConfig(**{**cfg.__dict__, "steps": 5}))
 
 
-def test_synth_mouth_opens_before_phrase_onsets():
-    from pachorus.synth import SynthConfig, synthesize_song
-    on = synthesize_song(SynthConfig(seconds=8.0), np.random.default_rng(3))
-    off = synthesize_song(SynthConfig(seconds=8.0, anticipation=0.0), np.random.default_rng(3))
-    fps = 30
-    t = np.arange(on.coeffs.shape[1]) / fps
-    for onset in on.onsets[0]:
-        # Every frame of the last 70 ms before the onset (no host sound yet) already opens the jaw:
-        # 0.15 rad x the raised cosine at ≥ 30 ms into its 100 ms rise = ≥ 0.03 rad.
-        before = (t >= onset - 0.07) & (t < onset)
-        assert before.any() and (on.coeffs[0, before, 50] - off.coeffs[0, before, 50] > 0.03).all(), onset
-    # Only the host's own onsets drive it: the rest of the song is unchanged
-    diff = np.abs(on.coeffs[0, :, 50] - off.coeffs[0, :, 50]) > 1e-6
-    near = np.zeros_like(diff)
-    for onset in on.onsets[0]:
-        near[max(0, int((onset - 0.1) * fps)): int((onset + 0.1) * fps) + 2] = True
-    assert not (diff & ~near).any()
-
-
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_bench_steps(tmp_path):
     """A run folder stopped at step 2 (last.pt) is resumed, not restarted, to the bench's 3 steps."""
@@ -142,3 +124,61 @@ def test_cli_bench_refuses_unknown_variants_before_writing(tmp_path):
     res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--variants", "full,fancy"])
     assert res.exit_code == 2 and "--variants: unknown ['fancy']" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_recipes_resolve_to_their_settings_and_flags_override_them():
+    fast, paper = BenchConfig.from_recipe("fast", out="b"), BenchConfig.from_recipe("paper", out="b")
+    assert (fast.lr, fast.steps, fast.epochs, fast.synth_window, fast.synth_stride) == (1e-3, 600, 0, 60, 30)
+    assert fast == BenchConfig(out="b")                  # fast is today's default bench
+    # the paper's §5.1: lr 1e-4, 100 epochs, 5 s windows at a 0.5 s stride (30 fps synthetic data)
+    assert (paper.lr, paper.epochs, paper.steps, paper.synth_window, paper.synth_stride) == (1e-4, 100, 0, 150, 15)
+    assert paper.shared()["recipe"] == "paper" and paper.shared()["epochs"] == 100
+    # explicit flags win; None = not given
+    p2 = BenchConfig.from_recipe("paper", out="b", lr=3e-4, synth_window=None, batch_size=8)
+    assert (p2.lr, p2.synth_window, p2.batch_size, p2.epochs) == (3e-4, 150, 8, 100)
+    p3 = BenchConfig.from_recipe("paper", out="b", steps=50)          # explicit steps replace the epochs
+    assert (p3.steps, p3.epochs, p3.lr) == (50, 0, 1e-4)
+    f2 = BenchConfig.from_recipe("fast", out="b", epochs=2)           # and explicit epochs the steps
+    assert (f2.steps, f2.epochs) == (0, 2)
+    with pytest.raises(ValueError, match="--recipe: unknown 'slow'"):
+        BenchConfig.from_recipe("slow", out="b")
+    assert set(RECIPES) == {"fast", "paper"}
+
+
+def test_cli_bench_recipe_dry_run_prints_the_settings_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+    from pachorus.cli import app
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--recipe", "paper", "--dry-run",
+                                   "--steps", "40"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert (got["recipe"], got["lr"], got["steps"], got["epochs"], got["synth_window"], got["synth_stride"]) == \
+        ("paper", 1e-4, 40, 0, 150, 15)
+    assert not (tmp_path / "b").exists()
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--dry-run"])
+    assert json.loads(res.output)["recipe"] == "fast" and json.loads(res.output)["steps"] == 600
+    bad = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--recipe", "slow"])
+    assert bad.exit_code == 2 and "--recipe: unknown" in bad.output and not (tmp_path / "b").exists()
+
+
+def test_epochs_resolve_to_steps_from_the_training_split(tmp_path):
+    from pachorus.data import HostWindowDataset
+    from pachorus.synth import SynthConfig, write_synth_lmdb
+    data = tmp_path / "d.lmdb"
+    write_synth_lmdb(data, SynthConfig(videos=3, seconds=3.0, window=30, stride=15, seed=0))
+    n = len(HostWindowDataset(data, "train"))
+    cfg = BenchConfig.from_recipe("paper", out=str(tmp_path / "b"), batch_size=4, epochs=3)
+    assert resolve_steps(cfg, str(data)) == 3 * (n // 4) and n // 4 >= 1
+    assert resolve_steps(BenchConfig(out="b", steps=7), str(data)) == 7
+
+
+def test_a_bench_folder_from_before_the_recipes_is_kept_apart(tmp_path):
+    """bench_config.json without recipe/epochs/synth_rules: those read as what it ran with (fast, steps,
+    rules 1), so its synth.lmdb (old rules) is not mixed with runs on today's rules."""
+    out = tmp_path / "b"
+    out.mkdir()
+    old = {k: v for k, v in BenchConfig(out=str(out)).shared().items() if k not in ("recipe", "epochs", "synth_rules")}
+    (out / "bench_config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="synth_rules: 1 -> 2"):
+        run_bench(BenchConfig(out=str(out)))
+    assert sorted(p.name for p in out.iterdir()) == ["bench_config.json"]
