@@ -2,9 +2,10 @@
 
 Faces are real photographs that ship inside scikit-image and matplotlib (the astronaut Eileen Collins
 and Grace Hopper), one per half of the frame, drifting and bobbing; the second singer leaves the frame for a
-while so the contiguity filter has something to cut. Voices are harmonic tones with vibrato and
-vowel-like formants sung in phrases; the music is chords plus a kick drum on the beat. Stems are
-written next to the video in the layout ``--stems`` expects.
+while so the contiguity filter has something to cut. Each singer's mouth opens with that singer's own
+voice (its loudness per video frame, closed while it is silent; the warp is demo_faces.open_mouth).
+Voices are harmonic tones with vibrato and vowel-like formants sung in phrases; the music is chords
+plus a kick drum on the beat. Stems are written next to the video in the layout ``--stems`` expects.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from typing import Callable
 import numpy as np
 
 from chorushead.core import media
+from chorushead.demo_faces import MOUTHS, loudness_envelope, open_mouth
 
 SR = 44100
+MOUTH_GAP = 0.08   # the lips' widest parting, as a fraction of the face image's size
 
 
 # x1, y1, x2, y2 of a region tight around each face (face + hair + chin): the face fills ~55% of it
@@ -50,25 +53,33 @@ class DuetVideo:
     frames: np.ndarray            # (T, H, W, 3) uint8
     boxes: np.ndarray             # (S, T, 4) patch boxes in strip coordinates, NaN when absent
     fps: int
+    mouth_gap: np.ndarray | None = None   # (S, T) lips' parting in pixels of the pasted face (0 = closed)
 
 
 def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), fps: int = 30,
                      absent: tuple[int, int] | None = None, n_faces: int = 2, seed: int = 0,
-                     face_frac: float = 0.7) -> DuetVideo:
+                     face_frac: float = 0.7, mouth_open: np.ndarray | None = None,
+                     max_gap: float = MOUTH_GAP) -> DuetVideo:
     """Frames of ``n_faces`` singers side by side (one per vertical strip); strip 1's face is out of
-    the picture for frames ``absent = (a, b)``. Returns frames and the true patch boxes."""
+    the picture for frames ``absent = (a, b)``. ``mouth_open`` (n_faces, n_frames) in 0..1 parts each
+    face's lips by that fraction of ``max_gap`` × the face's size (None: closed mouths). Returns the
+    frames, the true patch boxes and mouth gaps."""
     h, w = size
     rng = np.random.default_rng(seed)
     sw = w // n_faces
     fs = int(min(h, sw) * face_frac)
-    faces = face_images(fs)
-    faces = [faces[k % len(faces)] if k < 2 else np.ascontiguousarray(faces[k % 2][:, ::-1]) for k in range(n_faces)]
+    photos = face_images(fs)
+    faces = [photos[k % len(photos)] if k < 2 else np.ascontiguousarray(photos[k % 2][:, ::-1]) for k in range(n_faces)]
     yy, xx = np.mgrid[0:h, 0:w]
     background = (40 + 30 * np.sin(xx / 37.0)[..., None] + 20 * np.cos(yy / 23.0)[..., None]
                   + np.array([20, 10, 30])).clip(0, 255).astype(np.uint8)
     frames = np.empty((n_frames, h, w, 3), np.uint8)
     boxes = np.full((n_faces, n_frames, 4), np.nan, np.float32)
     phase = rng.uniform(0, 2 * np.pi, size=(n_faces, 2))
+    gaps = np.zeros((n_faces, n_frames), np.float32)
+    if mouth_open is not None:
+        gaps[:] = np.round(np.clip(np.asarray(mouth_open, np.float64)[:n_faces, :n_frames], 0, 1)
+                           * max_gap * fs, 2)
     for t in range(n_frames):
         fr = background.copy()
         for k in range(n_faces):
@@ -80,10 +91,14 @@ def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), fps: int
             y0 = int(round(cy - fs / 2))
             x0 = min(max(x0, 0), sw - fs)
             y0 = min(max(y0, 0), h - fs)
-            fr[y0:y0 + fs, k * sw + x0:k * sw + x0 + fs] = faces[k]
+            face = faces[k]
+            if gaps[k, t] > 0:   # singers past the second are the photos mirrored: warp, then mirror
+                face = open_mouth(photos[k % 2], MOUTHS[k % 2], float(gaps[k, t]))
+                face = face if k < 2 else face[:, ::-1]
+            fr[y0:y0 + fs, k * sw + x0:k * sw + x0 + fs] = face
             boxes[k, t] = [x0, y0, x0 + fs, y0 + fs]
         frames[t] = fr
-    return DuetVideo(frames=frames, boxes=boxes, fps=fps)
+    return DuetVideo(frames=frames, boxes=boxes, fps=fps, mouth_gap=gaps)
 
 
 def sing(seconds: float, sr: int, phrases: list[tuple[float, float]], f0_base: float, seed: int) -> np.ndarray:
@@ -144,7 +159,6 @@ def write_sample(folder: Path, seconds: float = 12.0, size: tuple[int, int] = (2
     stems.mkdir(parents=True, exist_ok=True)
     n = int(round(seconds * fps))
     absent = (int(absent_s[0] * fps), int(absent_s[1] * fps)) if absent_s else None
-    vid = make_duet_frames(n, size=size, fps=fps, absent=absent, n_faces=n_faces, seed=seed)
     # Singing starts after 1 s and stops 0.5 s before the end (VAD trims both); the two singers take
     # turns and overlap in the middle, as duets do.
     end = seconds - 0.5
@@ -152,6 +166,9 @@ def write_sample(folder: Path, seconds: float = 12.0, size: tuple[int, int] = (2
     p2 = [(2.4, 5.0), (5.6, 8.2), (8.8, end)]
     voices = [sing(seconds, SR, p1, 220.0, seed + 1), sing(seconds, SR, p2, 165.0, seed + 2)]
     voices += [sing(seconds, SR, p1[::-1], 260.0, seed + 3 + k) for k in range(n_faces - 2)]
+    # each singer's mouth follows that singer's own loudness, frame by frame
+    vid = make_duet_frames(n, size=size, fps=fps, absent=absent, n_faces=n_faces, seed=seed,
+                           mouth_open=np.stack([loudness_envelope(v, SR, fps, n) for v in voices]))
     bgm = music(seconds, SR, seed=seed)
     vocals = np.sum(voices, axis=0)
     mix = np.stack([vocals + bgm, vocals + 0.9 * bgm], axis=1)

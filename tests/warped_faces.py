@@ -7,9 +7,9 @@ The photos are the demo's (chorushead.demo.face_images, 224×224 around each fac
 - yaw: a horizontal remap x_src = cx + R(u + a·u²), u = (x - cx)/R, about the nose: a > 0 squeezes
   the image-right half of the face and widens the left, as when the head turns towards image right,
   i.e. a positive rotation about FLAME's +y (up);
-- mouth: below the lip line the lower face is pushed down by ``gap`` pixels (a lens-shaped window
-  across the mouth width, tapering back to zero below the chin) and the uncovered band is painted
-  as a dark mouth interior: the lips part by ``gap`` pixels.
+- mouth: the demo's own mouth warp (chorushead.demo_faces.open_mouth, which the sample videos drive
+  with each singer's loudness): below the lip line the lower face is pushed down by ``gap`` pixels
+  and the uncovered band is painted as a dark mouth interior: the lips part by ``gap`` pixels.
 """
 from __future__ import annotations
 
@@ -19,21 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-SIZE = 224
-
-
-@dataclass(frozen=True)
-class Mouth:
-    """Where the mouth is in the 224² photo: corners' x, lip line y, chin y (measured once by eye and
-    with the landmark model on the untouched photos); nose_x is the yaw warp's centre."""
-    x0: float
-    x1: float
-    y: float
-    chin: float
-    nose_x: float
-
-
-MOUTHS = (Mouth(84, 137, 151, 187, 110), Mouth(90, 138, 142.5, 178, 114.6))   # astronaut, grace_hopper
+from chorushead.demo_faces import MOUTHS, REF_SIZE as SIZE, Mouth, open_mouth   # noqa: F401  (re-exported)
 
 
 def photos() -> list[np.ndarray]:
@@ -51,19 +37,6 @@ def yaw_squeeze(img: np.ndarray, a: float, cx: float, radius: float = 70.0) -> n
     u = (xx - cx) / radius
     map_x = (cx + radius * (u + a * u * u)).astype(np.float32)
     return cv2.remap(img, map_x, yy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def open_mouth(img: np.ndarray, m: Mouth, gap: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    cx, half = (m.x0 + m.x1) / 2, (m.x1 - m.x0) / 2 * 1.1
-    wx = np.clip(1 - ((xx - cx) / half) ** 2, 0, 1)                       # lens-shaped opening
-    span = m.chin - m.y + 8
-    wy = np.where(yy < m.y, 0.0, np.clip(2 - (yy - m.y) / span, 0, 1))    # 1 down to the chin, then taper
-    map_y = (yy - gap * wx * wy).astype(np.float32)
-    out = cv2.remap(img, xx, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    inside = (yy >= m.y) & (map_y < m.y)                                  # band uncovered between the lips
-    out[inside] = (45, 20, 25)
-    return out
 
 
 @dataclass
