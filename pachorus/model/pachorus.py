@@ -23,9 +23,11 @@ Variants (``ModelConfig.variant``):
   self-attention and a diagonal alignment mask for audio cross-attention (FaceFormer's two masks),
   one decoder for all 56 coefficients; not autoregressive on its own past motion. (Checkpoints
   written before ``mono`` changed meaning load as ``mono_causal``.)
-- ``faceformer``: FaceFormer as published (autoregressive over past motion, periodic positional
-  encoding, biased causal attention, alignment mask), host audio + pose0, teacher-forced in
-  training and generated step by step otherwise (see :mod:`pachorus.model.faceformer`).
+- ``faceformer``: FaceFormer as released (autoregressive over past motion, periodic positional
+  encoding, biased causal attention, alignment mask, one post-norm layer, dropout 0.1, style = pose0
+  on every input token), host audio + pose0, trained autoregressively on its own predictions
+  (``faceformer_teacher_forcing`` for teacher forcing) and generated step by step otherwise (see
+  :mod:`pachorus.model.faceformer`).
 
 Latent at test time: ``z = 0`` (the prior's mean) for evaluation, ``z ~ N(0, I)`` for K samples.
 """
@@ -61,15 +63,28 @@ class ModelConfig:
     # 4.09 nats), every frame pools the whole window and LVE loses to the causal baseline.
     attn_band: int = 3
     memory_pe: bool = True          # position encoding on the cross-attention memory (the audio frames)
+    # faceformer only: FaceFormer's released code (EvelynFan/FaceFormer), whatever the settings above
+    # say for the other variants. Older checkpoints load with LEGACY (teacher-forced, style on the start
+    # token only, pre-norm, n_layers layers, the shared dropout).
+    faceformer_teacher_forcing: bool = False   # False: train autoregressively on its own predictions
+    faceformer_layers: int | None = 1          # decoder layers; None = n_layers
+    faceformer_dropout: float | None = 0.1     # decoder + PPE dropout; None = `dropout`, no PPE dropout
+    faceformer_post_norm: bool = True          # post-norm decoder layer (False: pre-norm)
+    faceformer_style_every_token: bool = True  # pose0 (style) embedding on every decoder input, not frame 0's only
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.attn_band < 0:
             raise ValueError(f"attn_band must be >= 0 (0 = no band), got {self.attn_band}")
+        if self.faceformer_layers is not None and self.faceformer_layers < 1:
+            raise ValueError(f"faceformer_layers must be >= 1 (or None = n_layers), got {self.faceformer_layers}")
+        if self.faceformer_dropout is not None and not 0 <= self.faceformer_dropout < 1:
+            raise ValueError(f"faceformer_dropout must be in [0, 1) (or None = dropout), got {self.faceformer_dropout}")
 
     # What a checkpoint written before a setting existed was trained with (not today's default).
-    LEGACY = {"attn_band": 0, "memory_pe": False}
+    LEGACY = {"attn_band": 0, "memory_pe": False, "faceformer_teacher_forcing": True, "faceformer_layers": None,
+              "faceformer_dropout": None, "faceformer_post_norm": False, "faceformer_style_every_token": False}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -220,8 +235,12 @@ class PaChorus(nn.Module):
         self.audio = build_audio_encoder(cfg.audio_encoder, cfg.d_model)
         adim = self.audio.out_dim
         if cfg.variant == "faceformer":
-            self.animator = FaceFormer(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.ff_mult, cfg.dropout, adim,
-                                       cfg.period)
+            legacy_drop = cfg.faceformer_dropout is None
+            self.animator = FaceFormer(
+                cfg.d_model, cfg.n_heads, cfg.faceformer_layers or cfg.n_layers, cfg.ff_mult,
+                cfg.dropout if legacy_drop else cfg.faceformer_dropout, adim, cfg.period,
+                post_norm=cfg.faceformer_post_norm, style_every_token=cfg.faceformer_style_every_token,
+                input_dropout=0.0 if legacy_drop else cfg.faceformer_dropout)
             self.prior = None
             return
         self.animator = HostAnimator(cfg, adim, causal=cfg.variant == "mono_causal")
@@ -233,10 +252,14 @@ class PaChorus(nn.Module):
                 generator: torch.Generator | None = None) -> ModelOutput:
         """``z_mode``: ``posterior`` (training; needs ``target``), ``mean`` (z = 0) or ``sample`` (z ~ N(0, I)).
 
-        ``faceformer`` ignores ``z_mode``: teacher-forced on ``target`` when given, generated otherwise."""
+        ``faceformer`` ignores ``z_mode``. In training mode with ``target`` it trains autoregressively, as
+        FaceFormer's released code does (generated step by step from its own predictions, gradients
+        through the chain; ``target`` is no input then, only the loss reads it), or teacher-forced on ``target``
+        with ``faceformer_teacher_forcing``. In eval mode: teacher-forced on ``target`` when given (a
+        diagnostic), generated step by step otherwise (evaluation, validation, inference)."""
         if self.cfg.variant == "faceformer":
             feat = self.audio(host)
-            if target is not None:
+            if target is not None and (self.cfg.faceformer_teacher_forcing or not self.training):
                 motion = torch.cat([target[..., :53], target[..., 53:56] - pose0[:, None]], dim=-1)
                 m = self.animator.teacher_forced(feat, pose0, motion)
             else:
