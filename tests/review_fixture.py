@@ -17,6 +17,8 @@ record their frames, segment [a, b) is [VAD_START + a, VAD_START + b): ``ReviewB
 """
 from __future__ import annotations
 
+import pytest
+
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +187,17 @@ if __name__ == "__main__":   # python tests/review_fixture.py /tmp/rv  -> then: 
     import sys
     b = make_review_build(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/review_demo"))
     print(b.out)
+
+
+# Fixtures the review tests share (import them: `from review_fixture import build, out`).
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """The shared review build (made once per session)."""
+    return shared_review_build(tmp_path_factory)
+
+
+@pytest.fixture
+def out(build):
+    """The shared build with no decisions yet (each test starts unreviewed)."""
+    (build.out / "manifests" / "review.jsonl").unlink(missing_ok=True)
+    return build.out

@@ -14,18 +14,9 @@ import pytest
 from chorushead.core.manifest import Manifest
 from chorushead.review.server import MAX_BODY, make_server
 
-from review_fixture import shared_review_build
+from review_fixture import build, out  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    return shared_review_build(tmp_path_factory)
-
-
-@pytest.fixture
-def out(build):
-    (build.out / "manifests" / "review.jsonl").unlink(missing_ok=True)
-    return build.out
 
 
 @pytest.fixture

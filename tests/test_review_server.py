@@ -19,22 +19,12 @@ from chorushead.core.decisions import decisions
 from chorushead.review.server import is_loopback, make_server, parse_range, pipeline_thresholds, serve, HttpError
 
 from conftest import validate_record
-from review_fixture import EXPECTED_FLAGS, EXPECTED_ORDER, shared_review_build
+from review_fixture import EXPECTED_FLAGS, EXPECTED_ORDER, build, out  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    return shared_review_build(tmp_path_factory)
-
-
-@pytest.fixture
-def out(build):
-    """The shared build with no decisions yet (each test starts unreviewed)."""
-    (build.out / "manifests" / "review.jsonl").unlink(missing_ok=True)
-    return build.out
 
 
 class Running:
