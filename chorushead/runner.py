@@ -1,8 +1,10 @@
 """Runs a pipeline's stages over items, resumably, on local processes or a Dask/Ray cluster.
 
-For every item-stage the runner computes a fingerprint from the stage's name, version, parameters, the
-pipeline's fps and the fingerprints of the upstream records it needs (ingest: of the input file). An item
-whose newest record is done with that fingerprint is skipped; failed or changed ones are (re)done.
+For every item-stage the runner computes a fingerprint from the stage's name, version, the parameters
+that can change its results, the identity of its model, the pipeline's fps and the fingerprints of the
+upstream records it needs (ingest: of the input file). An item whose newest record is done with that
+fingerprint is reused; failed or changed ones are (re)done; a stage whose upstream is not current (failed,
+stale, not run) is blocked, its old outputs kept but never used downstream (see :class:`Plan`).
 
 Item stages stream: each item walks the stages in order, and its next stage is queued the moment its
 previous record is back, so a slow video never holds the others at a stage boundary. Work
@@ -444,7 +446,7 @@ class Plan:
         """Item id -> the records stage ``name`` needs, for the items whose upstream is all current."""
         stage = get_stage(name)
         return {it.id: {need: latest[need][it.id] for need in stage.needs}
-                for it in items if self.states(it, latest)[name][0] not in ("blocked",)}
+                for it in items if self.states(it, latest)[name][0] != "blocked"}
 
 
 def next_task(names: list[str], plan: Plan, item: Item, out: Path, latest: dict[str, dict[str, Record]],
