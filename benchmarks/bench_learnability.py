@@ -17,7 +17,10 @@ What the rules are built to show: full < mono and full < faceformer on LVE (the 
 needs the host audio AHEAD of frame t, which the causal baselines do not see), full < no_prior and
 full < no_bgm on PPE (partner turns and beat nods reach the model only through the prior).
 
-Measured (3 seeds, toy mesh, LVE in mm, PPE in rad; mean ± std, "n.e." = gap ≤ 2 std):
+Measured with the synth rules of 2026-12 (0.3 s anticipation, silent singer), 7 variants x 5 seeds:
+see the README's "The paper's Tables 2–3" (full best on PPE; beats mono_causal and faceformer on LVE
+beyond 2 std; vs mono not established). Earlier figures (rules 1: 100 ms anticipation, no band in the
+host animator, the causal "mono"; 3 seeds, toy mesh, LVE in mm, PPE in rad; "n.e." = gap ≤ 2 std):
 - 600 steps (the default), all 6 variants: a fresh `pachorus bench --out X` took 13 min 46 s wall on
   the shared 2-core machine at load 1.5–3.2, 1143 CPU-s (≈ 10 min on 2 idle cores); every number
   equal to an earlier run's (CPU training is deterministic):

@@ -78,8 +78,9 @@ class BenchConfig:
     flame: str | None = None       # FLAME folder; None = the generated toy head in out/flame
     variants: tuple[str, ...] = VARIANTS
     seeds: int = 3
-    # 600: 19 CPU-min for the 18 default runs (88 CPU-s for a `full` run, 40 for `mono`); measured
-    # 13 min 46 s wall on 2 cores at load 1.5-3; a loaded machine stretches that (12x at load 12).
+    # 600: ~24 CPU-min for the 21 default runs (per run, measured: full ~80 CPU-s, no_kl 75, no_bgm 65,
+    # mono / no_prior / mono_causal ~37, faceformer ~147: autoregressive training); 5 seeds took ~25 min
+    # wall on 2 cores at load 2-4; a loaded machine stretches that (12x at load 12).
     steps: int = 600
     batch_size: int = 16
     lr: float = 1e-3               # 1e-4 (the paper's) learns too slowly for a CPU budget of minutes
