@@ -14,11 +14,12 @@ from chorushead.stages.base import Item
 
 def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=((0, 200), (220, 360)),
                   sr: int = 16000, fps: int = 30, seed: int = 0, fit_backend: str | None = None,
-                  read_by_pack_only: bool = False) -> list[Item]:
+                  read_by_pack_only: bool = False, vad_start: int = 0) -> list[Item]:
     """A build's records up to pack, current under the default pipeline (Plan), so a build's pack packs
     them: ingest and crop with small real outputs, the separations skipped as with stems, vad ..
     assign as pack reads them. ``read_by_pack_only``: only vad .. assign (an older or partial build:
-    a run_global_stage without the build's plan packs it, a build blocks it)."""
+    a run_global_stage without the build's plan packs it, a build blocks it). ``vad_start``: vad's start
+    frame on the timeline (crop frame t = timeline frame vad_start + t; the tracks are already trimmed)."""
     rng = np.random.default_rng(seed)
     plan = Plan.of(Pipeline.load())
     items = []
@@ -55,8 +56,9 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
             "ingest": {"source": it.source, "n_frames": n_frames, "fps": fps, "width": 512, "height": 256,
                        "duration": float(seconds), "source_fps": float(fps)},
             "crop": {"detections": f"items/{it.id}/crop/detections.npz", "strips": [], "n_strips": 2,
-                     "frames": n_frames, "start_frame": 0, "crop_size": 224},
-            "vad": {"start_frame": 0, "end_frame": int(seconds * fps), "start_s": 0.0, "end_s": float(seconds),
+                     "frames": n_frames, "start_frame": vad_start, "crop_size": 224},
+            "vad": {"start_frame": vad_start, "end_frame": vad_start + n_frames, "start_s": vad_start / fps,
+                    "end_s": vad_start / fps + float(seconds),
                     "singers_16k": singers, "bgm_16k": f"items/{it.id}/vad/bgm_16k.wav", "vocals_16k": singers[0],
                     "sr": sr},
             "contiguity": {"segments": [list(s) for s in segments], "strip_runs": [], "n_frames": int(seconds * fps)},

@@ -227,3 +227,45 @@ def test_one_bad_video_fails_alone_and_the_others_are_packed(tmp_path):
     assert all(recs[it.id].status == "done" and recs[it.id].outputs["windows"] > 0 for it in items[1:])
     r = WindowReader(out / "windows.lmdb", None)
     assert {k.split("/")[1] for k in r.keys} == {it.id for it in items[1:]}
+
+
+def test_decisions_apply_on_the_timeline_after_vads_offset(tmp_path):
+    """A segment's frames on the timeline are vad's start + its crop frames. With vad starting at frame
+    400, segment 0 (crop frames 0..200) is timeline 400..600: a reject made there removes it; one made on
+    0..200 (the crop frames read as timeline frames: the wrong timeline) applies to nothing and is listed."""
+    from chorushead.core.decisions import resolve
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=1, segments=((0, 200), (220, 400)), vad_start=400)
+    vid = items[0].id
+    record_decision(out, vid, 0, "reject", frames=(0, 200))
+    run_pack(out, items, append=True)
+    keys = lmdb_content(out / "windows.lmdb")
+    assert any(k.startswith(f"w/{vid}/0000/".encode()) for k in keys)
+    res = resolve(out, {vid: [(400, 600), (620, 800)]})
+    assert not res.segments and [(p.start, p.end) for p in res.unmatched] == [(0, 200)]
+    record_decision(out, vid, 0, "reject", frames=(400, 600))
+    run_pack(out, items, append=True)
+    keys = lmdb_content(out / "windows.lmdb")
+    assert not any(k.startswith(f"w/{vid}/0000/".encode()) for k in keys)
+    assert any(k.startswith(f"w/{vid}/0001/".encode()) for k in keys)
+
+
+def test_every_segment_of_a_video_lands_in_its_split(tmp_path):
+    """Split by video: no song in two splits, whatever its number of segments (three windows-long
+    segments per video here, over ten videos, so every split has videos)."""
+    from chorushead.core.windows import decode_arrays_header, packed_videos
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=10, seconds=24.0, segments=((0, 200), (210, 420), (430, 640)))
+    recs = run_pack(out, items, append=True)
+    content = lmdb_content(out / "windows.lmdb")
+    seen: dict[str, set] = {}
+    for k, v in content.items():
+        if k.startswith(b"w/"):
+            head = decode_arrays_header(v)[1]
+            seen.setdefault(head["video"], set()).add((head["split"], head["segment"]))
+    assert {v: {s for s, _ in segs} for v, segs in seen.items()} == \
+        {r.item: {r.outputs["split"]} for r in recs}
+    assert all({i for _, i in segs} == {0, 1, 2} for segs in seen.values())
+    assert {s for r in recs for s in [r.outputs["split"]]} == {"train", "val", "test"}
+    markers = packed_videos(out / "windows.lmdb")
+    assert {v: m["split"] for v, m in markers.items()} == {r.item: r.outputs["split"] for r in recs}
