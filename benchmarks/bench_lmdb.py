@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout, installed or not
 
 from _results import Recorder  # noqa: E402
-from chorushead.core.windows import (WindowReader, encode_arrays, open_env, rebuild_index,  # noqa: E402
+from chorushead.core.windows import (POSE, WindowReader, encode_arrays, open_env, rebuild_index,  # noqa: E402
                                      window_key, write_meta)
 
 
@@ -43,7 +43,7 @@ def make_windows(n: int, seed: int = 0):
     for i in range(n):
         c = rng.standard_normal((2, 150, 56)).astype(np.float32)
         yield i, {"coeffs": c, "vocals": (rng.standard_normal((2, 80000)) * 0.1).astype(np.float16),
-                  "bgm": (rng.standard_normal(80000) * 0.1).astype(np.float16), "pose0": c[:, 0, 53:56].copy()}
+                  "bgm": (rng.standard_normal(80000) * 0.1).astype(np.float16), "pose0": c[:, 0, POSE].copy()}
 
 
 def write_both(root: Path, n: int) -> tuple[Path, Path]:

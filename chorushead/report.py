@@ -19,7 +19,7 @@ import numpy as np
 
 from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
 from chorushead.core.manifest import Record, iter_records
-from chorushead.core.windows import SPLITS, WindowReader, packed_videos
+from chorushead.core.windows import JAW_OPEN, POSE, SPLITS, WindowReader, packed_videos
 from chorushead.runner import Pipeline, Plan, load_items
 from chorushead.stages import assign, contiguity, crop, get_stage, ingest, pack, smooth, vad
 from chorushead.stages.base import DEFAULT_FPS, GlobalContext
@@ -244,9 +244,9 @@ def _distributions(out: Path, ok: Callable[[str], dict[str, Record]], cont: dict
         for rel in smooth.Outputs.of(r).segments:
             c = np.load(out / rel)["coeffs"]            # (S, T, 56)
             for k in range(c.shape[0]):
-                jaw.setdefault(k, []).append(np.degrees(c[k, :, 50]))
+                jaw.setdefault(k, []).append(np.degrees(c[k, :, JAW_OPEN]))
                 # FLAME's global pose is an axis-angle; as x/y/z Euler angles: pitch, yaw, roll
-                pose.setdefault(k, []).append(Rotation.from_rotvec(c[k, :, 53:56].astype(np.float64))
+                pose.setdefault(k, []).append(Rotation.from_rotvec(c[k, :, POSE].astype(np.float64))
                                               .as_euler("xyz", degrees=True))
     d["jaw"] = {k: np.concatenate(a) for k, a in sorted(jaw.items())}
     d["pose"] = {k: np.concatenate(a) for k, a in sorted(pose.items())}

@@ -42,8 +42,9 @@ from . import metrics as M
 from .checkpoint import ALL_GROUPS, check_same_data, data_info
 from .data import HostWindowDataset
 from .model.pachorus import PaChorus, load_model
+from chorushead.core.windows import GROUPS, JAW, POSE
 
-GROUP_SLICES = {"exp": slice(0, 50), "jaw": slice(50, 53), "pose": slice(53, 56)}
+GROUP_SLICES = GROUPS
 
 MM = 1000.0  # FLAME is in metres
 SILENCE_DB = -40.0     # host vocal RMS per frame below this (dBFS) = the host is silent
@@ -93,13 +94,13 @@ def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None, groups=ALL_GR
     ``silent_frames`` of ``frames``."""
     out = {k: v for k, v in M.coeff_mse(pred, gt).items() if k.split("_")[0] in groups}
     if "pose" in groups:
-        out["PPE"] = M.ppe(pred[:, 53:56], gt[:, 53:56])
+        out["PPE"] = M.ppe(pred[:, POSE], gt[:, POSE])
     if host is not None and "jaw" in groups:
         if sr is None or fps is None:
             raise ValueError("silent-jaw needs the audio's sample rate and the motion's fps")
         silent = M.silent_frames(host, sr, fps, len(gt), silence_db)
-        out["silent_jaw"], n = M.silent_jaw(pred[:, 50:53], silent)
-        out["silent_jaw_gt"], _ = M.silent_jaw(gt[:, 50:53], silent)
+        out["silent_jaw"], n = M.silent_jaw(pred[:, JAW], silent)
+        out["silent_jaw_gt"], _ = M.silent_jaw(gt[:, JAW], silent)
         out.update(silent_frames=n, frames=len(gt))
     if flame is not None:
         pred, gt = pred.copy(), gt.copy()
@@ -150,7 +151,7 @@ def pose_diversity(model: PaChorus, b: dict, n_frames: int, samples: int, genera
     if model.prior is None or samples < 2:
         return None
     args = [b[k].to(device) for k in ("host", "partner", "bgm", "pose0")]
-    poses = np.stack([model(*args, n_frames, z_mode="sample", generator=generator).coeffs[..., 53:56]
+    poses = np.stack([model(*args, n_frames, z_mode="sample", generator=generator).coeffs[..., POSE]
                       .float().cpu().numpy() for _ in range(samples)], axis=1)     # (B, K, T, 3)
     return np.array([M.pairwise_pose_distance(p) for p in poses])
 
@@ -162,7 +163,7 @@ def posterior_kl(model: PaChorus, b: dict, device: str = "cpu") -> np.ndarray | 
     if model.prior is None:
         return None
     target, pose0 = b["coeffs"].to(device).float(), b["pose0"].to(device).float()
-    mu, logvar = model.prior.encode(target[..., 53:56] - pose0[:, None])
+    mu, logvar = model.prior.encode(target[..., POSE] - pose0[:, None])
     return M.kl_per_dim(mu.float().cpu().numpy(), logvar.float().cpu().numpy())
 
 
@@ -241,7 +242,7 @@ def evaluate_model(model: PaChorus, data: str | Path, split: str = "test", flame
             rows.append(sequence_metrics(p, g, flame, groups, head, host[i], sr, fps, silence_db))
             rows[-1]["diversity_pose"] = None if div is None else float(div[i])
             base = np.broadcast_to(mean_coeffs, g.shape).copy()
-            base[:, 53:56] = g[0, 53:56]  # pose0 held constant
+            base[:, POSE] = g[0, POSE]  # pose0 held constant
             base_rows.append(sequence_metrics(base, g, flame, groups, head, host[i], sr, fps, silence_db))
     summary = _summarise_metrics(rows)
     posterior = None

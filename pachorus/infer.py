@@ -17,7 +17,7 @@ import torch
 
 from chorushead.core import media
 from chorushead.core.render import Camera, draw_mesh
-from chorushead.core.windows import N_SHAPE, WindowReader
+from chorushead.core.windows import POSE, N_SHAPE, WindowReader
 
 from .evaluate import head_vertices
 from .model.pachorus import load_model
@@ -61,7 +61,7 @@ def animate(model, vocals: list[np.ndarray], bgm: np.ndarray, *, fps: int, sr: i
             b = torch.as_tensor(np.tile(bgm[a], (s_count, 1)), device=device)
             o = model(host, partner, b, cur, window, z_mode="sample", generator=gen).coeffs
             out[kk, :, w * window:(w + 1) * window] = o.cpu().numpy()
-            cur = o[:, -1, 53:56]
+            cur = o[:, -1, POSE]
     return out[:, :, :n_frames]
 
 

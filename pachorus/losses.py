@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from .model.pachorus import ModelOutput
+from chorushead.core.windows import GROUPS, JAW, POSE
 
-GROUP_SLICES = {"exp": slice(0, 50), "jaw": slice(50, 53), "pose": slice(53, 56)}
+GROUP_SLICES = GROUPS
 
 
 @dataclass
@@ -42,8 +43,8 @@ class LossConfig:
 def coeff_weights(cfg: LossConfig, device=None, groups=tuple(GROUP_SLICES)) -> torch.Tensor:
     """Per-coefficient weights (mean 1); groups not in ``groups`` get 0."""
     w = torch.ones(56, device=device)
-    w[50:53] = cfg.jaw_weight
-    w[53:56] = cfg.pose_weight
+    w[JAW] = cfg.jaw_weight
+    w[POSE] = cfg.pose_weight
     for g, sl in GROUP_SLICES.items():
         if g not in groups:
             w[sl] = 0.0

@@ -8,6 +8,7 @@ silent-frame jaw opening, the diversity of K prior samples and the posterior's K
 from __future__ import annotations
 
 import numpy as np
+from chorushead.core.windows import EXP, JAW, POSE
 
 
 def _sq_dist(pred: np.ndarray, gt: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -51,8 +52,8 @@ def ppe(pred_pose: np.ndarray, gt_pose: np.ndarray) -> float:
 def coeff_mse(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Mean squared error per coefficient group of f = [exp(50), jaw(3), pose(3)]."""
     e = (pred - gt) ** 2
-    return {"exp_mse": float(e[..., :50].mean()), "jaw_mse": float(e[..., 50:53].mean()),
-            "pose_mse": float(e[..., 53:56].mean())}
+    return {"exp_mse": float(e[..., EXP].mean()), "jaw_mse": float(e[..., JAW].mean()),
+            "pose_mse": float(e[..., POSE].mean())}
 
 
 # ------------------------------------------------------------------------- beyond the paper's table

@@ -61,12 +61,14 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from chorushead.core.windows import SPLITS, encode_arrays, open_env, rebuild_index, window_key, write_meta
+from chorushead.core.windows import GROUPS as COEFF_GROUPS
+from chorushead.core.windows import (EXP, JAW, JAW_OPEN, N_EXP, POSE, SPLITS, encode_arrays, open_env, rebuild_index,
+                                     window_key, write_meta)
 
 N_BANDS = 8
 RULES = 2          # today's rule set (SynthConfig.rules)
 RISE, RELEASE = 0.1, 0.15   # s: the anticipation opening's rise (from the lead on) and its close after the onset
-GROUPS = {"exp": slice(0, 50), "jaw": slice(50, 53), "pose": slice(53, 56)}
+GROUPS = COEFF_GROUPS
 
 
 @dataclass
@@ -325,20 +327,20 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
         # silent-singer rule (rules 2): no audio-driven mouth or expression outside the host's phrases
         gate = np.ones(n_frames) if phrases is None else _voiced(t, phrases[s], cfg.fps)
         f = coeffs[s]
-        f[:, :50] = (bands @ m.T) * gate[:, None] + rng.normal(0, 0.05 * cfg.noise, (n_frames, 50))
-        f[:, 50] = 0.3 * env * gate
+        f[:, EXP] = (bands @ m.T) * gate[:, None] + rng.normal(0, 0.05 * cfg.noise, (n_frames, N_EXP))
+        f[:, JAW_OPEN] = 0.3 * env * gate
         f[:, 51] = 0.02 * env * gate
         if cfg.anticipation > 0:
             if cfg.rules == 1:   # a bump of 2 × lead starting ``lead`` s before each onset: it peaks at the onset
                 pre = cfg.anticipation_amp * _bump(t, onsets[s], -cfg.anticipation, 2 * cfg.anticipation)
             else:
                 pre = cfg.anticipation_amp * _opening(t, onsets[s], cfg.anticipation)
-            f[:, 50] += pre
-            f[:, :50] += pre[:, None] * lips[None]
-        f[:, 50:53] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
-        f[:, 53] = nod
+            f[:, JAW_OPEN] += pre
+            f[:, EXP] += pre[:, None] * lips[None]
+        f[:, JAW] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
+        f[:, POSE.start] = nod
         f[:, 54] = direction * (0.15 + turn)
-        f[:, 53:56] += drift + rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
+        f[:, POSE] += drift + rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
     return Song(vocals=np.stack(tracks), bgm=bgm, coeffs=coeffs, beats=beats, onsets=list(onsets),
                 phrases=phrases)
 
@@ -396,13 +398,13 @@ def write_synth_lmdb(out: str | Path, cfg: SynthConfig) -> dict[str, int]:
         with env.begin(write=True) as txn:
             for start in range(0, song.coeffs.shape[1] - cfg.window + 1, cfg.stride):
                 c = song.coeffs[:, start:start + cfg.window].copy()
-                c[:, :, 53:56] += rng.normal(0, cfg.window_offset, (n_singers, 1, 3)).astype(np.float32)
+                c[:, :, POSE] += rng.normal(0, cfg.window_offset, (n_singers, 1, 3)).astype(np.float32)
                 for g, sl in GROUPS.items():
                     if g not in cfg.coeff_groups:   # not estimated: stored as zeros, as a fit backend would
                         c[:, :, sl] = 0.0
                 a = int(round(start * cfg.sr / cfg.fps))
                 arrays = {"coeffs": c.astype(np.float32), "vocals": song.vocals[:, a:a + spw].astype(np.float16),
-                          "bgm": song.bgm[a:a + spw].astype(np.float16), "pose0": c[:, 0, 53:56].copy()}
+                          "bgm": song.bgm[a:a + spw].astype(np.float16), "pose0": c[:, 0, POSE].copy()}
                 header = {"video": name, "segment": 0, "start": start, "split": splits[v]}
                 txn.put(window_key(name, 0, start), encode_arrays(arrays, header))
     with env.begin(write=True) as txn:

@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler, SequentialSampler
 
 from chorushead.core.manifest import write_json_atomic
-from chorushead.core.windows import open_env
+from chorushead.core.windows import POSE, open_env
 
 from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import BatchLoader, HostWindowDataset, to_device
@@ -210,7 +210,7 @@ def validate(model: PaChorus, loader: BatchLoader, loss_fn: PaChorusLoss, device
         tot["val_loss"] += float(parts["mse"] + parts["vel"]) * k
         tot["val_mse"] += float(parts["mse"]) * k
         if with_pose:
-            tot["val_pose_l2"] += float((out.coeffs[..., 53:56] - b["coeffs"][..., 53:56]).norm(dim=-1).mean()) * k
+            tot["val_pose_l2"] += float((out.coeffs[..., POSE] - b["coeffs"][..., POSE]).norm(dim=-1).mean()) * k
         n += k
     model.train()
     return {k: v / max(n, 1) for k, v in tot.items()}

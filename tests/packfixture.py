@@ -10,6 +10,7 @@ from chorushead.core.manifest import Manifest, Record
 from chorushead.runner import Pipeline, Plan, save_items
 from chorushead.stages import get_stage
 from chorushead.stages.base import Item
+from chorushead.core.windows import POSE
 
 
 def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=((0, 200), (220, 360)),
@@ -42,7 +43,7 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
             c = np.zeros((2, b - a, 56), np.float32)
             c[:, :, 0] = np.arange(a, b)[None]          # exp[0] = frame number: checks alignment
             c[1, :, 1] = 1.0                             # singer 1 marker
-            c[:, :, 53:56] = rng.standard_normal((2, b - a, 3)) * 0.1
+            c[:, :, POSE] = rng.standard_normal((2, b - a, 3)) * 0.1
             np.savez(d / "smooth" / f"seg{i:03d}.npz", coeffs=c)
             segs.append(f"items/{it.id}/smooth/seg{i:03d}.npz")
         fit = {"segments": segs, "n_strips": 2}     # (the raw fits are not read by pack)

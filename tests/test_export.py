@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from chorushead.core import media
 from chorushead.core.flame import FlameModel, make_synthetic_flame
-from chorushead.core.windows import (WindowReader, decode_arrays, encode_arrays, open_env, rebuild_index, window_key,
-                                     write_meta)
+from chorushead.core.windows import (JAW, POSE, WindowReader, decode_arrays, encode_arrays, open_env, rebuild_index,
+                                     window_key, write_meta)
 from pachorus.cli import app
 from pachorus.export import Motion, export_motion, read_glb, stitch_split, write_npz
 from pachorus.synth import SynthConfig, synthesize_song, write_synth_lmdb
@@ -81,8 +81,8 @@ def test_npz_has_explicit_keys_and_exact_values(tmp_path):
     z = np.load(p, allow_pickle=False)
     assert set(z.files) == {"expression", "jaw_pose", "global_pose", "fps", "coeff_groups", "shape"}
     np.testing.assert_array_equal(z["expression"], c[:, :50])
-    np.testing.assert_array_equal(z["jaw_pose"], c[:, 50:53])
-    np.testing.assert_array_equal(z["global_pose"], c[:, 53:56])
+    np.testing.assert_array_equal(z["jaw_pose"], c[:, JAW])
+    np.testing.assert_array_equal(z["global_pose"], c[:, POSE])
     np.testing.assert_array_equal(z["shape"], shape)
     assert int(z["fps"]) == 30 and z["coeff_groups"].tolist() == ["jaw", "pose"]
     z = np.load(write_npz(tmp_path / "b.npz", Motion("b", c, 30, ("exp", "jaw", "pose"))), allow_pickle=False)
@@ -200,7 +200,7 @@ def test_gaps_split_sequences_and_shape_codes_pass_through(tmp_path):
     _ok(cli("export", "--data", path, "--split", "test", "--out", out))
     z = np.load(out / "vid_seg0003_f0000060_singer2.npz", allow_pickle=False)
     np.testing.assert_array_equal(z["shape"], shape[1])
-    np.testing.assert_array_equal(z["jaw_pose"], seqs[1].coeffs[1, :, 50:53])
+    np.testing.assert_array_equal(z["jaw_pose"], seqs[1].coeffs[1, :, JAW])
     assert z["coeff_groups"].tolist() == ["jaw", "pose"]
     _error(cli("export", "--data", path, "--split", "test", "--video", "other", "--out", out), "'other'", "vid")
 
@@ -254,7 +254,7 @@ def test_infer_formats_and_export_of_a_run(tmp_path, lmdb, flame_dir):
     out = tmp_path / "ex"
     _ok(cli("export", "--run", inf, "--out", out, "--flame", flame_dir, "--format", "npz,mp4", "--size", "32"))
     np.testing.assert_array_equal(np.load(out / "singer1_sample0.npz")["jaw_pose"],
-                                  np.load(inf / "singer1_sample0.npy")[:, 50:53])
+                                  np.load(inf / "singer1_sample0.npy")[:, JAW])
     pr = media.probe(out / "sample0.mp4")
     assert pr.has_audio and _frames(out / "sample0.mp4") == 30
     # identity codes recorded in infer.json reach the npz and the mesh

@@ -15,6 +15,7 @@ from chorushead.core.errors import MissingAsset, StageError
 from chorushead.stages.base import Context
 from chorushead.stages.fit import STAGE, Params
 from conftest import fit_upstream, make_ctx
+from chorushead.core.windows import EXP, JAW, POSE
 
 STAND_INS = Path(__file__).parent / "stand_ins"
 N_FRAMES = 22
@@ -63,9 +64,9 @@ def check_outputs(ctx: Context, result, segments) -> None:
             for t in range(end - start):
                 e = expected_codes(ctx.out, s, start + t)
                 c = z["coeffs"][s, t]
-                np.testing.assert_allclose(c[:50], e["expcode"], atol=1e-5)
-                np.testing.assert_allclose(c[50:53], e["posecode"][3:6], atol=1e-5)   # jaw
-                np.testing.assert_allclose(c[53:56], e["posecode"][0:3], atol=1e-5)   # global pose
+                np.testing.assert_allclose(c[EXP], e["expcode"], atol=1e-5)
+                np.testing.assert_allclose(c[JAW], e["posecode"][3:6], atol=1e-5)   # jaw
+                np.testing.assert_allclose(c[POSE], e["posecode"][0:3], atol=1e-5)   # global pose
                 np.testing.assert_allclose(z["shape"][s, t], e["shapecode"], atol=1e-5)
                 np.testing.assert_allclose(z["cam"][s, t], e["cam"], atol=1e-5)
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from chorushead.core.flame import FlameModel, make_synthetic_flame
 from chorushead.core.manifest import Manifest
-from chorushead.core.windows import (N_SHAPE, WindowReader, decode_arrays, encode_arrays, open_env, rebuild_index,
-                                     window_key)
+from chorushead.core.windows import (JAW, POSE, N_SHAPE, WindowReader, decode_arrays, encode_arrays, open_env,
+                                     rebuild_index, window_key)
 from chorushead.runner import run_global_stage
 from chorushead.stages import pack
 from packfixture import make_upstream
@@ -127,7 +127,7 @@ def test_vertex_metrics_on_the_singers_own_head(flame):
     gt[:, :50] = rng.normal(0, 1, (t, 50))
     gt[:, 50] = np.abs(rng.normal(0, 0.2, t))                       # the jaw opens
     pred = gt + rng.normal(0, 0.3, gt.shape).astype(np.float32)
-    pred[:, 50:53] += 0.1
+    pred[:, JAW] += 0.1
     code = rng.normal(0, 2, N_SHAPE).astype(np.float32)
     own = sequence_metrics(pred, gt, flame, shape=code)
     mean = sequence_metrics(pred, gt, flame)
@@ -221,7 +221,7 @@ def _old_lmdb(path: Path, version: int) -> None:
         for start in (0, 10):
             c = rng.normal(0, 1, (2, 20, 56)).astype(np.float32)
             arrays = {"coeffs": c, "vocals": np.zeros((2, 16000 * 20 // 25), np.float16),
-                      "bgm": np.zeros(16000 * 20 // 25, np.float16), "pose0": c[:, 0, 53:56].copy()}
+                      "bgm": np.zeros(16000 * 20 // 25, np.float16), "pose0": c[:, 0, POSE].copy()}
             k = window_key("old", 0, start)
             txn.put(k, encode_arrays(arrays, {"video": "old", "segment": 0, "start": start, "split": "test"}))
             keys.append(k.decode())

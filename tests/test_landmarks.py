@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 import warped_faces as wf
 from chorushead.backends import landmarks as lm
+from chorushead.core.windows import JAW
 from chorushead.core.errors import BadInput, MissingAsset, StageError
 from chorushead.runner import _model_for
 from chorushead.stages.fit import STAGE, Params
@@ -51,7 +52,7 @@ def test_pose_and_jaw_recovered_from_exact_landmarks(rvec, jaw):
     c, found = lm.coefficients(posed_landmarks(rvec, jaw), lm.load_canonical())
     assert found.all() and c.dtype == np.float32
     np.testing.assert_allclose(c[0, :50], 0)
-    np.testing.assert_allclose(c[0, 50:53], [jaw, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(c[0, JAW], [jaw, 0, 0], atol=1e-5)
     np.testing.assert_allclose(c[0, 53:], rvec, atol=1e-5)
 
 

@@ -10,7 +10,7 @@ import pytest
 from torch.utils.data import BatchSampler
 
 from chorushead.core import windows
-from chorushead.core.windows import (DatasetChanged, WindowReader, encode_arrays, open_env, read_generation,
+from chorushead.core.windows import (POSE, DatasetChanged, WindowReader, encode_arrays, open_env, read_generation,
                                      rebuild_index, window_key, write_meta)
 
 W, FPS, SR = 25, 25, 16000   # 1 s windows: ~107 kB each (2 singers)
@@ -21,7 +21,7 @@ def _window(gen: int, i: int) -> bytes:
     """Every value of the window is its generation, so a batch says which packs it came from."""
     c = np.full((2, W, 56), gen, np.float32)
     return encode_arrays({"coeffs": c, "vocals": np.full((2, N), gen, np.float16),
-                          "bgm": np.full(N, gen, np.float16), "pose0": c[:, 0, 53:56].copy()},
+                          "bgm": np.full(N, gen, np.float16), "pose0": c[:, 0, POSE].copy()},
                          {"video": "v", "segment": 0, "start": i, "split": "train" if i % 4 else "val"})
 
 

@@ -8,6 +8,7 @@ import torch
 
 from chorushead.core.flame import (MASKS_FILE, MODEL_FILE, FlameAssetsMissing, FlameModel, _rodrigues,
                             make_synthetic_flame, safe_load_pickle)
+from chorushead.core.windows import POSE
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,11 @@ def test_zero_coefficients_give_template(flame):
 
 def test_global_rotation_is_rigid_about_root(flame):
     c = np.zeros((1, 56), np.float32)
-    c[0, 53:56] = [0.1, 0.4, -0.2]
+    c[0, POSE] = [0.1, 0.4, -0.2]
     v = flame.vertices_np(c)[0]
     rest = flame.vertices_np(np.zeros((1, 56), np.float32))[0]
     root = (flame.j_regressor @ flame.v_template)[0].numpy()
-    rot = _rodrigues(torch.tensor(c[0, 53:56]))
+    rot = _rodrigues(torch.tensor(c[0, POSE]))
     # posedirs only react to non-root joints, so a pure global rotation is rigid
     expect = (rest - root) @ rot.numpy().T + root
     np.testing.assert_allclose(v, expect, atol=1e-5)

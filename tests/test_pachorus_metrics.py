@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from pachorus import metrics as M
+from chorushead.core.windows import JAW, POSE
 
 
 def _pair():
@@ -46,11 +47,11 @@ def test_fdd_hand_computed():
 def test_ppe_and_coeff_mse():
     gt = np.zeros((2, 56))
     pred = np.zeros((2, 56))
-    pred[0, 53:56] = [0.3, 0.4, 0.0]   # 0.5
-    pred[1, 53:56] = [0.0, 0.0, 0.1]   # 0.1
-    assert M.ppe(pred[:, 53:56], gt[:, 53:56]) == pytest.approx(0.3)
+    pred[0, POSE] = [0.3, 0.4, 0.0]   # 0.5
+    pred[1, POSE] = [0.0, 0.0, 0.1]   # 0.1
+    assert M.ppe(pred[:, POSE], gt[:, POSE]) == pytest.approx(0.3)
     pred[:, :50] = 2.0
-    pred[:, 50:53] = 1.0
+    pred[:, JAW] = 1.0
     e = M.coeff_mse(pred, gt)
     assert e["exp_mse"] == pytest.approx(4.0) and e["jaw_mse"] == pytest.approx(1.0)
     assert e["pose_mse"] == pytest.approx((0.09 + 0.16 + 0.01) / 6)

@@ -5,6 +5,7 @@ import torch
 
 from pachorus.losses import LossConfig, PaChorusLoss, coeff_weights, kl_divergence
 from pachorus.model import AudioEncoderUnavailable, ModelConfig, build_model
+from chorushead.core.windows import POSE
 
 T, N = 30, 16000  # 1 s windows
 
@@ -38,7 +39,7 @@ def test_variants_shapes_and_pose_anchor(variant):
     out = m(host, partner, bgm, pose0, T, target=target)
     assert out.coeffs.shape == (2, T, 56)
     # paper Eq. 6: pose = pose0 + Δ with Δ anchored at frame 0
-    torch.testing.assert_close(out.coeffs[:, 0, 53:56], pose0)
+    torch.testing.assert_close(out.coeffs[:, 0, POSE], pose0)
     assert (out.mu is not None) == (variant in ("full", "no_bgm", "no_kl"))
     out.coeffs.sum().backward()
 
@@ -153,7 +154,7 @@ def test_vertex_lip_loss_with_flame(tmp_path):
     parts = PaChorusLoss(LossConfig(w_lip_vertex=1.0), flame)(ModelOutput(pred), target)
     assert parts["lip_vertex"].item() > 1.0   # mm² on a 10 cm toy head
     pred2 = target.clone()
-    pred2[..., 53:56] = 0.5  # head pose is zeroed in the lip loss
+    pred2[..., POSE] = 0.5  # head pose is zeroed in the lip loss
     assert PaChorusLoss(LossConfig(w_lip_vertex=1.0), flame)(ModelOutput(pred2), target)["lip_vertex"].item() < 1e-8
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from chorushead.core.windows import WindowReader
+from chorushead.core.windows import POSE, WindowReader
 from pachorus.data import HostWindowDataset
 from pachorus.model.pachorus import ModelConfig
 from pachorus.synth import SynthConfig, write_synth_lmdb
@@ -49,7 +49,7 @@ def test_synth_lmdb_format_and_rules(lmdb_path):
     for w in r:
         videos.setdefault(w.video, set()).add(w.split)
         assert w.coeffs.shape == (2, 30, 56) and w.vocals.shape == (2, 16000) and w.bgm.shape == (16000,)
-        np.testing.assert_array_equal(w.pose0, w.coeffs[:, 0, 53:56])
+        np.testing.assert_array_equal(w.pose0, w.coeffs[:, 0, POSE])
     assert all(len(s) == 1 for s in videos.values())          # no song in two splits
     # rule: jaw follows the host's loudness (strongly correlated over all windows)
     jaw = np.concatenate([w.coeffs[h, :, 50] for w in r for h in range(2)])

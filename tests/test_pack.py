@@ -6,7 +6,7 @@ import pytest
 from chorushead.core.decisions import record_decision
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import Manifest
-from chorushead.core.windows import WindowReader
+from chorushead.core.windows import POSE, WindowReader
 from chorushead.runner import Pipeline, build, run_global_stage
 from chorushead.stages import pack
 from chorushead.stages.selection import assign_splits, kept_segments
@@ -40,7 +40,7 @@ def test_windows_content_alignment_and_reader(tmp_path):
     w = r[1]
     assert w.start == 15 and w.coeffs.shape == (2, 150, 56)
     np.testing.assert_array_equal(w.coeffs[0, :, 0], np.arange(15, 165))      # frame-aligned coefficients
-    np.testing.assert_allclose(w.pose0, w.coeffs[:, 0, 53:56])
+    np.testing.assert_allclose(w.pose0, w.coeffs[:, 0, POSE])
     assert w.vocals.shape == (2, 80000) and w.bgm.shape == (80000,)
     s0 = 15 * 16000 // 30                                                      # 8000 samples in
     expect = ((np.arange(s0, s0 + 80000) % 1000) / 1000.0 * 2) / 10            # singer 1 of video 0

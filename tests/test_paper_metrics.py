@@ -10,6 +10,7 @@ import torch
 from pachorus import metrics as M
 from pachorus.evaluate import _summarise_metrics, evaluate_model, pose_diversity, posterior_kl, sequence_metrics
 from pachorus.model.pachorus import ModelConfig, build_model
+from chorushead.core.windows import POSE
 
 SR, FPS = 16000, 25
 HOP = SR // FPS
@@ -28,7 +29,7 @@ def test_posed_lve_differs_from_zeroed_exactly_when_the_pose_differs(flame):
     rng = np.random.default_rng(0)
     gt = np.zeros((6, 56), np.float32)
     gt[:, 50] = rng.uniform(0, 0.3, 6)                  # some jaw motion
-    gt[:, 53:56] = rng.normal(0, 0.2, (6, 3))          # and a head pose
+    gt[:, POSE] = rng.normal(0, 0.2, (6, 3))          # and a head pose
     # 1) only the head pose differs: zeroed sees nothing, posed sees the rotated lips
     pred = gt.copy()
     pred[:, 54] += 0.2
@@ -141,7 +142,7 @@ def _batch(b: int = 3, frames: int = 10) -> dict:
     coeffs = torch.randn(b, frames, 56, generator=g) * 0.1
     n = frames * HOP
     return {"host": torch.randn(b, n, generator=g) * 0.1, "partner": torch.randn(b, n, generator=g),
-            "bgm": torch.randn(b, n, generator=g), "pose0": coeffs[:, 0, 53:56].clone(), "coeffs": coeffs}
+            "bgm": torch.randn(b, n, generator=g), "pose0": coeffs[:, 0, POSE].clone(), "coeffs": coeffs}
 
 
 def _collapse(model, collapsed: bool) -> None:

@@ -20,6 +20,7 @@ from chorushead.review.server import is_loopback, make_server, parse_range, pipe
 
 from conftest import validate_record
 from review_fixture import EXPECTED_FLAGS, EXPECTED_ORDER, build, out  # noqa: F401 (fixtures)
+from chorushead.core.windows import POSE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def test_segment_detail_series_match_the_build(server, build):
     c = np.load(build.out / "items/duetA/smooth/seg001.npz")["coeffs"]
     assert d["frames"] == 160 and d["start"] == 250 and d["abs_start"] == 15 + 250
     assert np.allclose(d["jaw"], c[..., 50], atol=1e-4)
-    assert np.allclose(d["pose"], np.degrees(np.moveaxis(c[..., 53:56], -1, 1)), atol=1e-3)
+    assert np.allclose(d["pose"], np.degrees(np.moveaxis(c[..., POSE], -1, 1)), atol=1e-3)
     assert len(d["audio"]) == 2 and all(len(a["max"]) == 160 for a in d["audio"])
     assert all(np.all(np.array(a["max"]) >= np.array(a["min"])) for a in d["audio"])
     assert d["clip"].startswith("/clip/duetA/1.mp4?v=")

@@ -63,7 +63,12 @@ WINDOW_PREFIX = b"w/"
 SPLITS = ("train", "val", "test")
 N_COEFFS = 56
 N_SHAPE = 100   # EMOCA's identity code: the first 100 of FLAME's 300 shape directions
-EXP, JAW, POSE = slice(0, 50), slice(50, 53), slice(53, 56)
+# The 56-coefficient layout, named once: expression 0-50, jaw rotation 50-53, head pose 53-56.
+N_EXP = 50
+EXP, JAW, POSE = slice(0, N_EXP), slice(N_EXP, N_EXP + 3), slice(N_EXP + 3, N_COEFFS)
+EXP_JAW = slice(0, JAW.stop)   # what the host's own voice drives (expression + jaw)
+JAW_OPEN = JAW.start           # the jaw's opening rotation (about x), radians
+GROUPS = {"exp": EXP, "jaw": JAW, "pose": POSE}
 
 
 def encode_arrays(arrays: dict[str, np.ndarray], header: dict[str, Any] | None = None) -> bytes:
@@ -489,7 +494,7 @@ def write_meta(txn, *, fps: int, sr: int, window: int, stride: int, extra: dict 
     :func:`rebuild_index` (they depend on which windows are in the file)."""
     generation = read_generation(txn) + 1
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "fps": fps, "sr": sr, "window": window,
-            "stride": stride, "coeff_layout": {"exp": [0, 50], "jaw": [50, 53], "pose": [53, 56]}}
+            "stride": stride, "coeff_layout": {k: [g.start, g.stop] for k, g in GROUPS.items()}}
     meta.update(extra or {})
     meta["generation"] = generation
     txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())

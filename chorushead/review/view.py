@@ -15,6 +15,7 @@ import numpy as np
 from chorushead.core import media
 from chorushead.core.decisions import Painted, resolve, segment_key
 from chorushead.core.manifest import Record, iter_records
+from chorushead.core.windows import JAW_OPEN, POSE
 from chorushead.review.flags import SegmentFlags, Thresholds, flag_segment, order_by_suspicion
 from chorushead.runner import load_items
 from chorushead.stages import assign, contiguity, crop, ingest, smooth, vad
@@ -246,9 +247,9 @@ class BuildView:
                 arr = self.npz(s.coeffs) or {}
                 c = np.nan_to_num(arr.get("coeffs", np.zeros((0, 0, 56))))
                 raw = np.nan_to_num(arr.get("raw", c))
-                res["jaw"] = _rounded(c[..., 50])
-                res["jaw_raw"] = _rounded(raw[..., 50])
-                res["pose"] = _rounded(np.degrees(np.moveaxis(c[..., 53:56], -1, 1)))   # (S, 3, T) degrees
+                res["jaw"] = _rounded(c[..., JAW_OPEN])
+                res["jaw_raw"] = _rounded(raw[..., JAW_OPEN])
+                res["pose"] = _rounded(np.degrees(np.moveaxis(c[..., POSE], -1, 1)))   # (S, 3, T) degrees
                 if mesh:
                     res["mesh"] = [f"/mesh/{s.video}/{s.index}/{k}/" for k in range(c.shape[0])]
             res["audio"] = self._waveforms(s, v)

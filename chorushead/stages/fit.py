@@ -27,6 +27,7 @@ from chorushead.core.errors import BadInput
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import contiguity, crop
 from chorushead.stages.base import EXEC, Context, Result, Stage
+from chorushead.core.windows import JAW_OPEN
 
 COEFF_GROUPS = ["exp", "jaw", "pose"]   # the [exp 50, jaw 3, pose 3] blocks of ``coeffs``
 
@@ -106,7 +107,7 @@ def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend
     jaw_open, no_face = [], 0
     for p in paths:   # a cheap sanity number for `chorushead status`: mean jaw opening per strip
         with np.load(p) as z:
-            jaw_open.append(z["coeffs"][:, :, 50].mean(axis=1))
+            jaw_open.append(z["coeffs"][:, :, JAW_OPEN].mean(axis=1))
             no_face += int((~z["found"]).sum()) if "found" in z.files else 0
     landmarks = params.backend == "landmarks"     # (the runner hands `model` over behind a lazy proxy)
     return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="landmarks" if landmarks else "emoca",

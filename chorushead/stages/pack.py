@@ -32,8 +32,8 @@ from chorushead.core.decisions import decisions as review_decisions, timeline_ra
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import Record
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
-from chorushead.core.windows import (DONE_PREFIX, META_KEY, WINDOW_PREFIX, bump_generation, encode_arrays, open_env,
-                                     rebuild_index, window_key, write_meta)
+from chorushead.core.windows import (DONE_PREFIX, META_KEY, POSE, WINDOW_PREFIX, bump_generation, encode_arrays,
+                                     open_env, rebuild_index, window_key, write_meta)
 from chorushead.stages import assign, contiguity, fit, smooth, vad
 from chorushead.stages.base import GlobalContext, Result, Stage
 from chorushead.stages.selection import assign_splits, kept_segments
@@ -161,7 +161,7 @@ def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, s
             s0 = int(round(s * g.sr / g.fps))
             vox = np.stack([_take(x, s0, g.n_audio) for x in singers])
             arrays = {"coeffs": c, "vocals": vox.astype(np.float16),
-                      "bgm": _take(bgm, s0, g.n_audio).astype(np.float16), "pose0": c[:, 0, 53:56].copy()}
+                      "bgm": _take(bgm, s0, g.n_audio).astype(np.float16), "pose0": c[:, 0, POSE].copy()}
             if identity is not None:
                 arrays["shape"] = identity
             header = {"video": video, "segment": i, "start": s, "split": split}

@@ -41,6 +41,8 @@ import math
 import torch
 from torch import nn
 
+from chorushead.core.windows import EXP_JAW, POSE
+
 from .audio import SinusoidalPE, to_frames
 
 
@@ -115,7 +117,7 @@ class FaceFormer(nn.Module):
     @staticmethod
     def _finish(raw: torch.Tensor) -> torch.Tensor:
         """Anchor the pose residual at frame 0 (Δ[0] = 0), like every other variant."""
-        return torch.cat([raw[..., :53], raw[..., 53:] - raw[:, :1, 53:]], dim=-1)
+        return torch.cat([raw[..., EXP_JAW], raw[..., POSE] - raw[:, :1, POSE]], dim=-1)
 
     def memory(self, host_feat: torch.Tensor, n_frames: int) -> torch.Tensor:
         return to_frames(self.audio_proj(host_feat), n_frames)
@@ -195,6 +197,6 @@ class FaceFormer(nn.Module):
         for t in range(n_frames - 1):
             raw = self._last_row(inputs, mem[:, t:t + 1])                # frame t, (B, 1, 56)
             raw0 = raw if raw0 is None else raw0
-            step = torch.cat([raw[..., :53], raw[..., 53:] - raw0[..., 53:]], dim=-1)   # Δpose[0] = 0
+            step = torch.cat([raw[..., EXP_JAW], raw[..., POSE] - raw0[..., POSE]], dim=-1)   # Δpose[0] = 0
             inputs = torch.cat([inputs, self.embed_motion(step, s)], dim=1)
         return self._finish(self._decode(inputs, mem))

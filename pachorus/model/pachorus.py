@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from chorushead.core.windows import EXP_JAW, POSE
+
 from .audio import SinusoidalPE, build_audio_encoder, to_frames
 from .faceformer import FaceFormer
 
@@ -260,13 +262,13 @@ class PaChorus(nn.Module):
         if self.cfg.variant == "faceformer":
             feat = self.audio(host)
             if target is not None and (self.cfg.faceformer_teacher_forcing or not self.training):
-                motion = torch.cat([target[..., :53], target[..., 53:56] - pose0[:, None]], dim=-1)
+                motion = torch.cat([target[..., EXP_JAW], target[..., POSE] - pose0[:, None]], dim=-1)
                 m = self.animator.teacher_forced(feat, pose0, motion)
             else:
                 m = self.animator.generate(feat, pose0, n_frames)
-            return ModelOutput(coeffs=torch.cat([m[..., :53], pose0[:, None] + m[..., 53:]], dim=-1))
+            return ModelOutput(coeffs=torch.cat([m[..., EXP_JAW], pose0[:, None] + m[..., POSE]], dim=-1))
         a = self.animator(self.audio(host), pose0, n_frames)
-        exp_jaw, d_host = a[..., :53], _anchor(a[..., 53:])
+        exp_jaw, d_host = a[..., EXP_JAW], _anchor(a[..., POSE])
         mu = logvar = None
         d_prior = torch.zeros_like(d_host)
         if self.prior is not None:
@@ -274,7 +276,7 @@ class PaChorus(nn.Module):
             if z_mode == "posterior":
                 if target is None:
                     raise ValueError("z_mode='posterior' needs the target coefficients")
-                mu, logvar = self.prior.encode(target[..., 53:56] - pose0[:, None])
+                mu, logvar = self.prior.encode(target[..., POSE] - pose0[:, None])
                 eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
                 z = mu + torch.exp(0.5 * logvar) * eps
             elif z_mode == "mean":
