@@ -283,8 +283,16 @@ def test_another_sites_page_cannot_record_decisions(app, page):
         wait_decision(out, key, "accept")
         # (a late beacon from the other page may still arrive after it: look for the page's own POST,
         # not the last one)
+        # The manifest is written before the handler logs the request: wait for the log line too.
         mine = (None, review.rstrip("/"))
-        assert ("POST", 200) in [(m, c) for m, p, c, o in seen if p == "/api/decision" and o in mine], seen
+
+        def own_posts():
+            return [(m, c) for m, p, c, o in list(seen) if p == "/api/decision" and o in mine]
+
+        t0 = time.time()
+        while ("POST", 200) not in own_posts() and time.time() - t0 < 5:
+            time.sleep(0.05)
+        assert ("POST", 200) in own_posts(), seen
         assert all(c == 403 for m, _, c, o in seen if m == "POST" and o not in mine), seen   # late beacons too
     finally:
         srv.shutdown()
