@@ -60,7 +60,7 @@ MEAN_MOTION = "mean motion (reference)"
 
 
 SYNTH_FPS = 30   # the synthetic bench data's frame rate (pachorus.synth.SynthConfig.fps)
-SYNTH_RULES = 2  # the rule set its synthetic LMDB is written with (pachorus.synth.RULES)
+SYNTH_RULES = 3  # the rule set its synthetic LMDB is written with (pachorus.synth.RULES)
 # `pachorus bench --recipe`: the defaults each recipe sets; options given explicitly override them.
 RECIPES = {
     # minutes on 2 CPU cores: 600 equal steps at lr 1e-3 (1e-4 learns too slowly for that budget),
@@ -344,7 +344,8 @@ def _prepare(cfg: BenchConfig, log) -> tuple[str, str, str]:
             t0 = time.time()
             counts = write_synth_lmdb(data, SynthConfig(videos=cfg.synth_videos, seconds=cfg.synth_seconds,
                                                         window=cfg.synth_window, stride=cfg.synth_stride, seed=123,
-                                                        **(SynthConfig.LEGACY if cfg.synth_rules == 1 else {})))
+                                                        **(SynthConfig.LEGACY if cfg.synth_rules == 1
+                                                           else {"rules": cfg.synth_rules})))
             log(f"synthetic LMDB {data}: {counts} windows ({time.time() - t0:.0f} s)")
     elif not (Path(data) / "data.mdb").exists():
         raise FileNotFoundError(f"no LMDB at {data} (expected {data}/data.mdb)")

@@ -24,13 +24,18 @@ throwaway prototype showed 0.05-rad nods drown in seed noise):
         energies (100 Hz–4 kHz) squashed to [0, 1];
 - yaw:  0.3 rad turn TOWARD the partner(s), a 1.2 s raised-cosine bump starting 0.2 s after each
         partner phrase onset (direction from the singer's place: left singers turn right);
+- listener (rules 3, ``listener`` = 0.6; 0 = off): the host's face answers its partners: while a
+        partner sings, the host's expression moves along a fixed (50,) direction (a smile with raised
+        brows: the paper's §4.4 "sharing a similar emotional expression"), a 1.5 s raised-cosine bump
+        starting 0.3 s after each partner phrase onset, squashed by tanh like the turn; the mouth opening
+        (jaw) is the host's alone. Only a model that hears the partner can predict it: in PaChorus the
+        prior branch (``ModelConfig.prior_expression``), not mono, no_prior or FaceFormer;
 - pitch: 0.12 rad nod, a 0.35 s raised-cosine bump on every BGM beat (tempo 80–130 bpm);
 - a place-dependent yaw bias (±0.15), slow smoothed drift (~0.03), per-frame noise, and a random
   per-WINDOW pose offset (σ 0.08 per axis), so only motion relative to frame 0 is predictable.
 
-No partner rule reaches expression or jaw: the model (pachorus.model.pachorus) lets the partner and
-BGM move only the head pose (exp/jaw come from the host audio alone, tested), so a "listener smiles
-when the partner sings" rule could be learned by no variant and would only add the same error to all.
+No partner rule reaches the jaw: the mouth opening follows the host's own voice (and the model's jaw
+comes from the host audio alone, tested).
 
 Which singer's place a model is looking at is visible in ``pose0`` (the yaw bias sign), which every
 model variant receives.
@@ -41,8 +46,10 @@ intonation, no vibrato, 1–3.5 s utterances), silent BGM (zeros: no beats, no n
 partner track (the second singer slot, which the windows format needs, never speaks: no turns; as
 host it keeps its mouth closed). The host rules (jaw, expression, anticipation) are the singing ones.
 
-``rules`` says which rule set wrote an LMDB: 2 (today's) or 1 (before the silent-singer rule: a
-raised-cosine anticipation bump of 2 × lead peaking at the onset, lead 0.1 s, no gating, no solos).
+``rules`` says which rule set wrote an LMDB: 3 (today's), 2 (before the listener rule) or 1 (before the
+silent-singer rule: a raised-cosine anticipation bump of 2 × lead peaking at the onset, lead 0.1 s, no
+gating, no solos). The listener rule draws nothing from the song's random stream, so rules 2 and 3
+give the same audio and the same motion but for the listener term.
 :meth:`SynthConfig.from_dict` reads the config stored in an LMDB's meta; one stored without
 ``rules`` is a rules-1 LMDB, and regenerating it with that config gives the same data.
 
@@ -66,7 +73,7 @@ from chorushead.core.windows import (EXP, JAW, JAW_OPEN, N_EXP, POSE, SPLITS, en
                                      window_key, write_meta)
 
 N_BANDS = 8
-RULES = 2          # today's rule set (SynthConfig.rules)
+RULES = 3          # today's rule set (SynthConfig.rules)
 RISE, RELEASE = 0.1, 0.15   # s: the anticipation opening's rise (from the lead on) and its close after the onset
 GROUPS = COEFF_GROUPS
 
@@ -90,14 +97,20 @@ class SynthConfig:
     coeff_groups: tuple[str, ...] = ("exp", "jaw", "pose")  # the groups "the fit estimated"; others are 0
     solo: float = 0.3            # share of phrases sung alone (the others rest): host-silent stretches
     talking: bool = False        # talking-style corpus: speech, silent BGM, silent partner (pretraining)
-    rules: int = RULES           # rule set (see the module doc); 1 = before the silent-singer rule
+    listener: float | None = None  # the listener expression's amplitude: None = 0.6 with rules 3, else 0 (off)
+    rules: int = RULES           # rule set (see the module doc): 1, 2 (no listener rule) or 3
 
     # What a config stored before a setting existed was written with (not today's default).
-    LEGACY = {"rules": 1, "anticipation": 0.1, "solo": 0.0, "talking": False}
+    LEGACY = {"rules": 1, "anticipation": 0.1, "solo": 0.0, "talking": False, "listener": 0.0}
 
     def __post_init__(self):
-        if self.rules not in (1, RULES):
-            raise ValueError(f"rules must be 1 or {RULES}, got {self.rules}")
+        if self.rules not in (1, 2, RULES):
+            raise ValueError(f"rules must be 1, 2 or {RULES}, got {self.rules}")
+        if self.listener is None:
+            self.listener = 0.6 if self.rules >= 3 else 0.0
+        if self.listener < 0 or (self.listener and self.rules < 3):
+            raise ValueError(f"listener must be ≥ 0, and > 0 only with rules 3 (got {self.listener}, "
+                             f"rules {self.rules})")
         if self.anticipation < 0 or not 0 <= self.solo <= 1:
             raise ValueError(f"anticipation must be ≥ 0 s and solo in [0, 1], got {self.anticipation}, {self.solo}")
         if self.rules == 1 and (self.solo or self.talking):
@@ -124,7 +137,7 @@ class Song:
     coeffs: np.ndarray   # (S, T, 56) before per-window offsets
     beats: np.ndarray    # beat times (s)
     onsets: list[np.ndarray]  # per singer phrase onset times (s)
-    phrases: list[list[tuple[float, float]]] | None = None  # per singer (onset, duration) s; rules 2 only
+    phrases: list[list[tuple[float, float]]] | None = None  # per singer (onset, duration) s; rules ≥ 2 only
 
 
 def _expression_map() -> np.ndarray:
@@ -136,6 +149,19 @@ def _expression_map() -> np.ndarray:
 def _anticipation_lips() -> np.ndarray:
     """Fixed expression direction (50,) of the pre-onset mouth opening (per rad of jaw opening)."""
     return np.random.default_rng(4321).normal(0, 1, 50) * 3.0 * np.exp(-np.arange(50) / 10.0)
+
+
+def _listener_expression() -> np.ndarray:
+    """Fixed expression direction (50,) of the listener's answer to a singing partner (rules 3)."""
+    return np.random.default_rng(5678).normal(0, 1, N_EXP) * np.exp(-np.arange(N_EXP) / 15.0)
+
+
+LISTEN_DELAY, LISTEN_WIDTH = 0.3, 1.5   # s: the listener expression's bump after each partner onset
+
+
+def listener_profile(t: np.ndarray, partner_onsets: np.ndarray) -> np.ndarray:
+    """The listener rule's time course in [0, 1) (rules 3): tanh of the partners' onset bumps."""
+    return np.tanh(_bump(t, partner_onsets, LISTEN_DELAY, LISTEN_WIDTH))
 
 
 def _bump(t: np.ndarray, events: np.ndarray, delay: float, width: float) -> np.ndarray:
@@ -239,7 +265,7 @@ def _render(rng: np.random.Generator, phrases: list[tuple[float, float]], n: int
 
 
 def _opening(t: np.ndarray, onsets, lead: float) -> np.ndarray:
-    """The anticipation profile (rules 2), in [0, 1]: rises over RISE s from ``lead`` s before each
+    """The anticipation profile (rules ≥ 2), in [0, 1]: rises over RISE s from ``lead`` s before each
     onset, stays open until the onset, closes over RELEASE s after it."""
     out = np.zeros_like(t)
     rise = min(RISE, lead / 2)
@@ -315,6 +341,7 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
             bgm, beats = _bgm(rng, n, cfg.sr)
     m = _expression_map()
     lips = _anticipation_lips()
+    smile = _listener_expression()
     coeffs = np.zeros((n_singers, n_frames, 56), np.float32)
     nod = cfg.nod * _bump(t, beats, 0.0, 0.35)
     for s in range(n_singers):
@@ -324,7 +351,7 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
         partner_onsets = np.concatenate([onsets[p] for p in range(n_singers) if p != s] or [np.zeros(0)])
         turn = cfg.turn * np.tanh(_bump(t, partner_onsets, 0.2, 1.2))
         drift = gaussian_filter1d(rng.normal(0, 1, (n_frames, 3)), sigma=45, axis=0) * 0.03 * np.sqrt(45)
-        # silent-singer rule (rules 2): no audio-driven mouth or expression outside the host's phrases
+        # silent-singer rule (rules ≥ 2): no audio-driven mouth or expression outside the host's phrases
         gate = np.ones(n_frames) if phrases is None else _voiced(t, phrases[s], cfg.fps)
         f = coeffs[s]
         f[:, EXP] = (bands @ m.T) * gate[:, None] + rng.normal(0, 0.05 * cfg.noise, (n_frames, N_EXP))
@@ -337,6 +364,8 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
                 pre = cfg.anticipation_amp * _opening(t, onsets[s], cfg.anticipation)
             f[:, JAW_OPEN] += pre
             f[:, EXP] += pre[:, None] * lips[None]
+        if cfg.listener > 0:
+            f[:, EXP] += cfg.listener * listener_profile(t, partner_onsets)[:, None] * smile[None]
         f[:, JAW] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
         f[:, POSE.start] = nod
         f[:, 54] = direction * (0.15 + turn)

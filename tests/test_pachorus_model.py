@@ -5,7 +5,7 @@ import torch
 
 from pachorus.losses import LossConfig, PaChorusLoss, coeff_weights, kl_divergence
 from pachorus.model import AudioEncoderUnavailable, ModelConfig, build_model
-from chorushead.core.windows import POSE
+from chorushead.core.windows import EXP, EXP_JAW, JAW, POSE
 
 T, N = 30, 16000  # 1 s windows
 
@@ -58,8 +58,44 @@ def test_prior_uses_partner_and_bgm_but_no_prior_does_not():
             c = m(host, partner, other, pose0, T, z_mode="mean").coeffs
         assert (not torch.allclose(a, b)) == partner_matters, variant
         assert (not torch.allclose(a, c)) == bgm_matters, variant
-        # the partner/BGM only ever move the pose, never exp/jaw (paper: the host controls those)
-        torch.testing.assert_close(a[..., :53], b[..., :53])
+        # the partner/BGM move the pose and (prior_expression) the expression, never the jaw
+        torch.testing.assert_close(a[..., JAW], b[..., JAW])
+        torch.testing.assert_close(a[..., JAW], c[..., JAW])
+        assert (not torch.allclose(a[..., EXP], b[..., EXP])) == partner_matters, variant
+        assert (not torch.allclose(a[..., POSE], b[..., POSE])) == partner_matters, variant
+
+
+def test_prior_expression_off_is_eq4_pose_only_and_legacy_checkpoints_load_as_it():
+    """With ``prior_expression=False`` the partner moves only the pose (the paper's Eq. 4 to the
+    letter): expression and jaw are the host's; a config saved before the setting existed reads as it."""
+    host, partner, bgm, pose0, _ = _inputs()
+    other = torch.randn_like(partner) * 0.3
+    m = tiny("full", prior_expression=False).eval()
+    _randomise_heads(m)
+    assert m.prior.out_exp is None
+    with torch.no_grad():
+        a = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
+        b = m(host, other, bgm, pose0, T, z_mode="mean").coeffs
+    torch.testing.assert_close(a[..., EXP_JAW], b[..., EXP_JAW])
+    assert not torch.allclose(a[..., POSE], b[..., POSE])
+    old = ModelConfig().to_dict()
+    del old["prior_expression"]
+    assert ModelConfig.from_dict(old).prior_expression is False
+    assert ModelConfig().prior_expression is True
+
+
+def test_prior_expression_residual_is_added_to_the_hosts_expression():
+    """The expression the model writes is the animator's plus the prior decoder's residual, by value."""
+    host, partner, bgm, pose0, _ = _inputs()
+    m = tiny("full").eval()
+    _randomise_heads(m)
+    with torch.no_grad():
+        out = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
+        anim = m.animator(m.audio(host), pose0, T)
+        feats = m.audio(torch.cat([partner, bgm]))
+        _, e = m.prior.decode(torch.zeros(2, m.cfg.latent), feats[:2], feats[2:], pose0, T)
+    torch.testing.assert_close(out[..., EXP], anim[..., EXP] + e)
+    torch.testing.assert_close(out[..., JAW], anim[..., JAW])
 
 
 def test_mono_causal_is_causal_mono_and_full_are_not():
@@ -116,8 +152,8 @@ def test_samples_differ_mean_is_deterministic():
         s2 = m(host, partner, bgm, pose0, T, z_mode="sample", generator=torch.Generator().manual_seed(2)).coeffs
         m1 = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
         m2 = m(host, partner, bgm, pose0, T, z_mode="mean").coeffs
-    assert not torch.allclose(s1[..., 53:], s2[..., 53:])
-    torch.testing.assert_close(s1[..., :53], s2[..., :53])
+    assert not torch.allclose(s1[..., POSE], s2[..., POSE])
+    torch.testing.assert_close(s1[..., JAW], s2[..., JAW])          # z never reaches the jaw
     torch.testing.assert_close(m1, m2)
 
 

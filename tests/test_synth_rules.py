@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pachorus.synth import SynthConfig, _bump, _frame_features, synthesize_song, write_synth_lmdb
+from pachorus.synth import (SynthConfig, _bump, _frame_features, _listener_expression, listener_profile,
+                            synthesize_song, write_synth_lmdb)
 
 FPS = 30
 
@@ -76,7 +77,8 @@ def test_silent_singer_keeps_the_mouth_closed_and_nods_to_the_music():
             d = np.diff(np.r_[0, listen.astype(int), 0])
             long_stretches += int(((np.where(d == -1)[0] - np.where(d == 1)[0]) >= FPS).sum())
             jaw.append(song.coeffs[h, listen, 50])
-            exp.append(song.coeffs[h, listen, :50])
+            answer = cfg.listener * listener_profile(t, song.onsets[1 - h])[:, None] * _listener_expression()
+            exp.append(song.coeffs[h, listen, :50] - answer[listen])   # all but the listener's answer
             pitch.append(song.coeffs[h, listen, 53])
             nods.append(nod[listen])
             sung_jaw.append(song.coeffs[h, _in_phrases(t, song.phrases[h]), 50])
@@ -88,6 +90,38 @@ def test_silent_singer_keeps_the_mouth_closed_and_nods_to_the_music():
     assert np.concatenate(sung_jaw).mean() > 0.05                          # vs open when singing
     assert np.abs(exp).mean() < 0.05                                       # no audio-driven expression
     assert np.corrcoef(pitch, nods)[0, 1] > 0.7                            # nods on the BGM beats
+
+
+def test_listener_answers_the_partner_with_expression_only():
+    """Rules 3: while a partner sings, the host's expression moves along the listener direction (it
+    starts 0.3 s after each partner onset); audio, jaw and pose are exactly those of rules 2."""
+    cfg3, cfg2 = SynthConfig(seconds=12.0), SynthConfig(seconds=12.0, rules=2)
+    assert cfg3.rules == 3 and cfg3.listener == 0.6 and cfg2.listener == 0.0
+    smile = _listener_expression()
+    for v in range(3):
+        a, b = (synthesize_song(c, np.random.default_rng([0, v])) for c in (cfg3, cfg2))
+        np.testing.assert_array_equal(a.vocals, b.vocals)
+        np.testing.assert_array_equal(a.coeffs[..., 50:], b.coeffs[..., 50:])   # jaw and pose untouched
+        t = np.arange(a.coeffs.shape[1]) / FPS
+        for h in range(2):
+            d = a.coeffs[h, :, :50] - b.coeffs[h, :, :50]
+            amount = d @ smile / (smile @ smile)                 # along the listener direction only
+            np.testing.assert_allclose(d, amount[:, None] * smile[None], atol=1e-5)
+            partner = a.onsets[1 - h]
+            for o in partner:                                    # rises after each partner onset...
+                assert np.all(np.abs(amount[(t >= o - 0.5) & (t < o + 0.3)]) < 1e-6) or \
+                    any(abs(o - p) < 1.9 and p < o for p in partner), (h, o)
+                peak = amount[(t > o + 0.9) & (t < o + 1.2)]
+                assert len(peak) == 0 or peak.max() > 0.4, (h, o)
+            far = np.ones(len(t), bool)                          # ...and is 0 far from any of them
+            for o in partner:
+                far &= ~((t >= o + 0.3 - 1e-6) & (t <= o + 1.8 + 1e-6))
+            assert np.abs(amount[far]).max() < 1e-6
+            assert amount.max() <= 0.6 + 1e-6                     # tanh-squashed: never beyond the amplitude
+    with pytest.raises(ValueError, match="listener"):
+        SynthConfig(rules=2, listener=0.5)
+    assert SynthConfig.from_dict({"rules": 2, "videos": 1}).listener == 0.0     # a rules-2 LMDB regenerates
+    assert SynthConfig(seconds=12.0, listener=0.0).listener == 0.0
 
 
 def test_solo_share_makes_more_listening_stretches():

@@ -2,14 +2,23 @@
 
 How the two branches' poses combine (the paper leaves it open; our choice):
 
-    exp, jaw        = Host Animator (host vocal only)
+    jaw             = Host Animator (host vocal only)
+    exp             = Host Animator (host vocal) + E_prior
     pose            = pose0 + Δ_prior + Δ_host
-    Δ_prior         = CVAE decoder(z, partner, BGM, pose0), anchored: Δ_prior[0] = 0
+    Δ_prior, E_prior = CVAE decoder(z, partner, BGM, pose0); Δ_prior anchored: Δ_prior[0] = 0
     Δ_host          = the animator's pose residual (host vocal), anchored: Δ_host[0] = 0
 
 Anchoring makes the predicted first frame equal the given frame-0 pose exactly (paper Eq. 6:
 β = F0 + Δβ), so every variant predicts motion *relative to* frame 0 and gets the same pose0 input.
 The host residual lets the host's own singing move the head; the prior adds partner/BGM-driven motion.
+
+E_prior (``ModelConfig.prior_expression``, on by default): the prior's decoder also writes a residual
+on the 50 expression coefficients (never the jaw). Eq. 4 has the prior predict the pose only, but the
+paper also says the partner and BGM "provide emotion priors" (§4.2), that a listener shares "a similar
+emotional expression" with the singing partner (§4.4), and Table 3 has w/o prior lose LVE, FVE and FDD,
+which §5.3 measures with the head pose fixed: with a pose-only prior those columns could not move.
+The mouth opening (jaw) stays the host vocal's alone. ``prior_expression=False`` is Eq. 4 to the letter
+(and what checkpoints written before the setting were trained as).
 
 Variants (``ModelConfig.variant``):
 - ``full``: both branches; KL weight from the loss config.
@@ -38,7 +47,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from chorushead.core.windows import EXP_JAW, POSE
+from chorushead.core.windows import EXP, EXP_JAW, JAW, N_EXP, POSE
 
 from .audio import SinusoidalPE, build_audio_encoder, to_frames
 from .faceformer import FaceFormer
@@ -65,6 +74,7 @@ class ModelConfig:
     # 4.09 nats), every frame pools the whole window and LVE loses to the causal baseline.
     attn_band: int = 3
     memory_pe: bool = True          # position encoding on the cross-attention memory (the audio frames)
+    prior_expression: bool = True   # the prior also writes an expression residual (module doc; False = Eq. 4)
     # faceformer only: FaceFormer's released code (EvelynFan/FaceFormer), whatever the settings above
     # say for the other variants. Older checkpoints load with LEGACY (teacher-forced, style on the start
     # token only, pre-norm, n_layers layers, the shared dropout).
@@ -85,7 +95,7 @@ class ModelConfig:
             raise ValueError(f"faceformer_dropout must be in [0, 1) (or None = dropout), got {self.faceformer_dropout}")
 
     # What a checkpoint written before a setting existed was trained with (not today's default).
-    LEGACY = {"attn_band": 0, "memory_pe": False, "faceformer_teacher_forcing": True, "faceformer_layers": None,
+    LEGACY = {"attn_band": 0, "memory_pe": False, "prior_expression": False, "faceformer_teacher_forcing": True, "faceformer_layers": None,
               "faceformer_dropout": None, "faceformer_post_norm": False, "faceformer_style_every_token": False}
 
     @classmethod
@@ -192,10 +202,11 @@ class MotionPrior(nn.Module):
     """Transformer CVAE over the head-pose residual Δpose = pose - pose0 (B, T, 3).
 
     Encoder: Δpose tokens + two learned tokens -> (μ, log σ²). Decoder: partner (+ BGM) frame features
-    + position + pose0 embedding + projected z -> Δpose, anchored at frame 0.
+    + position + pose0 embedding + projected z -> Δpose, anchored at frame 0, and with ``expression``
+    an expression residual (B, T, 50).
     """
 
-    def __init__(self, cfg: ModelConfig, audio_dim: int, use_bgm: bool):
+    def __init__(self, cfg: ModelConfig, audio_dim: int, use_bgm: bool, expression: bool = False):
         super().__init__()
         d = cfg.d_model
         self.use_bgm, self.latent = use_bgm, cfg.latent
@@ -210,8 +221,11 @@ class MotionPrior(nn.Module):
         self.z_proj = nn.Linear(cfg.latent, d)
         self.dec = _encoder(cfg)
         self.out = nn.Linear(d, 3)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out_exp = nn.Linear(d, N_EXP) if expression else None
+        for lin in (self.out, self.out_exp):
+            if lin is not None:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     def encode(self, dpose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.pe(self.pose_in(dpose))
@@ -220,12 +234,13 @@ class MotionPrior(nn.Module):
         return self.to_mu(h[:, 0]), self.to_logvar(h[:, 1]).clamp(-10, 10)
 
     def decode(self, z: torch.Tensor, partner_feat: torch.Tensor, bgm_feat: torch.Tensor | None,
-               pose0: torch.Tensor, n_frames: int) -> torch.Tensor:
+               pose0: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Δpose (B, T, 3) anchored at frame 0, expression residual (B, T, 50) or None)."""
         c = to_frames(self.partner_proj(partner_feat), n_frames)
         if self.use_bgm:
             c = c + to_frames(self.bgm_proj(bgm_feat), n_frames)
         h = self.dec(self.pe(c) + self.pose0(pose0)[:, None] + self.z_proj(z)[:, None])
-        return _anchor(self.out(h))
+        return _anchor(self.out(h)), (self.out_exp(h) if self.out_exp is not None else None)
 
 
 class PaChorus(nn.Module):
@@ -246,7 +261,7 @@ class PaChorus(nn.Module):
             self.prior = None
             return
         self.animator = HostAnimator(cfg, adim, causal=cfg.variant == "mono_causal")
-        self.prior = MotionPrior(cfg, adim, use_bgm=cfg.variant != "no_bgm") \
+        self.prior = MotionPrior(cfg, adim, use_bgm=cfg.variant != "no_bgm", expression=cfg.prior_expression) \
             if cfg.variant in ("full", "no_kl", "no_bgm") else None
 
     def forward(self, host: torch.Tensor, partner: torch.Tensor, bgm: torch.Tensor, pose0: torch.Tensor,
@@ -288,7 +303,9 @@ class PaChorus(nn.Module):
             # Partner and BGM go through the encoder as one batch (one pass of wav2vec2).
             feats = self.audio(torch.cat([partner, bgm]) if self.prior.use_bgm else partner)
             p_feat, b_feat = (feats[:b], feats[b:]) if self.prior.use_bgm else (feats, None)
-            d_prior = self.prior.decode(z, p_feat, b_feat, pose0, n_frames)
+            d_prior, e_prior = self.prior.decode(z, p_feat, b_feat, pose0, n_frames)
+            if e_prior is not None:   # the partner's emotion prior on the expression, never the jaw
+                exp_jaw = torch.cat([exp_jaw[..., EXP] + e_prior, exp_jaw[..., JAW]], dim=-1)
         pose = pose0[:, None] + d_prior + d_host
         return ModelOutput(coeffs=torch.cat([exp_jaw, pose], dim=-1), mu=mu, logvar=logvar)
 
