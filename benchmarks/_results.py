@@ -1,4 +1,6 @@
-"""Benchmark figures as JSON beside the printed text: benchmarks/results/<name>.json.
+"""Benchmark figures as JSON beside the printed text: benchmarks/results/<name>.json (git-ignored), or
+$BENCH_RESULTS/<name>.json. Runs never write into the tracked tree: ``python benchmarks/table.py --take
+NAME`` records a result (benchmarks/recorded/) and rewrites the README's table, on request only.
 
 Every file carries the machine it ran on (cores, CPU model, GPU if any), the load average before and
 after the run, when it ran and at which git commit, the command line, and the figures as rows
@@ -21,14 +23,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or HERE / "results")
 
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS.parent,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):

@@ -2,8 +2,7 @@
 
     python benchmarks/bench_crop.py [--seconds 12] [--size 1024] [--naive-frames 40] [--threads 1] [--json F]
 
-Figures also go to benchmarks/results/bench_crop.json (or --json), which benchmarks/table.py turns
-into the README's table.
+Figures also go to benchmarks/results/bench_crop.json (or --json) (git-ignored; `python benchmarks/table.py --take bench_crop` records them for the README's table).
 
 The clip is 30 fps, size×size, with two real faces (astronaut, Grace Hopper) at known positions, one
 per half; the right one leaves for 1 s and returns. Printed:

@@ -5,7 +5,8 @@ MossFormer2 built through modelscope (the real architecture; weights don't chang
 synthetic two-voice mix at 8 kHz. Peak = the process's max RSS during separation minus its RSS
 after the model is loaded (CPU), or torch.cuda.max_memory_allocated on a GPU. No downloaded model is
 needed (none is used: random weights cost what trained ones do); modelscope must be installed
-(`pip install -e ".[separation]"`). Figures also go to benchmarks/results/bench_duet_split.json.
+(`pip install -e ".[separation]"`). Figures also go to benchmarks/results/bench_duet_split.json
+(git-ignored; `python benchmarks/table.py --take bench_duet_split` records them for the README's table).
 
     python benchmarks/bench_duet_split.py                               # 64 ch, 2 blocks: ~10 min on 2 cores
     python benchmarks/bench_duet_split.py --channels 512 --blocks 24 --seconds 4 8 --chunk 4 --overlap 1  # hub size

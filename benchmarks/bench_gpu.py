@@ -4,8 +4,8 @@ GPU machine (issue 12, part 6).
     python benchmarks/bench_gpu.py [--quick] [--sections crop,duet_split,fit,train] [--json FILE]
 
 Without CUDA it measures the CPU side only and says so: the GPU figures need a machine with one.
-Figures also go to benchmarks/results/bench_gpu.json (or --json), which benchmarks/table.py turns
-into the README's table, marked with the card's name.
+Figures also go to benchmarks/results/bench_gpu.json (or --json) (git-ignored; `python benchmarks/table.py --take bench_gpu` records them for the README's table),
+marked with the card's name.
 
 - crop: the crop stage on bench_crop's generated duet clip (real faces), device cpu vs cuda, MTCNN
   batches of ``batch_size`` strips per call: frames/s and the share of strip-frames that ran the full

@@ -11,7 +11,7 @@ results.json into --out, with every ordering marked established (gap > 2 std) or
     python benchmarks/bench_learnability.py --out /tmp/quick --steps 50 --seeds 2 --variants full,mono
 
 Rerunning into the same --out reuses complete runs and resumes unfinished ones. The figures also go
-to benchmarks/results/bench_learnability.json (the README's benchmark table, benchmarks/table.py).
+to benchmarks/results/bench_learnability.json (git-ignored; `python benchmarks/table.py --take bench_learnability` records them for the README's table).
 
 What the rules are built to show: full < mono and full < faceformer on LVE (the anticipation rule
 needs the host audio AHEAD of frame t, which the causal baselines do not see), full < no_prior and

@@ -13,7 +13,8 @@ device (one conversion per batch tensor there); and, with and without read-ahead
 accelerator step (--step seconds of sleep per batch: the host idle, as while a GPU computes). Arms run
 interleaved --repeats times, the median reported (other jobs' load moves single runs a lot); beside the
 wall-clock rate, the rate the measured CPU time allows on 2 idle cores. Worker start-up is timed apart
-from the steady rate. Figures go to benchmarks/results/bench_lmdb.json as well.
+from the steady rate. Figures go to benchmarks/results/bench_lmdb.json as well
+(git-ignored; `python benchmarks/table.py --take bench_lmdb` records them for the README's table).
 
     python benchmarks/bench_lmdb.py --windows 600
 """

@@ -4,7 +4,8 @@
                                       [--copies 4] [--copy-seconds 8] [--scale local:1,dask:2]
                                       [--work DIR] [--json FILE]
 
-Figures also go to benchmarks/results/bench_stages.json (or --json), for benchmarks/table.py.
+Figures also go to benchmarks/results/bench_stages.json (or --json)
+(git-ignored; `python benchmarks/table.py --take bench_stages` records them for the README's table).
 
 1. A clip of ``--seconds`` at size×size, 30 fps (two real faces, singing, music; the built-in sample of
    :func:`chorushead.demo.write_sample`). ``--stems`` hands the build the clip's own stems, so

@@ -76,3 +76,36 @@ def test_recorder_writes_what_the_table_reads(tmp_path):
 def test_readme_table_is_up_to_date():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "table.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_benchmark_run_never_touches_the_tracked_tree_and_take_records_on_request(tmp_path):
+    """Issue 23: a run writes into benchmarks/results (git-ignored) or $BENCH_RESULTS; the README's
+    table reads benchmarks/recorded only, so the suite stays green after any README benchmark; --take
+    copies a fresh result into recorded/ and rewrites the table, and refuses a missing or broken one."""
+    ignored = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/bench_lmdb.json"], cwd=ROOT)
+    assert ignored.returncode == 0
+    env = {**__import__("os").environ, "BENCH_RESULTS": str(tmp_path / "fresh")}
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); from _results import Recorder; "
+            "r = Recorder('bench_lmdb'); r.row('reads/s', '99/s'); print(r.write())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "fresh" / "bench_lmdb.json").is_file()
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "table.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr                     # the README still matches recorded/
+
+    rec, readme = tmp_path / "recorded", tmp_path / "README.md"
+    rec.mkdir()
+    readme.write_text(README)
+    _write(rec, "bench_crop", [("crop", "17×")])
+    args = ["--results", str(rec), "--fresh", str(tmp_path / "fresh"), "--readme", str(readme)]
+    assert table.main(args) == 0
+    assert "99/s" not in readme.read_text()                # not recorded yet: not shown
+    assert table.main(args + ["--take", "bench_lmdb"]) == 0
+    assert (rec / "bench_lmdb.json").is_file() and "99/s" in readme.read_text() and "17×" in readme.read_text()
+    with pytest.raises(SystemExit, match="no result file"):
+        table.main(args + ["--take", "bench_nothing"])
+    (tmp_path / "fresh" / "bench_bad.json").write_text("{not json")
+    before = sorted(p.name for p in rec.iterdir())
+    with pytest.raises(ValueError):
+        table.main(args + ["--take", "all"])
+    assert sorted(p.name for p in rec.iterdir()) == before   # nothing copied when one file is broken
