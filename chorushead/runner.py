@@ -57,6 +57,9 @@ class Pipeline:
         path = Path(path) if path else default_pipeline_path()
         with open(path, "rb") as f:
             cfg = tomllib.load(f)
+        unknown = sorted(set(cfg) - {"pipeline", "stages"})
+        if unknown:
+            raise ValueError(f"{path}: unknown table(s) {unknown}; a pipeline file has [pipeline] and [stages.<name>]")
         return cls.from_config(dict(cfg.get("pipeline", {})), cfg.get("stages", {}), overrides, str(path))
 
     @classmethod
@@ -76,10 +79,18 @@ class Pipeline:
                 pipe["fps"] = _parse_value(raw)
             else:
                 params.setdefault(stage, {})[name] = _parse_value(raw)
+        unknown = sorted(set(pipe) - {"stages", "fps"})
+        if unknown:
+            raise ValueError(f"{where}: unknown [pipeline] key(s) {unknown}; known: fps, stages")
         stages = list(pipe.get("stages", []))
+        for s in stages:
+            if s not in STAGE_MODULES:
+                raise ValueError(f"{where}: unknown stage {s!r} in [pipeline] stages; known: {', '.join(STAGE_MODULES)}")
         for s in params:
             if s not in stages and s != "review":
                 raise ValueError(f"{where}: parameters for unknown stage {s!r}")
+            if s != "review":   # [stages.review] holds the review's thresholds, checked by the review
+                get_stage(s).make_params(params[s])   # unknown parameter names are refused here, at load
         fps = pipe.get("fps", DEFAULT_FPS)
         if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
             raise ValueError(f"{where}: [pipeline] fps must be a positive whole number, got {fps!r}")
@@ -425,6 +436,20 @@ class Plan:
             base.append(plan)
         return fingerprint(*base)
 
+    def fingerprints(self, name: str, items: dict[str, Item], upstream: dict[str, dict[str, Record]],
+                     out: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        """What stage ``name`` records now for each item of ``upstream`` (item id -> the records it needs):
+        its fingerprint and, for a global stage, its plan (Stage.plan, over every item at once: pack's
+        split is by video). The build's own computation: the dataset card asks it too."""
+        stage = get_stage(name)
+        plans: dict[str, Any] = {}
+        if stage.plan is not None:
+            ctx = GlobalContext(out=Path(out), fps=self.fps, upstream=dict(sorted(upstream.items())), previous={},
+                                fingerprints={}, progress=False, items=sorted(items))
+            plans = stage.plan(ctx, self.params[name])
+        return ({vid: self.fingerprint(name, items[vid], ups, plans.get(vid)) for vid, ups in upstream.items()},
+                plans)
+
     def states(self, item: Item, latest: dict[str, dict[str, Record]]) -> dict[str, tuple[str, str | None]]:
         """Stage -> (state, fingerprint it would record now or None): see the class docstring. A global
         stage whose upstream is current is "ready" (its fingerprint needs its plan, over all items)."""
@@ -598,11 +623,9 @@ def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,
         ready = plan.ready(stage.name, items, latest)
     ready = dict(sorted(ready.items()))
     by_id = {it.id: it for it in items}
+    fingerprints, plans = plan.fingerprints(stage.name, by_id, ready, out)
     ctx = GlobalContext(out=Path(out), fps=fps, upstream=ready, previous=latest.get(stage.name, {}),
-                        fingerprints={}, progress=progress, items=sorted(by_id))
-    plans = stage.plan(ctx, params) if stage.plan is not None else {}
-    ctx.fingerprints = {vid: plan.fingerprint(stage.name, by_id[vid], ups, plans.get(vid))
-                        for vid, ups in ready.items()}
+                        fingerprints=fingerprints, progress=progress, items=sorted(by_id))
     t0 = time.time()
     results = stage.process_all(ctx, params, plans)
     records = []

@@ -15,35 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from chorushead.core.errors import BadInput, StageError
-from chorushead.core.manifest import iter_records, write_json_atomic
+from chorushead.core.manifest import iter_records
+from chorushead.core.payloads import Separation
 from chorushead.runner import VIDEO_EXTS, Pipeline, build, load_items, save_items, slug
 from chorushead.stages import assign, bgm_split, duet_split, get_stage, ingest
 from chorushead.stages.base import Item
 
 AUDIO_STAGES = ["ingest", "bgm_split", "duet_split"]
 VIDEO_STAGES = AUDIO_STAGES + ["vad", "crop", "contiguity", "fit", "smooth", "assign"]
-
-
-@dataclass
-class Separation:
-    """What separation.json holds."""
-    song: str
-    video: str | None
-    vocals: str
-    accompaniment: str
-    singers: list[str]               # singer<k>.wav, k = 1..N in the order below
-    order_source: str                # "assign (video)" or "separator"
-    order: list[int]                 # singer k+1 = duet_split track order[k]
-    note: str                        # the order, said in words
-    confidence: float | None = None  # assign's margin per singer (video only)
-    low_confidence: bool | None = None
-    models: dict[str, str] = field(default_factory=dict)
-    build: str = ""                  # the one-item build folder (manifests, per-stage outputs)
 
 
 def _item(song: Path) -> Item:
@@ -140,5 +123,5 @@ def separate(song: Path, out: Path, pipeline: Pipeline, video: Path | None = Non
                      vocals="vocals.wav", accompaniment="accompaniment.wav", singers=singers,
                      order_source=source, order=order, note=note, confidence=conf, low_confidence=low,
                      models=models, build=str(work))
-    write_json_atomic(out / "separation.json", asdict(sep))
+    sep.save(out)
     return sep

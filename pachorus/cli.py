@@ -1,4 +1,4 @@
-"""``pachorus`` command line: train, eval, infer, synth.
+"""``pachorus`` command line: train, eval, infer, export, bench, synth.
 
 Errors a person can act on (missing LMDB or checkpoint, wrong split, unknown variant, bad audio,
 missing FLAME folder, unsafe checkpoint...) print ONE line on stderr and exit with code 2; the

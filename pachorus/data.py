@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from chorushead.core.windows import N_SHAPE, DatasetChanged, WindowReader, array_views
+from chorushead.core.windows import N_SHAPE, DatasetChanged, WindowReader
 
 
 class HostWindowDataset(Dataset):
@@ -37,7 +37,6 @@ class HostWindowDataset(Dataset):
         self.half_audio = half_audio
         self._ends = np.cumsum(self.reader.singers)   # host sample j is in window searchsorted(ends, j)
         self._starts = self._ends - self.reader.singers
-        self._keys = [k.encode() for k in self.reader.keys]
         self._layouts: dict = {}                      # array layouts by header text (array_views)
 
     def __len__(self) -> int:
@@ -80,11 +79,8 @@ class HostWindowDataset(Dataset):
             out = t = None
             for r, (i, h) in enumerate(zip(wins, hosts)):
                 a = seen.get(i)
-                if a is None:
-                    blob = txn.get(self._keys[i])
-                    if blob is None:
-                        raise self.reader.changed(txn, self.reader.keys[i])
-                    a = seen[i] = array_views(blob, self._layouts)   # views of the page, valid inside txn
+                if a is None:   # views of the page, valid inside txn
+                    a = seen[i] = self.reader.views(txn, i, self._layouts)
                 if out is None:
                     n_audio, n_coef = a["bgm"].shape[0], a["coeffs"].shape[1:]
                     t = _batch_tensors({"host": ((m, n_audio), audio), "bgm": ((m, n_audio), audio),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chorushead.core.windows import EXP, JAW, POSE, decode_arrays, open_env, WindowReader
+from chorushead.core.windows import EXP, JAW, POSE, Window, WindowReader, parse_window_key
 
 FORMATS = ("npz", "gltf", "ply", "mp4")
 NEEDS_FLAME = ("gltf", "ply", "mp4")
@@ -259,21 +259,26 @@ def stitch_split(lmdb: str | Path, split: str, video: str | None = None) -> tupl
     """The ground truth of a packed split as continuous sequences (one per video segment) + the LMDB meta."""
     reader = WindowReader(lmdb, split)
     fps, sr = int(reader.meta["fps"]), int(reader.meta["sr"])
-    groups: dict[tuple[str, int], list[tuple[int, str]]] = {}
-    for key in reader.keys:                    # w/<video>/<segment>/<start>
-        vid, seg, start = key[2:].rsplit("/", 2)
+    groups: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for i, key in enumerate(reader.keys):
+        vid, seg, start = parse_window_key(key)
         if video is None or vid == video:
-            groups.setdefault((vid, int(seg)), []).append((int(start), key))
+            groups.setdefault((vid, seg), []).append((start, i))
     if video is not None and not groups:
-        videos = sorted({k[2:].rsplit("/", 2)[0] for k in reader.keys})
+        videos = sorted({parse_window_key(k)[0] for k in reader.keys})
         raise ValueError(f"video {video!r} has no windows in split {split!r} of {lmdb} "
                          f"(videos there: {', '.join(videos) or 'none'})")
     seqs: list[Sequence] = []
-    with open_env(reader.path).begin() as txn:
-        for (vid, seg), entries in sorted(groups.items()):
-            windows = [(s, decode_arrays(txn.get(k.encode()))[0]) for s, k in sorted(entries)]
-            seqs += _stitch(windows, vid, seg, fps, sr)
+    for (vid, seg), entries in sorted(groups.items()):   # every read checks the generation: one pack's windows
+        entries.sort()
+        windows = reader.read([i for _, i in entries])
+        seqs += _stitch([(s, _arrays(w)) for (s, _), w in zip(entries, windows)], vid, seg, fps, sr)
     return seqs, reader.meta
+
+
+def _arrays(w: Window) -> dict[str, np.ndarray]:
+    arrays = {"coeffs": w.coeffs, "vocals": w.vocals, "bgm": w.bgm}
+    return arrays if w.shape is None else {**arrays, "shape": w.shape}
 
 
 def _groups(meta: dict) -> tuple[str, ...]:

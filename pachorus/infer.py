@@ -8,6 +8,7 @@ seeded generator, so samples differ only in the prior's head motion (exp/jaw com
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from chorushead.core import media
+from chorushead.core.payloads import Separation
 from chorushead.core.render import Camera, draw_mesh
 from chorushead.core.windows import POSE, N_SHAPE, WindowReader
 
@@ -154,11 +156,10 @@ def separate_song(song: str | Path, out: str | Path, video: str | Path | None = 
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         raise RuntimeError(f"separating {Path(song).name}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
-    sep = json.loads((out / "separation.json").read_text())
-    sep["folder"] = str(out)
-    sep["singer_paths"] = [str(out / name) for name in sep["singers"]]
-    sep["accompaniment_path"] = str(out / sep["accompaniment"])
-    return sep
+    sep = Separation.load(out)   # typed and checked: every track it names is there
+    singers, accompaniment = sep.paths(out)
+    return {**dataclasses.asdict(sep), "folder": str(out), "singer_paths": [str(p) for p in singers],
+            "accompaniment_path": str(accompaniment)}
 
 
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,

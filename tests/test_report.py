@@ -154,7 +154,7 @@ def test_card_before_and_after_pack_says_what_exists(tmp_path):
 
 def test_split_check_lists_a_video_in_two_splits():
     index = {"train": ["w/a/0000/0000000", "w/b/0000/0000000"], "val": [], "test": ["w/a/0001/0000000"]}
-    rows, violations = _splits(index, {}, {}, lambda v: 30)
+    rows, violations = _splits(index, {}, lambda v: 30)
     assert violations == ["a: windows in train, test"]
     assert [(r.split, r.videos, r.windows) for r in rows] == [("train", ["a", "b"], 2), ("val", [], 0),
                                                              ("test", ["a"], 1)]

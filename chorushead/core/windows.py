@@ -31,6 +31,11 @@ The partner vocal of singer *i* is the sum of the other singers' vocals (paper E
 derives it rather than storing it S times. Values are a small JSON header + raw little-endian
 buffers, so a read is one LMDB lookup and ``np.frombuffer`` per array (no pickle, no zip).
 
+Every key is made and read here: :func:`window_key` / :func:`parse_window_key`, :class:`WindowWriter`
+(pack's writer: done markers, deleting a video, merging pack's summary into the meta, the generation),
+:class:`WindowReader` and :func:`packed_videos` (what the markers say is packed); ``pachorus synth``
+writes a new file with :func:`write_meta`, :func:`window_key` and :func:`rebuild_index`.
+
 Reading while a pack writes: one writer (pack) may rewrite the file while trainers read it. Readers
 use LMDB's reader lock table (``lock.mdb``), which keeps every page a reader's transaction sees from
 being reused by the writer, and adopt the map when the writer grew it (:func:`open_env`). Each
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import threading
 import warnings
@@ -120,6 +126,13 @@ def array_views(blob: bytes | memoryview, layouts: dict | None = None) -> dict[s
 
 def window_key(video: str, segment: int, start: int) -> bytes:
     return f"w/{video}/{segment:04d}/{start:07d}".encode()
+
+
+def parse_window_key(key: str | bytes) -> tuple[str, int, int]:
+    """(video, segment, start) of a window key (the inverse of :func:`window_key`)."""
+    key = key.decode() if isinstance(key, (bytes, bytearray)) else key
+    video, segment, start = key[len(WINDOW_PREFIX):].rsplit("/", 2)
+    return video, int(segment), int(start)
 
 
 @dataclass
@@ -393,6 +406,7 @@ class WindowReader:
         if self.meta["version"] == 1:   # bare keys, one S for the file
             entries = [[k, int(self.meta.get("n_singers", 2))] for k in entries]
         self.keys = [k for k, _ in entries]
+        self._raw_keys = [k.encode() for k in self.keys]   # encoded once: a batch looks up many
         self.singers = np.array([s for _, s in entries], dtype=np.int64)       # S of each window
         # host sample j lives in window searchsorted(ends, j, "right"), host j - starts[window]
         self._ends = np.cumsum(self.singers)
@@ -431,19 +445,36 @@ class WindowReader:
                               "index lists it): the LMDB is being rewritten under this run; restart training "
                               "once the pack has finished")
 
+    def blob(self, txn, i: int):
+        """Window ``i``'s stored value in ``txn`` (a transaction :meth:`check` has passed); a window the
+        index lists but the file lacks raises :class:`DatasetChanged`."""
+        blob = txn.get(self._raw_keys[i])
+        if blob is None:
+            raise self.changed(txn, self.keys[i])
+        return blob
+
+    def views(self, txn, i: int, layouts: dict | None = None) -> dict[str, np.ndarray]:
+        """Window ``i``'s arrays as views of the page (valid only inside ``txn``; see :func:`array_views`)."""
+        return array_views(self.blob(txn, i), layouts)
+
+    def _window(self, txn, i: int) -> Window:
+        arrays, head = decode_arrays(self.blob(txn, i), copy=True)
+        return Window(key=self.keys[i], video=head["video"], segment=int(head["segment"]), start=int(head["start"]),
+                      split=head["split"], coeffs=arrays["coeffs"], vocals=arrays["vocals"], bgm=arrays["bgm"],
+                      pose0=arrays["pose0"], shape=arrays.get("shape"))
+
     def __getitem__(self, i: int) -> Window:
         """One window, arrays in their stored dtypes (audio float16: half the bytes; convert where
         it is used, e.g. ``torch.from_numpy(a).float()``, which is much faster than numpy's astype)."""
-        key = self.keys[i]
         with self.env().begin(buffers=True) as txn:
             self.check(txn)
-            blob = txn.get(key.encode())
-            if blob is None:
-                raise self.changed(txn, key)
-            arrays, head = decode_arrays(blob, copy=True)
-        return Window(key=key, video=head["video"], segment=int(head["segment"]), start=int(head["start"]),
-                      split=head["split"], coeffs=arrays["coeffs"], vocals=arrays["vocals"], bgm=arrays["bgm"],
-                      pose0=arrays["pose0"], shape=arrays.get("shape"))
+            return self._window(txn, i)
+
+    def read(self, indices: list[int]) -> list[Window]:
+        """Several windows from one snapshot of the file (one transaction, its generation checked)."""
+        with self.env().begin(buffers=True) as txn:
+            self.check(txn)
+            return [self._window(txn, i) for i in indices]
 
     def __iter__(self) -> Iterator[Window]:
         for i in range(len(self)):
@@ -474,11 +505,8 @@ class WindowReader:
         shapes, known = np.zeros((n, N_SHAPE), np.float32), np.zeros(n, bool)
         with self.env().begin(buffers=True) as txn:
             self.check(txn)
-            for i, key in enumerate(self.keys):
-                blob = txn.get(key.encode())
-                if blob is None:
-                    raise self.changed(txn, key)
-                arrays, _ = decode_arrays(blob, copy=False)
+            for i in range(len(self.keys)):
+                arrays, _ = decode_arrays(self.blob(txn, i), copy=False)
                 if "shape" in arrays:
                     a = int(self._ends[i - 1]) if i else 0
                     shapes[a:a + int(self.singers[i])] = arrays["shape"]
@@ -548,6 +576,18 @@ def decode_arrays_header(blob) -> tuple[dict, dict]:
     return meta["arrays"], meta["header"]
 
 
+def _read_markers(txn) -> dict[str, dict[str, Any]]:
+    """Video -> its ``__done__`` marker (the fingerprint it was packed with, its windows and summary)."""
+    res, cur = {}, txn.cursor()
+    if cur.set_range(DONE_PREFIX):
+        for k, v in cur:
+            k = bytes(k)
+            if not k.startswith(DONE_PREFIX):
+                break
+            res[k[len(DONE_PREFIX):].decode()] = json.loads(bytes(v))
+    return res
+
+
 def packed_videos(path: str | Path) -> dict[str, dict[str, Any]]:
     """Video id -> what the LMDB at ``path`` holds of it (split, windows, segments, frames, the pack
     fingerprint), read from its ``__done__`` markers; {} when there is no LMDB. The one answer to "what
@@ -555,15 +595,103 @@ def packed_videos(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not (path / "data.mdb").exists():
         return {}
-    res: dict[str, dict[str, Any]] = {}
     with open_env(path).begin() as txn:
-        cur = txn.cursor()
-        if cur.set_range(DONE_PREFIX):
-            for k, v in cur:
-                k = bytes(k)
-                if not k.startswith(DONE_PREFIX):
-                    break
-                m = json.loads(bytes(v))
-                res[k[len(DONE_PREFIX):].decode()] = m.get("summary") or {"windows": m.get("windows", 0),
-                                                                          "split": "?", "fingerprint": m.get("fingerprint")}
-    return res
+        markers = _read_markers(txn)
+    return {v: m.get("summary") or {"windows": m.get("windows", 0), "split": "?", "fingerprint": m.get("fingerprint")}
+            for v, m in markers.items()}
+
+
+def merge_meta(txn, fields: dict[str, Any]) -> None:
+    """Set top-level ``fields`` of ``__meta__`` (e.g. pack's ``summary``), keeping the rest."""
+    meta = json.loads(bytes(txn.get(META_KEY)))
+    meta.update(fields)
+    txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+
+
+def _delete_prefix(txn, prefix: bytes) -> int:
+    cur, n = txn.cursor(), 0
+    if cur.set_range(prefix):
+        while bytes(cur.key()).startswith(prefix):
+            if not cur.delete():
+                break
+            n += 1
+    return n
+
+
+def _delete_video(txn, video: str) -> None:
+    _delete_prefix(txn, WINDOW_PREFIX + f"{video}/".encode())
+    txn.delete(DONE_PREFIX + video.encode())
+
+
+class WindowWriter:
+    """The one writer of a windows LMDB (pack), which changes it one video at a time.
+
+    Crash safety without a second copy: each video is written as (generation moved on, its old windows
+    deleted, its new windows, its ``__done__`` marker) in one transaction, so a marker vouches for
+    exactly the windows beside it; the meta and index are written last (:meth:`finish`). A new file is
+    built under a temporary name and renamed once its first video is complete (:meth:`publish`), so a
+    half-born file never sits at the final path.
+
+    ``markers`` and ``meta`` are what the file held when it was opened."""
+
+    def __init__(self, final: str | Path, map_size: int):
+        self.final, self.map_size = Path(final), map_size
+        self.tmp = self.final.with_name(f".{self.final.name}.tmp")
+        self.pending = not self.final.exists()
+        if self.pending:
+            shutil.rmtree(self.tmp, ignore_errors=True)   # a first pack killed before its first video
+        self.env = open_env(self.tmp if self.pending else self.final, write=True, map_size=map_size)
+        with self.env.begin() as txn:
+            self.markers = _read_markers(txn)
+            raw = txn.get(META_KEY)
+        self.meta: dict[str, Any] = json.loads(bytes(raw)) if raw is not None else {}
+        self._layout: dict[str, Any] = {}
+
+    def begin_change(self, *, fps: int, sr: int, window: int, stride: int, extra: dict | None,
+                     drop: list[str]) -> None:
+        """The first write of a change: the meta with the next generation (before any window moves) and
+        the ``drop``ped videos gone, in one transaction."""
+        self._layout = dict(fps=fps, sr=sr, window=window, stride=stride, extra=extra)
+        with self.env.begin(write=True) as txn:
+            write_meta(txn, **self._layout)
+            for v in drop:
+                _delete_video(txn, v)
+
+    def put_video(self, video: str, entries: list[tuple[bytes, bytes]], marker: dict[str, Any]) -> None:
+        """Replace ``video``'s windows by ``entries`` and mark it done with ``marker``, in one transaction
+        that is a generation of its own (a failure keeps the old windows)."""
+        with self.env.begin(write=True) as txn:
+            bump_generation(txn)
+            _delete_prefix(txn, WINDOW_PREFIX + f"{video}/".encode())
+            for k, v in entries:
+                txn.put(k, v)
+            txn.put(DONE_PREFIX + video.encode(), json.dumps(marker, sort_keys=True).encode())
+        self.publish()
+
+    def finish(self, meta: dict[str, Any]) -> dict[str, list]:
+        """The meta again (next generation), the index, and ``meta``'s fields merged in; the file published
+        and synced. Returns the index."""
+        with self.env.begin(write=True) as txn:
+            write_meta(txn, **self._layout)
+            index = rebuild_index(txn)
+            merge_meta(txn, meta)
+        self.publish()
+        self.env.sync(True)
+        return index
+
+    def publish(self) -> None:
+        if self.pending:
+            self.env.sync(True)
+            self.env.close()
+            os.replace(self.tmp, self.final)
+            self.env = open_env(self.final, write=True, map_size=self.map_size)
+            self.pending = False
+
+    def discard(self) -> None:
+        """A new file nothing was published to (no video packed): remove it."""
+        self.env.close()
+        if self.pending:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def close(self) -> None:
+        self.env.close()

@@ -182,22 +182,29 @@ def make_server(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allo
     return ReviewServer(out, host, port, allow_remote=allow_remote, renderer=renderer, thresholds=thresholds)
 
 
-def pipeline_thresholds() -> Thresholds:
-    """Flag thresholds from the pipeline file's optional ``[stages.review]`` table, else the defaults."""
-    from chorushead.runner import Pipeline
+def pipeline_thresholds(out: str | Path | None = None) -> Thresholds:
+    """Flag thresholds from the ``[stages.review]`` table of build ``out``'s own pipeline (the one its last
+    build ran with, ``<out>/pipeline.json``; else the default file), else the defaults. Unknown names
+    are refused (ValueError), as everywhere in a pipeline."""
+    from chorushead.runner import Pipeline, default_pipeline_path
     try:
-        given = Pipeline.load().params.get("review", {})
+        pipeline, where = (Pipeline.for_build(Path(out)) if out is not None
+                           else (Pipeline.load(), str(default_pipeline_path())))
     except FileNotFoundError:   # no pipeline file at all: defaults are fine (a broken one is an error)
         return Thresholds()
-    known = {k: v for k, v in given.items() if k in Thresholds.__dataclass_fields__}
-    return Thresholds(**known)
+    given = pipeline.params.get("review", {})
+    names = set(Thresholds.__dataclass_fields__)
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown [stages.review] threshold(s) {unknown}; known: {sorted(names)}")
+    return Thresholds(**given)
 
 
 def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
           flame_dir: str | Path | None = None) -> None:
     """Run the review app until Ctrl-C. Port 0 picks a free port; the URL is printed either way."""
     try:
-        srv = make_server(out, host, port, allow_remote, flame_dir, thresholds=pipeline_thresholds())
+        srv = make_server(out, host, port, allow_remote, flame_dir, thresholds=pipeline_thresholds(out))
     except ValueError as e:
         raise SystemExit(f"chorushead review: {e}")
     except OSError as e:

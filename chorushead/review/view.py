@@ -15,6 +15,7 @@ import numpy as np
 from chorushead.core import media
 from chorushead.core.decisions import Painted, resolve, segment_key
 from chorushead.core.manifest import Record, iter_records
+from chorushead.core.payloads import Detections, SmoothSegment
 from chorushead.core.windows import JAW_OPEN, POSE
 from chorushead.review.flags import SegmentFlags, Thresholds, flag_segment, order_by_suspicion
 from chorushead.runner import load_items
@@ -66,7 +67,7 @@ class BuildView:
         self.videos: dict[str, Video] = {}
         self.segments: dict[str, Segment] = {}
         self.order: list[str] = []
-        self._npz: dict[tuple[str, int], dict[str, np.ndarray]] = {}   # (path, mtime) -> arrays
+        self._npz: dict[tuple[str, int], Any] = {}   # (path, mtime) -> its payload
         self._wav: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
 
     # -- refresh
@@ -111,9 +112,10 @@ class BuildView:
         fits = smooth.Outputs.of(recs["smooth"]).segments if "smooth" in recs else []
         offset = vad.Outputs.of(recs["vad"]).start_frame if "vad" in recs else 0
         crops = crop.Outputs.of(recs["crop"]) if "crop" in recs else None
-        det = self.npz(crops.detections) if crops else None
+        det = self._payload(crops.detections, lambda p: Detections.load(p, start=crops.start_frame,
+                                                                        frames=crops.frames)) if crops else None
         stems_warnings = ingest.Metrics.of(recs["ingest"]).warnings if "ingest" in recs else None
-        probs = det.get("probs") if det else None
+        probs = det.probs if det else None
         if probs is not None:
             n_strips = int(probs.shape[0])
         else:
@@ -121,11 +123,11 @@ class BuildView:
         out = {}
         for i, (a, b) in enumerate(ranges):
             rel = fits[i] if i < len(fits) else None
-            arr = self.npz(rel) if rel else None
-            coeffs = arr.get("coeffs") if arr else None
+            seg = self.smoothed(rel)
+            coeffs = seg.coeffs if seg else None
             if coeffs is not None:
                 n_strips = coeffs.shape[0]
-            fl = flag_segment(b - a, coeffs=coeffs, raw=arr.get("raw") if arr else None, probs=probs,
+            fl = flag_segment(b - a, coeffs=coeffs, raw=seg.raw if seg else None, probs=probs,
                               seg_range=(a, b), assign=recs["assign"].outputs if "assign" in recs else None,
                               segment=i, th=self.th, stems_warnings=stems_warnings, fps=v.fps)
             key = segment_key(v.id, i)
@@ -147,11 +149,12 @@ class BuildView:
             cache[key] = load(p)
         return cache[key]
 
-    def npz(self, rel: str) -> Optional[dict[str, np.ndarray]]:
-        def load(p: Path) -> dict[str, np.ndarray]:
-            with np.load(p) as z:
-                return {k: z[k] for k in z.files}
+    def _payload(self, rel: str, load: Callable[[Path], Any]) -> Any:
         return self._cached(self._npz, 256, rel, load)
+
+    def smoothed(self, rel: str | None) -> Optional[SmoothSegment]:
+        """A smooth segment's coefficients (typed, cached per file version); None when absent."""
+        return self._payload(rel, SmoothSegment.load) if rel else None
 
     def wav(self, rel: str) -> Optional[tuple[np.ndarray, int]]:
         def load(p: Path) -> tuple[np.ndarray, int]:
@@ -243,10 +246,10 @@ class BuildView:
                 for k, rel in enumerate(crop.Outputs.of(recs["crop"]).strips):
                     res["strips"].append({"strip": k, "base": f"/files/{rel.strip('/')}/", "first": s.start,
                                           "version": recs["crop"].fingerprint})
-            if s.coeffs:
-                arr = self.npz(s.coeffs) or {}
-                c = np.nan_to_num(arr.get("coeffs", np.zeros((0, 0, 56))))
-                raw = np.nan_to_num(arr.get("raw", c))
+            seg = self.smoothed(s.coeffs)
+            if seg is not None:
+                c = np.nan_to_num(seg.coeffs)
+                raw = np.nan_to_num(seg.raw) if seg.raw is not None else c
                 res["jaw"] = _rounded(c[..., JAW_OPEN])
                 res["jaw_raw"] = _rounded(raw[..., JAW_OPEN])
                 res["pose"] = _rounded(np.degrees(np.moveaxis(c[..., POSE], -1, 1)))   # (S, 3, T) degrees
@@ -275,10 +278,10 @@ class BuildView:
 
     def coeffs(self, key: str, strip: int) -> np.ndarray:
         s = self.segments[key]
-        arr = self.npz(s.coeffs) if s.coeffs else None
-        if arr is None:
+        seg = self.smoothed(s.coeffs)
+        if seg is None:
             raise KeyError(key)
-        return arr["coeffs"][strip]
+        return seg.coeffs[strip]
 
 
 def _rounded(a: np.ndarray, nd: int = 4) -> list:

@@ -19,11 +19,11 @@ import numpy as np
 
 from chorushead.core.media import read_wav
 from chorushead.core.errors import BadInput
+from chorushead.core.windows import JAW_OPEN
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import contiguity, smooth, vad
 from chorushead.stages.base import Context, Result, Stage
 
-JAW_OPEN = 50          # index of jaw x-rotation in the [exp 50, jaw 3, pose 3] layout
 
 
 @dataclass
@@ -100,17 +100,15 @@ def correlate(envelopes: np.ndarray, jaws: list[np.ndarray], segments: list[tupl
 
 def process(ctx: Context, params: Params, _model) -> Result:
     segments = [(a, b) for a, b in contiguity.Outputs.of(ctx.upstream["contiguity"]).segments]
-    seg_files = smooth.Outputs.of(ctx.upstream["smooth"]).segments
+    smoothed = smooth.Outputs.of(ctx.upstream["smooth"])
+    seg_files = smoothed.segments
     tracks = vad.Outputs.of(ctx.upstream["vad"]).singers_16k
     if not segments or not seg_files:
         return Result(status="skipped", reason="no segment to compare voices with faces",
                       outputs=Outputs(order=list(range(len(tracks))), confidence=0.0, low_confidence=True))
     if len(seg_files) != len(segments):
         raise BadInput(f"smooth has {len(seg_files)} segments but contiguity has {len(segments)}; rerun smooth")
-    jaws = []
-    for rel in seg_files:
-        with np.load(ctx.path(rel)) as z:
-            jaws.append(z["coeffs"][:, :, JAW_OPEN].astype(np.float64))
+    jaws = [seg.coeffs[:, :, JAW_OPEN].astype(np.float64) for seg in smoothed.load(ctx.out)]
     n_strips = jaws[0].shape[0]
     if len(tracks) < n_strips:
         raise BadInput(f"{len(tracks)} voice track(s) for {n_strips} faces")

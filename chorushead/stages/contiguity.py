@@ -52,11 +52,11 @@ def runs(mask: np.ndarray, min_len: int) -> list[list[int]]:
 
 
 def process(ctx: Context, p: Params, _model) -> Result:
-    det = np.load(ctx.path(crop.Outputs.of(ctx.upstream["crop"]).detections))
+    det = crop.Outputs.of(ctx.upstream["crop"]).load(ctx.out, ctx.fps)
     n_min = min_frames(p, ctx.fps)
-    present = det["probs"] >= p.prob_threshold                    # (S, T)
+    present = det.probs >= p.prob_threshold                       # (S, T)
     n_strips, n_frames = present.shape
-    n_faces = det["n_faces"] if "n_faces" in det.files else present.astype(int)
+    n_faces = det.n_faces if det.n_faces is not None else present.astype(int)
     for k in range(n_strips):
         face_frames = int(present[k].sum())
         multi = int((n_faces[k] >= 2).sum())

@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from chorushead.core.errors import BadInput
+from chorushead.core.payloads import Detections
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import ingest, vad
 from chorushead.stages.base import EXEC, Context, Result, Stage
@@ -79,6 +80,10 @@ class Outputs(OutputsShape):
     frames: int                     # frames decoded (may fall short of vad's range for a truncated file)
     start_frame: int                # vad's start_frame: crop t is frame start_frame + t of the timeline
     crop_size: int
+
+    def load(self, out: Path, fps: int | None = None) -> Detections:
+        """The detections, checked against this record's frames and start frame and the build's ``fps``."""
+        return Detections.load(Path(out) / self.detections, fps=fps, start=self.start_frame, frames=self.frames)
 
 
 @dataclass
@@ -328,8 +333,8 @@ def process(ctx: Context, p: Params, detector) -> Result:
     cat = {key: np.concatenate([g[key] for g in chunks], axis=1)
            for key in ("boxes", "probs", "landmarks", "n_faces", "crop_boxes", "detected")}
     first = next(g for g in chunks if int(g["frames"]) > 0)
-    np.savez(out_dir / "detections.npz", **cat, strip_x0=first["strip_x0"], strip_width=first["strip_width"],
-             fps=np.int32(ctx.fps), start_frame=np.int32(start), crop_size=np.int32(p.crop_size))
+    Detections(**cat, strip_x0=first["strip_x0"], strip_width=first["strip_width"], fps=np.int32(ctx.fps),
+               start_frame=np.int32(start), crop_size=np.int32(p.crop_size)).save(out_dir / "detections.npz")
     _retire(part)
 
     total = time.perf_counter() - t_start

@@ -23,7 +23,8 @@ import numpy as np
 
 from chorushead.backends.emoca import EmocaBackend
 from chorushead.backends.landmarks import LandmarksBackend
-from chorushead.core.errors import BadInput
+from chorushead.core.errors import BadInput, StageError
+from chorushead.core.payloads import FitSegment
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import contiguity, crop
 from chorushead.stages.base import EXEC, Context, Result, Stage
@@ -74,6 +75,12 @@ class Outputs(OutputsShape):
     backend: str = "emoca"
     coeff_groups: list[str] = field(default_factory=lambda: list(COEFF_GROUPS))
 
+    def load_segment(self, out: Path, i: int, span: tuple[int, int] | None = None) -> FitSegment:
+        """Segment ``i``'s fit, checked against its contiguity ``span`` [start, end) when given."""
+        if not 0 <= i < len(self.segments):
+            raise StageError(f"fit has {len(self.segments)} segment(s), not a segment {i}; rerun fit")
+        return FitSegment.load(Path(out) / self.segments[i], span)
+
 
 @dataclass
 class Metrics(MetricsShape):
@@ -105,10 +112,10 @@ def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend
     paths, n_images = model.fit([str(s) for s in strips], segments, Path(ctx.tmp), params.batch_size)
     outputs = [Path(p).name for p in paths]
     jaw_open, no_face = [], 0
-    for p in paths:   # a cheap sanity number for `chorushead status`: mean jaw opening per strip
-        with np.load(p) as z:
-            jaw_open.append(z["coeffs"][:, :, JAW_OPEN].mean(axis=1))
-            no_face += int((~z["found"]).sum()) if "found" in z.files else 0
+    for p, span in zip(paths, segments):   # a cheap sanity number for `chorushead status`: mean jaw opening per strip
+        seg = FitSegment.load(p, span)
+        jaw_open.append(seg.coeffs[:, :, JAW_OPEN].mean(axis=1))
+        no_face += int((~seg.found).sum()) if seg.found is not None else 0
     landmarks = params.backend == "landmarks"     # (the runner hands `model` over behind a lazy proxy)
     return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="landmarks" if landmarks else "emoca",
                                   coeff_groups=["jaw", "pose"] if landmarks else list(COEFF_GROUPS)),

@@ -4,21 +4,19 @@ Global stage (it sees all videos, because the train/val/test split is by video s
 splits): :func:`plan` says per video which split and segments it gets (the runner folds that into the
 video's fingerprint), :func:`process_all` writes them and returns one result per video with news.
 
-One writer, on local disk. Crash safety without a second copy of the data: each video is written as
-(delete its old windows) → (its windows, one transaction per segment) → (a ``__done__`` marker holding
-the fingerprint the runner gave it). A rerun trusts only videos whose marker fingerprint matches,
-rewrites the others from scratch, and rebuilds the index last, so an interrupted pack resumes to
-exactly the content of an uninterrupted one. A new LMDB is written under a temporary name and renamed
-once its first video is complete, so ``windows.lmdb`` exists only once pack has put something in it.
-Window and stride are given in seconds and turned into frames at the pipeline's fps.
-The format is documented in :mod:`chorushead.core.windows`.
+This module decides what goes in (which videos, which windows, what the meta's summary says);
+:class:`chorushead.core.windows.WindowWriter` owns the file: one writer, on local disk, each video
+written as (its old windows out, its new windows, a ``__done__`` marker holding the fingerprint the
+runner gave it) in one transaction, the index last, a new file published under its name once its first
+video is complete. A rerun trusts only videos whose marker fingerprint matches and rewrites the others,
+so an interrupted pack resumes to exactly the content of an uninterrupted one. Window and stride are
+given in seconds and turned into frames at the pipeline's fps. The format is documented in
+:mod:`chorushead.core.windows`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,8 +30,8 @@ from chorushead.core.decisions import decisions as review_decisions, timeline_ra
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import Record
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
-from chorushead.core.windows import (DONE_PREFIX, META_KEY, POSE, WINDOW_PREFIX, bump_generation, encode_arrays,
-                                     open_env, rebuild_index, window_key, write_meta)
+from chorushead.core.payloads import FitSegment
+from chorushead.core.windows import POSE, WindowWriter, encode_arrays, window_key
 from chorushead.stages import assign, contiguity, fit, smooth, vad
 from chorushead.stages.base import GlobalContext, Result, Stage
 from chorushead.stages.selection import assign_splits, kept_segments
@@ -120,19 +118,13 @@ def plan(ctx: GlobalContext, p: Params) -> dict[str, Any]:
             for vid, recs in ctx.upstream.items()}
 
 
-def segment_identity(fit_npz: Path) -> np.ndarray | None:
+def segment_identity(fitted: FitSegment) -> np.ndarray | None:
     """Each singer's identity over one segment: the per-dimension median over frames of EMOCA's shape
     code (S, 100) float32 (the median, so a few badly fitted frames, a blink or a turned head, do not
-    move it), or None when the fit wrote no ``shape`` (the landmarks backend)."""
-    if not fit_npz.is_file():
-        raise StageError(f"pack: the fit output {fit_npz} is missing; rerun fit")
-    with np.load(fit_npz) as z:
-        if "shape" not in z.files:
-            return None
-        shape = z["shape"]                                              # (S, T, 100)
-    if shape.ndim != 3 or shape.shape[1] == 0:
-        raise StageError(f"pack: {fit_npz} has a shape array of shape {shape.shape}, expected (S, T, 100); rerun fit")
-    return np.median(shape, axis=1).astype(np.float32)
+    move it), or None when the fit gave no ``shape`` (the landmarks backend)."""
+    if fitted.shape is None:
+        return None
+    return np.median(fitted.shape, axis=1).astype(np.float32)
 
 
 def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, split: str,
@@ -146,12 +138,13 @@ def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, s
                          f"{g.sr}; set them equal (vad.sr / pack.sr) and rerun")
     singers, bgm = [a for a, _ in tracks[:-1]], tracks[-1][0]
     segments = contiguity.Outputs.of(recs["contiguity"]).segments
-    fitted = fit.Outputs.of(recs["fit"]).segments          # the raw fits: smooth keeps only coefficients
-    for i, ((a, b), rel) in enumerate(zip(segments, smooth.Outputs.of(recs["smooth"]).segments)):
+    fitted = fit.Outputs.of(recs["fit"])                   # the raw fits: smooth keeps only coefficients
+    smoothed = smooth.Outputs.of(recs["smooth"])
+    for i, (a, b) in enumerate(segments[:len(smoothed.segments)]):
         if i not in keep:
             continue
-        coeffs = np.load(out / rel)["coeffs"].astype(np.float32)      # (S, b - a, 56)
-        identity = segment_identity(out / fitted[i])                  # (S, 100) in strip order, like coeffs
+        coeffs = smoothed.load_segment(out, i, b - a).coeffs.astype(np.float32)   # (S, b - a, 56)
+        identity = segment_identity(fitted.load_segment(out, i))      # (S, 100) in strip order, like coeffs
         if identity is not None and identity.shape[0] != coeffs.shape[0]:
             raise StageError(f"pack: {video} segment {i}: the fit has {identity.shape[0]} singers' shape codes "
                              f"but smooth has {coeffs.shape[0]}; rerun fit and smooth")
@@ -172,49 +165,6 @@ def video_windows(out: Path, video: str, recs: dict[str, Record], g: Geometry, s
 def _take(x: np.ndarray, start: int, n: int) -> np.ndarray:
     seg = x[start:start + n]
     return np.pad(seg, (0, n - len(seg))) if len(seg) < n else seg
-
-
-def _delete_prefix(txn, prefix: bytes) -> int:
-    cur, n = txn.cursor(), 0
-    if cur.set_range(prefix):
-        while bytes(cur.key()).startswith(prefix):
-            if not cur.delete():
-                break
-            n += 1
-    return n
-
-
-def _markers(txn) -> dict[str, dict[str, Any]]:
-    """Video -> its ``__done__`` marker: the fingerprint it was packed with, its windows and summary."""
-    res, cur = {}, txn.cursor()
-    if cur.set_range(DONE_PREFIX):
-        for k, v in cur:
-            k = bytes(k)
-            if not k.startswith(DONE_PREFIX):
-                break
-            res[k[len(DONE_PREFIX):].decode()] = json.loads(bytes(v))
-    return res
-
-
-class _Lmdb:
-    """The writable LMDB. A new one is built at a temporary name and renamed by :meth:`publish` (after
-    its first complete video), so a half-born file never sits at the final path."""
-
-    def __init__(self, final: Path, map_size: int):
-        self.final, self.map_size = final, map_size
-        self.tmp = final.with_name(f".{final.name}.tmp")
-        self.pending = not final.exists()
-        if self.pending:
-            shutil.rmtree(self.tmp, ignore_errors=True)   # a first pack killed before its first video
-        self.env = open_env(self.tmp if self.pending else final, write=True, map_size=map_size)
-
-    def publish(self) -> None:
-        if self.pending:
-            self.env.sync(True)
-            self.env.close()
-            os.replace(self.tmp, self.final)
-            self.env = open_env(self.final, write=True, map_size=self.map_size)
-            self.pending = False
 
 
 def _disk_full(path: Path, e: BaseException) -> bool:
@@ -249,98 +199,97 @@ def process_all(ctx: GlobalContext, p: Params, plans: dict[str, Any]) -> dict[st
       its windows: status and the dataset card show it as stale. Only when the file's geometry or fit
       meta changes (its old windows would not fit beside the new ones) are they removed;
     - when nothing changes, nothing is written (``data.mdb`` stays byte-identical).
-    Every write moves the meta's ``generation`` on, so a reader can tell it was repacked.
+    Every write moves the meta's ``generation`` on, so a reader can tell it was repacked
+    (:class:`chorushead.core.windows.WindowWriter` does the writing).
     """
+    g = Geometry.of(p, ctx.fps)
+    db = WindowWriter(Path(ctx.out) / p.lmdb, p.map_size_gb << 30)
+    try:
+        return _update(ctx, p, plans, g, db)
+    finally:
+        db.close()
+
+
+@dataclass
+class Changes:
+    """What a pack must do to the file: ``todo`` videos to (re)pack, ``drop`` videos to remove; ``kept``
+    the markers of the videos that stay as they are; ``extra`` the fit meta the file will carry."""
+    todo: list[str]
+    drop: list[str]
+    kept: dict[str, dict[str, Any]]
+    extra: dict[str, Any]
+    needed: bool                   # False: the file already says exactly this
+
+
+def changes(ctx: GlobalContext, g: Geometry, markers: dict[str, dict[str, Any]], old_meta: dict[str, Any]) -> Changes:
+    extra = (fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()]) if ctx.upstream
+             else {k: old_meta[k] for k in ("fit_backend", "coeff_groups") if k in old_meta})
+    shape = {"fps": g.fps, "sr": g.sr, "window": g.window, "stride": g.stride, **extra}
+    same_shape = all(old_meta.get(k) == v for k, v in shape.items())
+    registered = set(ctx.items) | set(ctx.upstream)
+    drop = sorted(v for v in markers if v not in registered or (not same_shape and v not in ctx.upstream))
+    todo = [v for v in ctx.upstream if markers.get(v, {}).get("fingerprint") != ctx.fingerprints[v]]
+    kept = {v: m for v, m in markers.items() if v not in drop}
+    summary_now = old_meta.get("summary", {}).get("videos")
+    needed = bool(drop or todo or not old_meta or not same_shape
+                  or summary_now != {v: m["summary"] for v, m in sorted(kept.items())})
+    return Changes(todo=todo, drop=drop, kept=kept, extra=extra, needed=needed)
+
+
+def _update(ctx: GlobalContext, p: Params, plans: dict[str, Any], g: Geometry, db: WindowWriter) -> dict[str, Result]:
     from tqdm.auto import tqdm
     import lmdb
 
-    out = Path(ctx.out)
-    g = Geometry.of(p, ctx.fps)
-    path = out / p.lmdb
+    ch = changes(ctx, g, db.markers, db.meta)
+    if not ch.needed:
+        return _unchanged_results(ctx, p, plans, db.markers)     # nothing to write: the file stays as it is
+    try:   # first: the generation moves on before any window does
+        db.begin_change(fps=g.fps, sr=g.sr, window=g.window, stride=g.stride, extra=ch.extra, drop=ch.drop)
+    except (lmdb.Error, OSError) as e:   # nothing changed: every video to pack gets the one-line failure
+        return {vid: _write_failure(db.final, "the meta", e) for vid in ch.todo}
     results: dict[str, Result] = {}
-    db = _Lmdb(path, p.map_size_gb << 30)
+    bar = tqdm(total=len(ch.todo), desc="      pack", unit="video", disable=not ctx.progress or not ch.todo)
+    for vid in ch.todo:
+        results[vid] = _pack_video(ctx, p, plans[vid], g, db, vid, ch.kept)
+        bar.update(1)
+    bar.close()
+    if db.pending and not ch.kept:   # a first pack with nothing packed (none ready, or all failed): no LMDB
+        db.discard()
+        return results
     try:
-        with db.env.begin() as txn:
-            markers = _markers(txn)
-            raw = txn.get(META_KEY)
-        old_meta = json.loads(bytes(raw)) if raw is not None else {}
-        extra = (fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()]) if ctx.upstream
-                 else {k: old_meta[k] for k in ("fit_backend", "coeff_groups") if k in old_meta})
-        shape = {"fps": g.fps, "sr": g.sr, "window": g.window, "stride": g.stride, **extra}
-        same_shape = all(old_meta.get(k) == v for k, v in shape.items())
-        registered = set(ctx.items) | set(ctx.upstream)
-        drop = sorted(v for v in markers if v not in registered or (not same_shape and v not in ctx.upstream))
-        todo = [v for v in ctx.upstream if markers.get(v, {}).get("fingerprint") != ctx.fingerprints[v]]
-        kept = {v: m for v, m in markers.items() if v not in drop}
-        summary_now = old_meta.get("summary", {}).get("videos")
-        if not drop and not todo and old_meta and same_shape and \
-                summary_now == {v: m["summary"] for v, m in sorted(kept.items())}:
-            return _unchanged_results(ctx, p, plans, markers)     # nothing to write: the file stays as it is
-
-        def meta_txn(txn) -> None:
-            write_meta(txn, fps=g.fps, sr=g.sr, window=g.window, stride=g.stride, extra=extra)
-
-        try:
-            with db.env.begin(write=True) as txn:    # first: the generation moves on before any window does
-                meta_txn(txn)
-                for v in drop:
-                    _delete_prefix(txn, WINDOW_PREFIX + f"{v}/".encode())
-                    txn.delete(DONE_PREFIX + v.encode())
-        except (lmdb.Error, OSError) as e:   # nothing changed: every video to pack gets the one-line failure
-            return {vid: _write_failure(path, "the meta", e) for vid in todo}
-        bar = tqdm(total=len(todo), desc="      pack", unit="video", disable=not ctx.progress or not todo)
-        for vid in todo:
-            recs, t0 = ctx.upstream[vid], time.time()
-            fp, split, keep = ctx.fingerprints[vid], plans[vid]["split"], set(plans[vid]["segments"])
-            try:
-                entries = [e for _seg, es in video_windows(out, vid, recs, g, split, keep) for e in es]
-            except (StageError, OSError, ValueError, KeyError) as e:
-                # one bad video never stops the others; the windows it had stay until a good repack
-                results[vid] = Result(status="failed", error_class=type(e).__name__, reason=" ".join(str(e).split()),
-                                      seconds=round(time.time() - t0, 3))
-                bar.update(1)
-                continue
-            marker = {"fingerprint": fp, "windows": len(entries),
-                      "summary": video_summary(recs, split, sorted(keep), len(entries), fp)}
-            try:
-                with db.env.begin(write=True) as txn:    # one transaction: old windows out, new ones in
-                    bump_generation(txn)                 # readers see this state as a generation of its own
-                    _delete_prefix(txn, WINDOW_PREFIX + f"{vid}/".encode())
-                    for k, v in entries:
-                        txn.put(k, v)
-                    txn.put(DONE_PREFIX + vid.encode(), json.dumps(marker, sort_keys=True).encode())
-            except (lmdb.Error, OSError) as e:
-                results[vid] = _write_failure(path, f"{vid}'s windows", e)
-                bar.update(1)
-                continue
-            kept[vid] = marker
-            db.publish()
-            bar.update(1)
-            results[vid] = _packed_result(p, recs, marker, keep, reused=False, seconds=round(time.time() - t0, 3))
-        bar.close()
-        if db.pending and not kept:   # a first pack with nothing packed (none ready, or all failed): no LMDB
-            db.env.close()
-            shutil.rmtree(db.tmp, ignore_errors=True)
-            return results
-        try:
-            with db.env.begin(write=True) as txn:
-                meta_txn(txn)
-                rebuild_index(txn)
-                add_summary(txn, {v: m["summary"] for v, m in kept.items()}, ctx.upstream, p)
-            db.publish()
-            db.env.sync(True)
-        except (lmdb.Error, OSError) as e:
-            # the windows are in but the index is the old one: this run's videos fail (one line each); the
-            # next pack sees the summary disagree with the markers and writes the index again
-            for vid, res in list(results.items()):
-                if res.status != "failed":
-                    results[vid] = _write_failure(path, "the index", e)
-            return results
-        for vid, res in _unchanged_results(ctx, p, plans, kept).items():
-            results.setdefault(vid, res)
-    finally:
-        db.env.close()
+        db.finish({"summary": pack_summary({v: m["summary"] for v, m in ch.kept.items()}, ctx.upstream, p)})
+    except (lmdb.Error, OSError) as e:
+        # the windows are in but the index is the old one: this run's videos fail (one line each); the
+        # next pack sees the summary disagree with the markers and writes the index again
+        for vid, res in list(results.items()):
+            if res.status != "failed":
+                results[vid] = _write_failure(db.final, "the index", e)
+        return results
+    for vid, res in _unchanged_results(ctx, p, plans, ch.kept).items():
+        results.setdefault(vid, res)
     return results
+
+
+def _pack_video(ctx: GlobalContext, p: Params, plan: dict[str, Any], g: Geometry, db: WindowWriter, vid: str,
+                kept: dict[str, dict[str, Any]]) -> Result:
+    """Cut and write one video's windows; on success its marker joins ``kept``. One bad video never
+    stops the others: a failure keeps the windows it had until a good repack."""
+    import lmdb
+    recs, t0 = ctx.upstream[vid], time.time()
+    fp, split, keep = ctx.fingerprints[vid], plan["split"], set(plan["segments"])
+    try:
+        entries = [e for _seg, es in video_windows(Path(ctx.out), vid, recs, g, split, keep) for e in es]
+    except (StageError, OSError, ValueError, KeyError) as e:
+        return Result(status="failed", error_class=type(e).__name__, reason=" ".join(str(e).split()),
+                      seconds=round(time.time() - t0, 3))
+    marker = {"fingerprint": fp, "windows": len(entries),
+              "summary": video_summary(recs, split, sorted(keep), len(entries), fp)}
+    try:
+        db.put_video(vid, entries, marker)
+    except (lmdb.Error, OSError) as e:
+        return _write_failure(db.final, f"{vid}'s windows", e)
+    kept[vid] = marker
+    return _packed_result(p, recs, marker, keep, reused=False, seconds=round(time.time() - t0, 3))
 
 
 def _packed_result(p: Params, recs: dict[str, Record], marker: dict[str, Any], keep: set[int], reused: bool,
@@ -373,22 +322,19 @@ def video_summary(recs: dict[str, Record], split: str, keep: list[int], n_window
             "frames": int(sum(segments[i][1] - segments[i][0] for i in keep)), "fingerprint": fp}
 
 
-def add_summary(txn, packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str, Record]], p: Params) -> None:
+def pack_summary(packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str, Record]], p: Params) -> dict[str, Any]:
     """``__meta__["summary"]``: per video what was packed, the upstream stage versions and pack's
     parameters, so a copied LMDB still says what it holds and where it came from (the dataset card
     reads it)."""
-    raw = txn.get(META_KEY)
-    meta = json.loads(bytes(raw))
     versions: dict[str, list[str]] = {}
     for recs in upstream.values():
         for stage, r in recs.items():
             versions.setdefault(stage, [])
             if r.stage_version not in versions[stage]:
                 versions[stage].append(r.stage_version)
-    meta["summary"] = {"videos": dict(sorted(packed.items())), "pack_version": VERSION,
-                       "stage_versions": {k: sorted(v) for k, v in sorted(versions.items())},
-                       "pack_params": {k: v for k, v in dataclasses.asdict(p).items() if k != "map_size_gb"}}
-    txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+    return {"videos": dict(sorted(packed.items())), "pack_version": VERSION,
+            "stage_versions": {k: sorted(v) for k, v in sorted(versions.items())},
+            "pack_params": {k: v for k, v in dataclasses.asdict(p).items() if k != "map_size_gb"}}
 
 
 STAGE = Stage(name="pack", version=VERSION, params=Params, outputs=Outputs, metrics=Metrics, kind="global",

@@ -7,10 +7,13 @@ the first and last frames from being pulled toward zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from chorushead.core.errors import StageError
+from chorushead.core.payloads import SmoothSegment
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import fit
 from chorushead.stages.base import Context, Result, Stage
@@ -24,6 +27,15 @@ class Params:
 @dataclass
 class Outputs(OutputsShape):
     segments: list[str]  # seg{i:03d}.npz per contiguity segment: coeffs (smoothed) and raw, (S, T, 56)
+
+    def load_segment(self, out: Path, i: int, frames: int | None = None) -> SmoothSegment:
+        """Segment ``i``'s coefficients, checked against its length in ``frames`` when given."""
+        if not 0 <= i < len(self.segments):
+            raise StageError(f"smooth has {len(self.segments)} segment(s), not a segment {i}; rerun smooth")
+        return SmoothSegment.load(Path(out) / self.segments[i], frames)
+
+    def load(self, out: Path) -> list[SmoothSegment]:
+        return [self.load_segment(out, i) for i in range(len(self.segments))]
 
 
 @dataclass
@@ -42,11 +54,11 @@ def smooth_coeffs(coeffs: np.ndarray, sigma: float) -> np.ndarray:
 
 def process(ctx: Context, p: Params, _model) -> Result:
     out, jitter_before, jitter_after = [], [], []
-    for i, rel in enumerate(fit.Outputs.of(ctx.upstream["fit"]).segments):
-        seg = np.load(ctx.path(rel))
-        c = seg["coeffs"]
+    fitted = fit.Outputs.of(ctx.upstream["fit"])
+    for i in range(len(fitted.segments)):
+        c = fitted.load_segment(ctx.out, i).coeffs
         s = smooth_coeffs(c, p.sigma)
-        np.savez(ctx.tmp / f"seg{i:03d}.npz", coeffs=s, raw=c)
+        SmoothSegment(coeffs=s, raw=c).save(ctx.tmp / f"seg{i:03d}.npz")
         out.append(f"seg{i:03d}.npz")
         if c.shape[-2] > 2:
             jitter_before.append(float(np.abs(np.diff(c, 2, axis=-2)).mean()))
