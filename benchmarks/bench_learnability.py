@@ -1,9 +1,9 @@
 """Learnability benchmark: can PaChorus, its ablations and the baselines learn the synthetic rules?
 
 A thin wrapper of ``pachorus bench`` (pachorus/bench.py): on a fresh ``pachorus synth`` LMDB (host
-loudness -> jaw, host spectrum -> expression, the mouth opening 0.1 s BEFORE each host phrase onset,
-partner onsets -> yaw turns, BGM beats -> nods) it trains full, no_prior, no_bgm, no_kl, mono and
-faceformer for equal steps over 3 seeds, evaluates on the test split on a generated toy FLAME head
+loudness -> jaw, host spectrum -> expression, the mouth opening 0.3 s BEFORE each host phrase onset, a
+silent singer's mouth closed, partner onsets -> yaw turns and a listener expression, BGM beats -> nods)
+it trains full, no_prior, no_bgm, no_kl, mono, mono_causal and faceformer for equal steps over 3 seeds, evaluates on the test split on a generated toy FLAME head
 (vertex metrics compare rows only) and writes Table 2 / Table 3 (Markdown + CSV), metrics.png and
 results.json into --out, with every ordering marked established (gap > 2 std) or not.
 
@@ -13,13 +13,15 @@ results.json into --out, with every ordering marked established (gap > 2 std) or
 Rerunning into the same --out reuses complete runs and resumes unfinished ones. The figures also go
 to benchmarks/results/bench_learnability.json (git-ignored; `python benchmarks/table.py --take bench_learnability` records them for the README's table).
 
-What the rules are built to show: full < mono and full < faceformer on LVE (the anticipation rule
-needs the host audio AHEAD of frame t, which the causal baselines do not see), full < no_prior and
-full < no_bgm on PPE (partner turns and beat nods reach the model only through the prior).
+What the rules are built to show: full < mono_causal and full < faceformer on LVE (the anticipation
+rule needs the host audio AHEAD of frame t, which the causal baselines do not see), full < mono and
+full < no_prior on LVE/FVE (the listener expression follows the partner, heard only by the prior),
+full < no_prior and full < no_bgm on PPE (partner turns and beat nods reach the model only through
+the prior).
 
-Measured with the synth rules of 2026-12 (0.3 s anticipation, silent singer), 7 variants x 5 seeds:
-see the README's "The paper's Tables 2–3" (full best on PPE; beats mono_causal and faceformer on LVE
-beyond 2 std; vs mono not established). Earlier figures (rules 1: 100 ms anticipation, no band in the
+Measured with synth rules 3 (listener rule), 7 variants x 5 seeds: see the README's "The paper's
+Tables 2–3" (full best on LVE, FVE and PPE beyond 2 std against mono and faceformer). With rules 2
+(no listener rule) full and mono tied on LVE (the prior moved only the pose). Earlier figures (rules 1: 100 ms anticipation, no band in the
 host animator, the causal "mono"; 3 seeds, toy mesh, LVE in mm, PPE in rad; "n.e." = gap ≤ 2 std):
 - 600 steps (the default), all 6 variants: a fresh `pachorus bench --out X` took 13 min 46 s wall on
   the shared 2-core machine at load 1.5–3.2, 1143 CPU-s (≈ 10 min on 2 idle cores); every number
