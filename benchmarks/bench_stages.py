@@ -8,7 +8,7 @@ Figures also go to benchmarks/results/bench_stages.json (or --json)
 (git-ignored; `python benchmarks/table.py --take bench_stages` records them for the README's table).
 
 1. A clip of ``--seconds`` at size×size, 30 fps (two real faces, singing, music; the built-in sample of
-   :func:`chorushead.demo.write_sample`). ``--stems`` hands the build the clip's own stems, so
+   :func:`chorushead.sample.write_sample`). ``--stems`` hands the build the clip's own stems, so
    bgm_split and duet_split are skipped (no Spleeter / MossFormer2 needed); without it they run and
    need their models. Where Spleeter's model is absent (a fresh machine), stems mode is used anyway,
    and the run says so.
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from chorushead.core import media  # noqa: E402
-from chorushead.demo import write_sample  # noqa: E402
+from chorushead.sample import write_sample  # noqa: E402
 from chorushead.core.manifest import Manifest  # noqa: E402
 from chorushead.runner import Pipeline, build  # noqa: E402
 from _results import Recorder, cpu_seconds  # noqa: E402

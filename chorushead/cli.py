@@ -117,11 +117,12 @@ def _print_summary(summaries) -> None:
     typer.echo(f"\n{'stage':<12}{'done':>6}{'reused':>8}{'skipped':>9}{'failed':>8}{'blocked':>9}{'seconds':>9}")
     for s in summaries:
         typer.echo(f"{s.stage:<12}{s.done:>6}{s.reused:>8}{s.skipped:>9}{s.failed:>8}{s.blocked:>9}{s.seconds:>9.1f}")
-    fails = [(s.stage, i, m) for s in summaries for i, m in s.failures]
-    for stage, item, msg in fails[:20]:
-        typer.secho(f"  [{stage}] {item}: {msg}", fg="yellow")
-    if fails:
-        typer.echo(f"{len(fails)} item-stage(s) failed; fix and rerun the same command (done work is kept). "
+    from chorushead.failures import failure_lines
+    for line in failure_lines(summaries):
+        typer.secho(line, fg="yellow")
+    n_failed = sum(len(s.failures) for s in summaries)
+    if n_failed:
+        typer.echo(f"{n_failed} item-stage(s) failed; fix and rerun the same command (done work is kept). "
                    "`chorushead status --out ...` lists them again.")
 
 

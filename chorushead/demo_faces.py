@@ -21,7 +21,7 @@ REF_SIZE = 224   # the face-image size the mouth positions below are measured at
 
 @dataclass(frozen=True)
 class Mouth:
-    """Where the mouth is in a face image of ``REF_SIZE``² (``chorushead.demo.face_images``): corners'
+    """Where the mouth is in a face image of ``REF_SIZE``² (``chorushead.sample.face_images``): corners'
     x, lip line y, chin y (measured once by eye and with the landmark model on the untouched photos);
     nose_x is the centre of tests/warped_faces.py's yaw warp."""
     x0: float

@@ -21,6 +21,7 @@ from typing import Callable
 from chorushead.core.errors import BadInput, StageError
 from chorushead.core.manifest import iter_records
 from chorushead.core.payloads import Separation
+from chorushead.failures import first_failure
 from chorushead.runner import VIDEO_EXTS, Pipeline, build, load_items, save_items, slug
 from chorushead.stages import assign, bgm_split, duet_split, get_stage, ingest
 from chorushead.stages.base import Item
@@ -53,17 +54,6 @@ def _check_song(song: Path, video: Path | None) -> Path | None:
     return song if is_video else None
 
 
-def _failure(latest: dict, item: str, stages: list[str]) -> str | None:
-    """The first stage that did not end ok, in words (the build's own one-line message)."""
-    for name in stages:
-        rec = latest.get(name, {}).get(item)
-        if rec is None:
-            return f"{name}: not run (an earlier stage did not finish)"
-        if not rec.ok:
-            return f"{name}: {rec.message}"
-    return None
-
-
 def separate(song: Path, out: Path, pipeline: Pipeline, video: Path | None = None, jobs: int = 1,
              progress: bool = False, log: Callable[[str], None] = print) -> Separation:
     """Separate ``song`` into ``out`` (see the module doc); raise StageError naming the stage that failed."""
@@ -82,7 +72,7 @@ def separate(song: Path, out: Path, pipeline: Pipeline, video: Path | None = Non
     save_items(work, [item])
     build(None, work, pipeline, stages=stages, jobs=jobs, progress=progress, log=log)
     latest = iter_records(work, pipeline.stages)
-    problem = _failure(latest, item.id, AUDIO_STAGES)
+    problem = first_failure(latest, item.id, AUDIO_STAGES)
     if problem:
         raise StageError(problem)
 
@@ -94,7 +84,7 @@ def separate(song: Path, out: Path, pipeline: Pipeline, video: Path | None = Non
     order, source, conf, low = list(range(len(duet.singers))), "separator", None, None
     note = "singer order is the separator's (MossFormer2's track order): give the video to map voices to faces"
     if video is not None:
-        problem = _failure(latest, item.id, VIDEO_STAGES)
+        problem = first_failure(latest, item.id, VIDEO_STAGES)
         if problem:
             raise StageError(problem)
         a = rec("assign")

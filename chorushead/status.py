@@ -13,6 +13,7 @@ from pathlib import Path
 from chorushead.core.decisions import Painted, describe_unmatched, resolve, timeline_ranges
 from chorushead.core.manifest import iter_records
 from chorushead.core.windows import packed_videos
+from chorushead.failures import failure_lines
 from chorushead.runner import Pipeline, Plan, StageSummary, load_items
 from chorushead.stages import contiguity, crop, get_stage, ingest, pack, vad
 
@@ -123,12 +124,7 @@ def format_status(bs: BuildStatus, max_failures: int = 20) -> str:
     if notes:
         lines.append("")
         lines += notes
-    fails = [(s.stage, i, m) for s in bs.stages for i, m in s.failures]
+    fails = failure_lines(bs.stages, max_failures)
     if fails:
-        lines.append("")
-        lines.append("failures:")
-        for stage, item, msg in fails[:max_failures]:
-            lines.append(f"  [{stage}] {item}: {msg}")
-        if len(fails) > max_failures:
-            lines.append(f"  ... and {len(fails) - max_failures} more (see manifests/*.jsonl)")
+        lines += ["", "failures:", *fails]
     return "\n".join(lines)

@@ -42,6 +42,7 @@ from . import metrics as M
 from .checkpoint import ALL_GROUPS, check_same_data, data_info
 from .data import HostWindowDataset
 from .model.pachorus import PaChorus, load_model
+from .vertices import head_vertices
 from chorushead.core.windows import GROUPS, JAW, POSE
 
 GROUP_SLICES = GROUPS
@@ -63,25 +64,6 @@ def train_mean_coeffs(data: str | Path, max_windows: int = 2000) -> np.ndarray:
     r = ds.reader
     idx = np.linspace(0, len(r) - 1, min(len(r), max_windows)).astype(int) if len(r) else []
     return np.mean([r[int(i)].coeffs.reshape(-1, 56).mean(0) for i in idx], axis=0).astype(np.float32)
-
-
-def head_vertices(flame, coeffs: np.ndarray, shape: np.ndarray | None = None, zero_pose: bool = False,
-                  chunk: int = 512) -> np.ndarray:
-    """Vertices (..., V, 3) of coefficients (..., 56) on one head: FLAME's mean head when ``shape`` is
-    None, else the head of identity code ``shape`` (EMOCA's first 100 of FLAME's shape directions; the
-    rest are zero)."""
-    if shape is None:
-        return flame.vertices_np(coeffs, zero_pose=zero_pose, chunk=chunk)
-    code = np.asarray(shape, np.float32).reshape(-1)
-    if len(code) > flame.n_shape:
-        raise ValueError(f"a shape code of {len(code)} values, but this FLAME has {flame.n_shape} shape directions")
-    betas = np.zeros(flame.n_shape, np.float32)
-    betas[:len(code)] = code
-    flat = np.asarray(coeffs, np.float32).reshape(-1, coeffs.shape[-1])
-    with torch.no_grad():
-        parts = [flame.vertices(flat[i:i + chunk], shape=torch.from_numpy(betas), zero_pose=zero_pose).cpu().numpy()
-                 for i in range(0, len(flat), chunk)]
-    return np.concatenate(parts).reshape(*coeffs.shape[:-1], flame.n_vertices, 3)
 
 
 def sequence_metrics(pred: np.ndarray, gt: np.ndarray, flame=None, groups=ALL_GROUPS,
@@ -300,8 +282,8 @@ def format_table(results: dict[str, dict], spread: dict[str, dict] | None = None
 def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir: str | Path | None = None,
              out_json: str | Path | None = None, batch_size: int = 16, device: str = "auto",
              diagnose: bool = False, samples: int = 5) -> dict:
-    from .train import Dist, pick_device
-    device = str(pick_device(device, Dist()))
+    from .device import pick_device
+    device = str(pick_device(device))
     model, meta = load_model(ckpt, map_location=device)
     check_same_data(meta["data_info"], data_info(HostWindowDataset(data, split).meta), ckpt, data)
     flame = None

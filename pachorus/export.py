@@ -184,7 +184,7 @@ def export_motion(out: str | Path, m: Motion, formats: tuple[str, ...], flame=No
     if "npz" in formats:
         files.append(write_npz(out / f"{m.name}.npz", m))
     if flame is not None and ("gltf" in formats or "ply" in formats):
-        from .evaluate import head_vertices   # the one place identity codes meet FLAME
+        from .vertices import head_vertices   # the one place identity codes meet FLAME
         verts = head_vertices(flame, np.asarray(m.coeffs, np.float32), m.shape).astype(np.float32)
         faces = np.asarray(flame.faces)
         if "gltf" in formats:
@@ -203,7 +203,7 @@ def export_video(path: str | Path, coeffs: np.ndarray, flame, audio: np.ndarray 
                  size: int = 256, shapes: np.ndarray | None = None) -> Path:
     """Singers (S, T, 56) side by side as H.264 with the mix muxed in (the renderer infer uses), each
     on their own head when ``shapes`` (S, D) are known."""
-    from .infer import render_video
+    from .video import render_video
     return render_video(coeffs, flame, path, audio=audio, fps=fps, sr=sr, size=size, shapes=shapes)
 
 

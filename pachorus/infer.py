@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,10 @@ import torch
 
 from chorushead.core import media
 from chorushead.core.payloads import Separation
-from chorushead.core.render import Camera, draw_mesh
 from chorushead.core.windows import POSE, N_SHAPE, WindowReader
 
-from .evaluate import head_vertices
 from .model.pachorus import load_model
+from .video import render_video
 
 
 def load_audio(path: str | Path, sr: int) -> np.ndarray:
@@ -109,27 +107,6 @@ def load_identity(n_singers: int, shape_files: list[str | Path] | None = None, l
     return w.shape.astype(np.float32)
 
 
-def render_video(coeffs: np.ndarray, flame, out_path: str | Path, audio: np.ndarray | None = None,
-                 *, fps: int, sr: int, size: int = 256, shapes: np.ndarray | None = None) -> Path:
-    """Render S singers side by side (coeffs (S, T, 56)) to an H.264 mp4, muxing ``audio`` when given,
-    each on their own head when ``shapes`` (S, n) gives identity codes (else FLAME's mean head).
-    One fixed camera from FLAME's template, so head motion shows as motion."""
-    out_path = Path(out_path)
-    s_count, t_count = coeffs.shape[:2]
-    verts = [head_vertices(flame, c, None if shapes is None else shapes[i]) for i, c in enumerate(coeffs)]
-    cam = Camera.fit(flame.v_template.cpu().numpy(), size, margin=0.15)
-    faces = np.asarray(flame.faces)
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = None
-        if audio is not None:
-            wav = Path(tmp) / "mix.wav"
-            media.write_wav(wav, audio, sr)
-        with media.VideoWriter(out_path, size * s_count, size, fps, audio=wav) as vw:
-            for t in range(t_count):
-                vw.write(np.concatenate([draw_mesh(v[t], faces, cam) for v in verts], 1))
-    return out_path
-
-
 def separate_song(song: str | Path, out: str | Path, video: str | Path | None = None,
                   pipeline: str | Path | None = None, sets: list[str] = ()) -> dict:
     """Separate a mixed song as the build does, by running `chorushead separate` in a child process
@@ -168,9 +145,9 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
           shapes: list[str | Path] | None = None, shapes_from: str | Path | None = None,
           shape_key: str | None = None) -> dict:
     from .export import RUN_INFO, Motion, export_motion, parse_formats
-    from .train import Dist, pick_device
+    from .device import pick_device
     formats = parse_formats(list(formats or []), flame=bool(flame_dir))   # npz (+ mp4 with FLAME) by default
-    device = str(pick_device(device, Dist()))
+    device = str(pick_device(device))
     model, meta = load_model(ckpt, map_location=device)
     if meta.get("data_info") is None:
         raise ValueError(f"{ckpt} has no data_info (fps, sample rate, window): it predates this version; retrain")

@@ -50,6 +50,7 @@ from chorushead.core.windows import POSE, open_env
 
 from .checkpoint import check_same_data, data_info, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import BatchLoader, HostWindowDataset, to_device
+from .device import Dist, pick_device, setup_distributed
 from .losses import LossConfig, PaChorusLoss
 from .model.audio import ENCODER_SR
 from .model.pachorus import ModelConfig, PaChorus, build_model
@@ -91,43 +92,6 @@ class TrainConfig:
         kw["model"] = ModelConfig.from_dict(d.get("model", {}))
         kw["loss"] = LossConfig.from_dict(d.get("loss", {}))
         return cls(**kw)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device_flag: str) -> Dist:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = torch.cuda.is_available() and device_flag in ("auto", "cuda")
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return d
-
-
-def pick_device(flag: str, d: Dist) -> torch.device:
-    if flag == "auto":
-        flag = "cuda" if torch.cuda.is_available() else "cpu"
-    if flag.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but CUDA is not available")
-        return torch.device(f"cuda:{d.local_rank}") if flag == "cuda" else torch.device(flag)
-    return torch.device(flag)
 
 
 class SkipSampler(Sampler):
@@ -271,7 +235,7 @@ def _open_data(cfg: TrainConfig, resume: bool,
 
 @dataclass
 class Run:
-    """Everything the step loop and the end of an epoch work on (built by :func:`setup`)."""
+    """Everything the training loop works on (built by :func:`setup`)."""
     cfg: TrainConfig
     out: Path
     d: Dist
@@ -304,6 +268,11 @@ class Run:
         if kind == "last":
             p.update(optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(), **self.state)
         return p
+
+    def write_log(self, rec: dict) -> None:
+        """One line of log.jsonl (main process only), flushed: a crash loses at most the line being written."""
+        self.log.write(json.dumps(rec) + "\n")
+        self.log.flush()
 
     def save(self, kind: str, **extra) -> None:
         if self.d.main:
@@ -379,22 +348,6 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
                scaler=scaler, sampler=sampler, state=state, log=open(out / "log.jsonl", "a") if d.main else None)
 
 
-def _step(run: Run, batch: dict) -> dict:
-    """One optimiser step; returns the loss parts."""
-    b = to_device(batch, run.device)
-    with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
-        o = run.ddp(b["host"], b["partner"], b["bgm"], b["pose0"], run.n_frames, target=b["coeffs"])
-    parts = run.loss_fn(o, b["coeffs"])
-    run.opt.zero_grad(set_to_none=True)
-    run.scaler.scale(parts["loss"]).backward()
-    if run.cfg.grad_clip > 0:
-        run.scaler.unscale_(run.opt)
-        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
-    run.scaler.step(run.opt)
-    run.scaler.update()
-    return parts
-
-
 # Batches read ahead by the loader's thread (num_workers=0) when training on an accelerator: the host
 # reads the next batches while the device computes. On the CPU the step itself keeps both cores busy
 # and the thread measured slower than reading in the step's thread (benchmarks/bench_lmdb.py).
@@ -419,98 +372,104 @@ def train_loader(ds: HostWindowDataset, sampler: DistributedSampler, cfg: TrainC
                        prefetch=default_read_ahead(device) if read_ahead is None else read_ahead)
 
 
-def run_epoch(run: Run, t0: float, progress: bool) -> tuple[int, str | None]:
-    """The step loop of the current epoch (from where a resume left off). Returns (steps taken, stop
-    reason or None when the epoch ran to its end)."""
-    cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
-    skip = state["batch_in_epoch"]
-    loader = train_loader(run.train_ds, run.sampler, cfg, epoch, skip, run.device)
-    bar = None
-    if progress and run.d.main:
-        from tqdm import tqdm
-        bar = tqdm(total=len(run.sampler) // cfg.batch_size, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   dynamic_ncols=True, leave=False, file=sys.stderr)
-    try:
-        return _steps(run, loader, bar, t0)
-    finally:   # also on an error (a repack: DatasetChanged), which is then the only line on stderr
-        if bar is not None:
-            bar.close()
+def _progress_bar(run: Run, epoch: int, skip: int):
+    """A tqdm bar on stderr for the main process (None without ``progress`` or on other ranks)."""
+    from tqdm import tqdm
+    return tqdm(total=len(run.sampler) // run.cfg.batch_size, initial=skip, desc=f"epoch {epoch + 1}/{run.cfg.epochs}",
+                dynamic_ncols=True, leave=False, file=sys.stderr)
 
 
-def _steps(run: Run, loader: BatchLoader, bar, t0: float) -> tuple[int, str | None]:
-    cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
-    steps, reason = 0, None
-    for batch in loader:   # each batch checks the LMDB's generation: a repack raises DatasetChanged
-        parts = _step(run, batch)
-        state["step"] += 1
-        state["batch_in_epoch"] += 1
-        steps += 1
-        if run.d.main:
-            rec = {"type": "train", "step": state["step"], "epoch": epoch, "time": round(time.time() - t0, 3),
-                   "lr": cfg.lr, **{k: float(v.detach()) for k, v in parts.items()}}
-            run.log.write(json.dumps(rec) + "\n")
-            run.log.flush()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        if cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
-            run.save("last")
-        if cfg.max_steps and state["step"] >= cfg.max_steps:
-            reason = "max_steps"
-        elif cfg.time_budget_s and time.time() - t0 >= cfg.time_budget_s:
-            reason = "time_budget"
-        if run.d.enabled:  # every rank must stop at the same step
-            flag = torch.tensor(float(reason is not None), device=run.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            reason = reason or ("another_rank" if flag.item() else None)
-        if reason:
-            break
-    return steps, reason
-
-
-def end_epoch(run: Run) -> None:
-    """Epoch finished: validate, keep the best, save the unwrapped model, redraw curves, checkpoint."""
-    epoch = run.state["epoch"]
-    run.state["epoch"], run.state["batch_in_epoch"] = epoch + 1, 0
-    if run.d.main:
-        if run.val_loader is not None:
-            v = validate(run.model, run.val_loader, run.loss_fn, run.device, run.n_frames)
-            run.log.write(json.dumps({"type": "val", "step": run.state["step"], "epoch": epoch, **v}) + "\n")
-            run.log.flush()
-            if v["val_loss"] < run.state["best_val"]:
-                run.state["best_val"] = v["val_loss"]
-                run.save("best", epoch=epoch, val=v)
-        run.save("model")
-        plot_curves(run.log_path, run.out / "curves.png")
-    run.save("last")
+def _stop_reason(run: Run, t0: float) -> str | None:
+    """Why to stop after this step (``max_steps``, ``time_budget``), or None; under torchrun every rank
+    stops at the same step (``another_rank``: one of the others ran out)."""
+    cfg, step = run.cfg, run.state["step"]
+    reason = None
+    if cfg.max_steps and step >= cfg.max_steps:
+        reason = "max_steps"
+    elif cfg.time_budget_s and time.time() - t0 >= cfg.time_budget_s:
+        reason = "time_budget"
     if run.d.enabled:
-        torch.distributed.barrier()
+        flag = torch.tensor(float(reason is not None), device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        reason = reason or ("another_rank" if flag.item() else None)
+    return reason
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) into ``cfg.out``. Returns a summary dict (steps, steps/s, best val...)."""
-    run = setup(cfg, resume)
+    """Train (or resume) into ``cfg.out``. Returns a summary dict (steps, steps/s, best val...).
+
+    The whole loop is here, top to bottom: per epoch, its batches (from where a resume left off) ->
+    forward -> loss -> backward -> optimiser step -> log line (and a checkpoint every ``ckpt_every``
+    steps) until a stop; at an epoch's end validation, best.pt, model.pt, the curves and last.pt."""
+    run = setup(cfg, resume)   # data, model, optimiser and the saved state: everything checked first
+    cfg, state, d, device = run.cfg, run.state, run.d, run.device
     t0, steps_here, stop_reason = time.time(), 0, "epochs"
     run.model.train()
-    while run.state["epoch"] < run.cfg.epochs:
-        n, reason = run_epoch(run, t0, progress)
-        steps_here += n
+    while state["epoch"] < cfg.epochs:
+        epoch, skip = state["epoch"], state["batch_in_epoch"]
+        loader = train_loader(run.train_ds, run.sampler, cfg, epoch, skip, device)
+        bar = _progress_bar(run, epoch, skip) if progress and d.main else None
+        reason = None
+        try:
+            for batch in loader:   # each batch checks the LMDB's generation: a repack raises DatasetChanged
+                b = to_device(batch, device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
+                    out = run.ddp(b["host"], b["partner"], b["bgm"], b["pose0"], run.n_frames, target=b["coeffs"])
+                parts = run.loss_fn(out, b["coeffs"])   # loss, mse, kl, vel (+ lip vertices with FLAME)
+                run.opt.zero_grad(set_to_none=True)
+                run.scaler.scale(parts["loss"]).backward()
+                if cfg.grad_clip > 0:
+                    run.scaler.unscale_(run.opt)
+                    torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+                run.scaler.step(run.opt)
+                run.scaler.update()
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                steps_here += 1
+                if d.main:
+                    rec = {"type": "train", "step": state["step"], "epoch": epoch, "time": round(time.time() - t0, 3),
+                           "lr": cfg.lr, **{k: float(v.detach()) for k, v in parts.items()}}
+                    run.write_log(rec)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                if cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
+                    run.save("last")
+                reason = _stop_reason(run, t0)
+                if reason:
+                    break
+        finally:   # also on an error (a repack: DatasetChanged), which is then the only line on stderr
+            if bar is not None:
+                bar.close()
         if reason:
             stop_reason = reason
             run.save("last")
             break
-        end_epoch(run)
-    if run.d.main:
+        # the epoch ran to its end: validate (z = 0), keep the best, save the unwrapped model and last.pt
+        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+        if d.main:
+            if run.val_loader is not None:
+                v = validate(run.model, run.val_loader, run.loss_fn, device, run.n_frames)
+                run.write_log({"type": "val", "step": state["step"], "epoch": epoch, **v})
+                if v["val_loss"] < state["best_val"]:
+                    state["best_val"] = v["val_loss"]
+                    run.save("best", epoch=epoch, val=v)
+            run.save("model")
+            plot_curves(run.log_path, run.out / "curves.png")
+        run.save("last")
+        if d.enabled:
+            torch.distributed.barrier()
+    if d.main:
         run.save("model")
         if not (run.out / "best.pt").exists():  # no validation split: the last weights are the best we know
             run.save("best")
         plot_curves(run.log_path, run.out / "curves.png")
         run.log.close()
     elapsed = time.time() - t0
-    if run.d.enabled:
+    if d.enabled:
         torch.distributed.barrier()
-    best = run.state["best_val"]
-    return {"step": run.state["step"], "epoch": run.state["epoch"], "steps_this_run": steps_here,
+    best = state["best_val"]
+    return {"step": state["step"], "epoch": state["epoch"], "steps_this_run": steps_here,
             "steps_per_s": steps_here / max(elapsed, 1e-9),
-            "best_val": best if math.isfinite(best) and run.d.main else None, "stopped": stop_reason,
-            "device": str(run.device), "world_size": run.d.world}
+            "best_val": best if math.isfinite(best) and d.main else None, "stopped": stop_reason,
+            "device": str(device), "world_size": d.world}

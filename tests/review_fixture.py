@@ -27,7 +27,7 @@ import numpy as np
 
 from chorushead.core import media
 from chorushead.core.decisions import timeline_ranges
-from chorushead.demo import make_duet_frames, sing
+from chorushead.sample import make_duet_frames, sing
 from chorushead.core.manifest import Manifest, Record, fingerprint
 from chorushead.runner import save_items
 from chorushead.stages import get_stage

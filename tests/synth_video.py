@@ -41,8 +41,8 @@ def _region(img: np.ndarray, region: tuple[int, int, int, int], box: tuple[float
 
 @lru_cache(maxsize=1)
 def face_sources() -> tuple[FaceSource, FaceSource]:
-    """(astronaut, grace_hopper) regions: the demo's photos and regions (chorushead.demo)."""
-    from chorushead.demo import FACE_REGIONS, face_photos
+    """(astronaut, grace_hopper) regions: the demo's photos and regions (chorushead.sample)."""
+    from chorushead.sample import FACE_REGIONS, face_photos
     photos = face_photos()
     return (_region(photos["astronaut"], FACE_REGIONS["astronaut"], _ASTRONAUT_BOX),
             _region(photos["grace_hopper"], FACE_REGIONS["grace_hopper"], _HOPPER_BOX))

@@ -69,7 +69,8 @@ def test_backends_and_media_import_no_stage():
             if _within(m, "chorushead.backends") or m == f"{CORE}.media"}
     above = ("chorushead.stages", "chorushead.runner", "chorushead.cli", "chorushead.review",
              "chorushead.executors", "chorushead.demo", "chorushead.status", "chorushead.doctor",
-             "chorushead.report", "chorushead.separate", "chorushead.schemas")
+             "chorushead.report", "chorushead.separate", "chorushead.schemas", "chorushead.sample",
+             "chorushead.failures")
     assert violations(mods, lambda i: any(_within(i, a) for a in above)) == []
 
 
@@ -77,7 +78,7 @@ def test_stages_import_no_cli_runner_or_review():
     mods = {m: i for m, i in modules("chorushead").items() if _within(m, "chorushead.stages")}
     above = ("chorushead.runner", "chorushead.cli", "chorushead.review", "chorushead.executors",
              "chorushead.demo", "chorushead.status", "chorushead.doctor", "chorushead.report",
-             "chorushead.separate", "chorushead.schemas")
+             "chorushead.separate", "chorushead.schemas", "chorushead.sample", "chorushead.failures")
     assert violations(mods, lambda i: any(_within(i, a) for a in above)) == []
 
 
@@ -212,7 +213,7 @@ def test_lmdb_keys_live_only_in_core_windows():
 
 
 # The coefficient layout (expression 0-50, jaw 50-53, pose 53-56) is named once, in core.windows.
-COEFF_LITERAL = re.compile(r"\[[^\]\n]*?\b(50|53|56)\s*:|:\s*(50|53|56)\s*[\],]|\[\s*(50|53)\s*\]"
+COEFF_LITERAL = re.compile(r"\[[^\]\n]*?\b(50|53|56)\s*:|:\s*(50|53|56)\s*[\],]|[\[,]\s*(50|53)\s*\]"
                            r"|slice\(\s*(50|53)\b|\b(JAW_OPEN|JAW|N_EXP)\s*=\s*50\b")
 
 

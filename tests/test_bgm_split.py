@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from chorushead.backends import spleeter as sp
-from chorushead.backends.spleeter_worker import chunk_starts, separate_chunked
+from chorushead.backends.crossfade import chunk_starts
+from chorushead.backends.spleeter_worker import separate_chunked
 from chorushead.core.manifest import Record
 from chorushead.core.media import read_wav, write_wav
 from chorushead.core.errors import MissingAsset

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from chorushead.core import media
-from chorushead.demo import face_images, write_sample
+from chorushead.sample import face_images, write_sample
 from chorushead.core.manifest import Manifest
 from chorushead.runner import Pipeline, build
 from chorushead.status import collect, format_status

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from chorushead.core import media
-from chorushead.demo import SR, music, sing
+from chorushead.sample import SR, music, sing
 from chorushead.stages import contiguity, smooth, vad
 from chorushead.core.errors import BadInput
 from conftest import validate_record

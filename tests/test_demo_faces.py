@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chorushead.core import media
-from chorushead.demo import SR, face_images, write_sample
+from chorushead.sample import SR, face_images, write_sample
 from chorushead.demo_faces import MOUTHS, loudness_envelope, open_mouth
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from chorushead.backends.spleeter_worker import chunk_starts
+from chorushead.backends.crossfade import chunk_starts
 from chorushead.core.manifest import Record
 from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import MissingAsset, StageError

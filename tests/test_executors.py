@@ -109,7 +109,7 @@ def test_follow_ups_stream_past_a_slow_task(backend):
 # ----------------------------------------------------------------------------- a build per backend
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    from chorushead.demo import write_sample
+    from chorushead.sample import write_sample
     root = tmp_path_factory.mktemp("raw")
     for k in range(3):
         write_sample(root, seconds=6, size=(96, 192), name=f"clip{k}", seed=k)
@@ -256,12 +256,12 @@ def test_unreachable_address_fails_at_once_in_one_line(backend, address):
 
 
 def test_address_parsing():
-    from chorushead.executors import _host_port
-    assert _host_port("tcp://127.0.0.1:8786") == ("127.0.0.1", 8786)
-    assert _host_port("ray://head:10001") == ("head", 10001)
-    assert _host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
-    assert _host_port("tcp://[::1]:8786") == ("::1", 8786)
-    assert _host_port("auto") is None and _host_port("inproc://x/1") is None
+    from chorushead.executors.base import host_port
+    assert host_port("tcp://127.0.0.1:8786") == ("127.0.0.1", 8786)
+    assert host_port("ray://head:10001") == ("head", 10001)
+    assert host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert host_port("tcp://[::1]:8786") == ("::1", 8786)
+    assert host_port("auto") is None and host_port("inproc://x/1") is None
 
 
 @pytest.mark.skipif(not HAVE_DASK, reason="no dask")

@@ -258,7 +258,7 @@ def test_infer_formats_and_export_of_a_run(tmp_path, lmdb, flame_dir):
     pr = media.probe(out / "sample0.mp4")
     assert pr.has_audio and _frames(out / "sample0.mp4") == 30
     # identity codes recorded in infer.json reach the npz and the mesh
-    from pachorus.evaluate import head_vertices
+    from pachorus.vertices import head_vertices
     info = json.loads((inf / "infer.json").read_text())
     assert info["fps"] == FPS and Path(info["bgm"]) == wavs[2].resolve() and info["shapes"] is None
     shapes = np.random.default_rng(5).normal(0, 1, (2, 100)).astype(np.float32)

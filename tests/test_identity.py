@@ -24,7 +24,8 @@ from packfixture import make_upstream
 from pachorus import metrics as M
 from pachorus.cli import app
 from pachorus.data import HostWindowDataset
-from pachorus.evaluate import MM, head_vertices, sequence_metrics
+from pachorus.evaluate import MM, sequence_metrics
+from pachorus.vertices import head_vertices
 
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--latent", "4", "--threads", "1", "--no-progress"]
 
@@ -258,14 +259,14 @@ def test_windows_written_before_shape_codes_still_read(tmp_path, flame, version)
 def test_infer_renders_each_singer_on_their_own_head(lmdbs, flame_dir, tmp_path, monkeypatch):
     from scipy.io import wavfile
 
-    import pachorus.infer as inf
+    import pachorus.video as video
     drawn = []
 
     def spy(verts, faces, cam):                     # what would be drawn, frame by frame
         drawn.append(verts.copy())
         return np.zeros((cam.size, cam.size, 3), np.uint8)
 
-    monkeypatch.setattr(inf, "draw_mesh", spy)
+    monkeypatch.setattr(video, "draw_mesh", spy)
     rng = np.random.default_rng(0)
     wavs = []
     for name in ("a", "b", "bgm"):                  # 0.4 s: 10 frames at 25 fps
@@ -304,7 +305,7 @@ def test_infer_renders_each_singer_on_their_own_head(lmdbs, flame_dir, tmp_path,
 # ------------------------------------------------------------------- a build through EMOCA's stand-in
 @pytest.mark.slow
 def test_build_through_the_emoca_stand_in_packs_shape_codes(tmp_path, monkeypatch):
-    from chorushead.demo import write_sample
+    from chorushead.sample import write_sample
     from chorushead.runner import Pipeline, build
     from conftest import ROOT
     monkeypatch.setattr(sys, "path", list(sys.path))

@@ -32,7 +32,7 @@ def spleeter_models(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def song(tmp_path_factory) -> Path:
     """The demo's generated duet: its mix (two synthesised voices + music) as a wav."""
-    from chorushead.demo import write_sample
+    from chorushead.sample import write_sample
     _, stems, _ = write_sample(tmp_path_factory.mktemp("song"), seconds=SECONDS, size=(128, 256), absent_s=None)
     return stems / "duet_sample" / "mix.wav"
 
@@ -100,7 +100,7 @@ def test_infer_song_video_orders_singers_by_the_build_assign_step(ckpt, tmp_path
     from chorushead.backends import landmarks as lm
     from chorushead.backends.mossformer2 import write_random_model
     from chorushead.core.manifest import iter_records
-    from chorushead.demo import write_sample
+    from chorushead.sample import write_sample
     if lm.find_landmark_python() is None and not lm.in_process_available():
         pytest.skip(f"landmark env not built (looked for {lm.landmark_pythons()})")
     video, _, _ = write_sample(tmp_path / "v", seconds=8.0, absent_s=None)

@@ -20,7 +20,7 @@ SR = 44100
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     """A 6 s two-singer video with its stems (``sample/videos``, ``sample/stems/duet``)."""
-    from chorushead.demo import write_sample
+    from chorushead.sample import write_sample
     root = tmp_path_factory.mktemp("stems")
     write_sample(root, seconds=6, size=(96, 192), name="duet", seed=3, absent_s=None)
     return root

@@ -1,6 +1,6 @@
 """Real face photos warped by KNOWN motion, written as crop folders, to validate the landmark fit.
 
-The photos are the demo's (chorushead.demo.face_images, 224×224 around each face). Three warps:
+The photos are the demo's (chorushead.sample.face_images, 224×224 around each face). Three warps:
 
 - roll: in-plane rotation by ``deg`` about the image centre (cv2: positive = counter-clockwise as
   seen, i.e. a positive rotation about FLAME's +z, which points from the face to the camera);
@@ -23,7 +23,7 @@ from chorushead.demo_faces import MOUTHS, REF_SIZE as SIZE, Mouth, open_mouth   
 
 
 def photos() -> list[np.ndarray]:
-    from chorushead.demo import face_images
+    from chorushead.sample import face_images
     return face_images(SIZE)
 
 

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from chorushead.backends.worker import JsonLinesWorker
 from chorushead.core import assets
+from chorushead.core.device import pick_device
 from chorushead.core.errors import MissingAsset, StageError
 
 WORKER = Path(__file__).with_name("emoca_worker.py")
@@ -99,7 +100,7 @@ class EmocaBackend:
                 sys.path.insert(0, code)
             if in_process_available():
                 from chorushead.backends.emoca_worker import EmocaRunner
-                r = EmocaRunner(str(mdir), model_name, stage, device)
+                r = EmocaRunner(str(mdir), model_name, stage, pick_device(device))
                 return cls(runner=r, device=r.device, where=sys.executable)
             raise MissingAsset("EMOCA environment (python with gdl / gdl_apps)",
                                ["fit.python", "$CHORUSHEAD_EMOCA_PYTHON", f"this python ({sys.executable})"], HOW_ENV)

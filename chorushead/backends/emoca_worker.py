@@ -27,7 +27,7 @@ class EmocaRunner(object):
     def __init__(self, models_dir, model_name="EMOCA_v2_lr_mse_20", stage="detail", device="auto"):
         from gdl_apps.EMOCA.utils.load import load_model   # first: a missing gdl fails fast
         import torch
-        if device == "auto":
+        if device == "auto":   # chorushead.core.device's rule; this interpreter cannot import ours
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.torch = torch

@@ -10,7 +10,7 @@ EMOCA needs licensed assets; this backend needs only a registry package. Per cro
   face. MediaPipe's wheel does not ship its canonical face model, so ours
   (``chorushead/data/face_mesh_canonical.npy``, made by :func:`make_canonical`) is the mean of the
   model's own 3D landmarks on the two frontal photos that ship with our dependencies
-  (chorushead.demo.face_photos), made exactly left-right symmetric with the mesh's mirror pairing:
+  (chorushead.sample.face_photos), made exactly left-right symmetric with the mesh's mirror pairing:
   so zero yaw and roll = the face's own symmetry plane faces the camera; zero pitch = those photos'.
 - ``jaw``: only the pitch (x) component: opening angle ``2·asin(gap / 2r)`` where gap = 3D distance
   between the inner-lip midpoints (landmarks 13, 14) and r = jaw joint to lower lip, taken as
@@ -37,6 +37,7 @@ import numpy as np
 from chorushead.backends.worker import JsonLinesWorker
 from chorushead.core import assets
 from chorushead.core.errors import MissingAsset, StageError
+from chorushead.core.windows import EXP, JAW, N_COEFFS, POSE
 
 WORKER = Path(__file__).with_name("landmarks_worker.py")
 CANONICAL = Path(__file__).resolve().parents[1] / "data" / "face_mesh_canonical.npy"
@@ -50,7 +51,6 @@ UPPER_LIP, LOWER_LIP = 13, 14     # inner-lip midpoints
 RIGHT_EYE, LEFT_EYE = 33, 263     # outer eye corners (subject's right / left)
 NOSE_BASE = 2                     # subnasale: the rigid set is everything above it
 JAW_RADIUS = 1.0                  # jaw joint -> lower lip ≈ outer-eye-corner distance (both ~9-10 cm)
-N_EXP = 50
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def coefficients(lm: np.ndarray, canonical: np.ndarray, rigid: Optional[np.ndarr
     """(N, 478, 3) MediaPipe pixel landmarks (NaN = no face) -> (N, 56) coefficients (NaN rows where
     no face) and (N,) found flags."""
     rigid = rigid_points(canonical) if rigid is None else rigid
-    out = np.full((len(lm), N_EXP + 6), np.nan, np.float32)
+    out = np.full((len(lm), N_COEFFS), np.nan, np.float32)
     found = ~np.isnan(lm).any(axis=(1, 2))
     for i in np.flatnonzero(found):
         x = to_flame_frame(lm[i].astype(np.float64))
@@ -146,9 +146,9 @@ def coefficients(lm: np.ndarray, canonical: np.ndarray, rigid: Optional[np.ndarr
         iod = np.linalg.norm(x[RIGHT_EYE] - x[LEFT_EYE])
         gap = np.linalg.norm(x[UPPER_LIP] - x[LOWER_LIP])
         jaw = 2 * np.arcsin(min(1.0, gap / (2 * JAW_RADIUS * iod)))
-        out[i, :N_EXP] = 0.0
-        out[i, N_EXP:N_EXP + 3] = (jaw, 0.0, 0.0)
-        out[i, N_EXP + 3:] = rotvec(r)
+        out[i, EXP] = 0.0
+        out[i, JAW] = (jaw, 0.0, 0.0)
+        out[i, POSE] = rotvec(r)
     return out, found
 
 
@@ -267,7 +267,7 @@ class LandmarksBackend:
         rigid = rigid_points(self.canonical)
         paths, n_images = [], 0
         for i, (start, end) in enumerate(segments):
-            coeffs = np.zeros((len(strips), end - start, N_EXP + 6), np.float32)
+            coeffs = np.zeros((len(strips), end - start, N_COEFFS), np.float32)
             found = np.zeros((len(strips), end - start), bool)
             for s, folder in enumerate(strips):
                 images = [os.path.join(folder, f"{t:06d}.jpg") for t in range(start, end)]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from chorushead.core import assets
+from chorushead.core.device import pick_device
 from chorushead.core.errors import MissingAsset, StageError
 
 HUB_ID_2SPK = "damo/speech_mossformer2_separation_temporal_8k"
@@ -92,13 +93,6 @@ def identity(model: str) -> dict:
             out["modelscope"] = None
         return out
     return assets.safe(make)
-
-
-def pick_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @dataclass

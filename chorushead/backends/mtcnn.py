@@ -26,11 +26,13 @@ import contextlib
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
+from chorushead.core.device import pick_device
 from chorushead.core.errors import MissingAsset
 from chorushead.core.manifest import file_fingerprint
 
@@ -68,13 +70,6 @@ class Faces:
             getattr(self, name)[idx] = getattr(other, name)[j]
 
 
-def resolve_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class MtcnnDetector:
     """MTCNN over batches of equal-sized RGB uint8 images; one best face per image.
 
@@ -93,7 +88,7 @@ class MtcnnDetector:
         except ImportError as e:
             raise MissingAsset("torch", ["python environment"], "pip install torch") from e
         self.torch = torch
-        self.device = resolve_device(device)
+        self.device = pick_device(device)
         self.scale = float(detect_scale) if detect_scale > 0 else min(1.0, DETECT_FACE_PX / float(min_face))
         self.min_face = float(min_face)
         self.min_size = max(12.0, self.min_face * self.scale)    # MTCNN's min_face_size, detection pixels
@@ -311,11 +306,10 @@ HOW = ("pip install --no-deps facenet-pytorch==2.6.0 (after torch/torchvision; i
        "the weights ship inside its wheel, nothing is downloaded")
 
 
-def weights_dir() -> "Path | None":
+def weights_dir() -> Path | None:
     """facenet-pytorch's data/ folder (pnet.pt, rnet.pt, onet.pt ship in its wheel), found without
     importing the package (its __init__ imports torchvision); None when it is not installed."""
     import importlib.util
-    from pathlib import Path
     try:
         spec = importlib.util.find_spec("facenet_pytorch")
     except (ImportError, ValueError):

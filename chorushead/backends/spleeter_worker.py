@@ -11,9 +11,10 @@ talks to it over stdin/stdout, one JSON object per line:
 The first line it writes is {"ready": true, ...} once TensorFlow and Spleeter are imported, so the
 parent can tell a broken environment (no ready line) from a failing song.
 
-Only numpy and spleeter are imported here (no chorushead): this file must run in a venv that has
-nothing of the project installed. The same ``SpleeterRunner`` is used in-process when the current
-interpreter can import spleeter.
+Only numpy, spleeter and ``crossfade.py`` from this folder (numpy only: the chunking shared with
+duet_split) are imported here (no chorushead): this file must run in a venv that has nothing of the
+project installed. The same ``SpleeterRunner`` is used in-process when the current interpreter can
+import spleeter.
 
 Why arrays and not files: Spleeter's own loader shells out to ffmpeg AND ffprobe, and its
 ``separate_to_file`` cuts songs at 600 s by default. ``Separator.separate`` on an array does
@@ -27,8 +28,15 @@ cross-fading them changes nothing but the memory: about 1.3 GB whatever the song
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+
+if __package__:   # imported in-process (the adapter, when this interpreter has spleeter): as ours
+    crossfade = importlib.import_module(__package__ + ".crossfade")
+else:             # run as a script under Spleeter's interpreter: this file's folder is sys.path[0]
+    import crossfade
+chunk_starts, crossfade_into = crossfade.chunk_starts, crossfade.crossfade_into
 
 SAMPLE_RATE = 44100
 
@@ -100,16 +108,6 @@ class SpleeterRunner:
                                 int(overlap_seconds * SAMPLE_RATE))
 
 
-def chunk_starts(n: int, chunk: int, overlap: int) -> list:
-    """Start sample of each chunk: every ``chunk - overlap`` samples, the last one ending at ``n``."""
-    if chunk <= 0 or n <= chunk:
-        return [0]
-    hop = max(1, chunk - overlap)
-    starts = list(range(0, n - chunk, hop))
-    starts.append(n - chunk)
-    return starts
-
-
 def separate_chunked(mix, separate_fn, chunk: int, overlap: int):
     """Run ``separate_fn`` (array -> {stem: array of the same length}) on overlapping chunks and
     cross-fade linearly where chunks overlap. Stems of a mask model sum to the mix in every chunk,
@@ -119,22 +117,14 @@ def separate_chunked(mix, separate_fn, chunk: int, overlap: int):
     starts = chunk_starts(n, chunk, overlap)
     if len(starts) == 1:
         return separate_fn(mix)
-    out = None
-    for i, s in enumerate(starts):
+    out, end = None, 0
+    for s in starts:
         stems = separate_fn(mix[s:s + chunk])
         if out is None:
             out = {k: np.zeros((n,) + v.shape[1:], np.float32) for k, v in stems.items()}
-            for k, v in stems.items():
-                out[k][s:s + chunk] = v
-            prev_end = s + chunk
-            continue
-        ov = max(0, prev_end - s)              # actual overlap with what is already written
-        ramp = np.linspace(0.0, 1.0, ov + 2, dtype=np.float32)[1:-1]
-        ramp = ramp.reshape((-1,) + (1,) * (mix.ndim - 1))
         for k, v in stems.items():
-            out[k][s:s + ov] = out[k][s:s + ov] * (1 - ramp) + v[:ov] * ramp
-            out[k][s + ov:s + chunk] = v[ov:]
-        prev_end = s + chunk
+            crossfade_into(out[k], s, end, v)
+        end = s + chunk
     return out
 
 

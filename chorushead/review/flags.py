@@ -7,7 +7,7 @@ orders the review list (most suspicious first). All functions here are pure: arr
 
 Measurements (``S`` strips = singers, ``T`` frames at the build's fps, coefficients ``[exp 50, jaw 3, pose 3]``):
 
-- ``jaw_std``: standard deviation of the jaw opening (``coeffs[..., 50]``, radians) over the segment,
+- ``jaw_std``: standard deviation of the jaw opening (``coeffs[..., JAW_OPEN]``, radians) over the segment,
   the smallest over singers. Low = someone barely moves their mouth (not singing, or a failed fit).
 - ``jitter``: mean |second difference| of the RAW (unsmoothed) jaw + pose coefficients, radians per
   frame², the largest over singers. High = the fit trembles; smoothing hides it in the plots, so the
@@ -30,8 +30,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-JAW = 50            # jaw opening: first jaw axis-angle component
-JAW_POSE = slice(50, 56)  # jaw (3) + global head pose (3)
+from chorushead.core.windows import JAW, JAW_OPEN, POSE
+from chorushead.stages.base import DEFAULT_FPS
+
+JAW_POSE = slice(JAW.start, POSE.stop)  # jaw (3) + global head pose (3)
 
 FLAG_INFO = {        # flag -> what a person sees in the list
     "still_mouth": "little mouth movement (low jaw variance)",
@@ -53,7 +55,7 @@ class Thresholds:
     max_det_doubt: float = 0.02      # 1 - mean MTCNN prob (contiguity already requires >= 0.9)
     min_assign_conf: float = 0.1     # as assign.min_confidence; used only when assign gives no low_confidence
     min_seconds: float = 7.0         # fewer than 5 windows of 5 s at 0.5 s stride
-    fps: int = 30                    # only for builds whose ingest records predate the fps field
+    fps: int = DEFAULT_FPS           # only for builds whose ingest records predate the fps field
 
 
 # How much each flag weighs in the suspicion score. Mouth movement and fit errors are the paper's
@@ -78,7 +80,7 @@ def jaw_std(coeffs: np.ndarray) -> float:
     c = coeffs.reshape(-1, coeffs.shape[-2], coeffs.shape[-1])
     if c.shape[1] < 2:
         return 0.0
-    return float(np.min(np.std(c[..., JAW], axis=-1)))
+    return float(np.min(np.std(c[..., JAW_OPEN], axis=-1)))
 
 
 def jitter(raw: np.ndarray) -> float:

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from chorushead.backends.spleeter_worker import chunk_starts
+from chorushead.backends.crossfade import chunk_starts, crossfade_into
 from chorushead.core.media import read_wav, resample, write_wav
 from chorushead.core.errors import BadInput, StageError
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
@@ -160,13 +160,8 @@ def separate_long(mix: np.ndarray, separate: Callable[[np.ndarray], np.ndarray],
             y, g = y[perm], g[perm]
             st.overlap_corr.append(corr)
             st.overlap_margin.append(margin)
-            ramp = np.linspace(0.0, 1.0, ov + 2, dtype=np.float32)[1:-1]
-            out[:, s:s + ov] = out[:, s:s + ov] * (1 - ramp) + y[:, :ov] * ramp
-            out[:, s + ov:s + chunk] = y[:, ov:]
-        else:
-            out[:, s:s + chunk] = y
+        end = crossfade_into(out.T, s, end, y.T)   # time first (views: written into out)
         st.gains.append([float(v) for v in g])
-        end = s + chunk
     return st
 
 
