@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from chorushead.failures import reason
 from chorushead.sample import write_sample
 
 # A 5 s segment (150 frames) must survive the sample's 1 s silent lead-in and 0.5 s tail, trimmed by VAD.
@@ -87,7 +86,7 @@ def closing_lines(summaries: list, latest: dict[str, dict], build_dir: Path) -> 
         skipped = [r for r in records if r.status == "skipped"]
         if failed:
             states[s.stage] = "failed"
-            reasons[s.stage] = reason(failed[0], _MAX_REASON)
+            reasons[s.stage] = failed[0].failure_line(_MAX_REASON)
         elif s.done + s.skipped > 0:
             states[s.stage] = "ran"
         elif s.reused > 0 or (records and all(r.ok for r in records)):

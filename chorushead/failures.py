@@ -1,7 +1,7 @@
 """Which stage failed and why, in words: the one way the CLIs say it.
 
 A failed record carries the error's class and its one-line message (``core.errors``: written for a
-person). ``chorushead build`` and ``status`` list the failures of a whole build, ``demo`` names the
+person); ``Record.failure_line`` words one. ``chorushead build`` and ``status`` list the failures of a whole build, ``demo`` names the
 first one of each stage in its closing lines, ``separate`` (and so ``pachorus infer --song``) the
 first stage of its one song that did not end ok.
 """
@@ -10,12 +10,6 @@ from __future__ import annotations
 from typing import Iterable
 
 from chorushead.core.manifest import Record
-
-
-def reason(r: Record, limit: int | None = None) -> str:
-    """Why ``r`` failed, on one line: ``ErrorClass: message`` (cut to ``limit`` characters with "...")."""
-    msg = f"{r.error_class or 'error'}: {r.message or ''}".replace("\n", " ")
-    return msg if limit is None or len(msg) <= limit else msg[:limit - 3] + "..."
 
 
 def failure_lines(summaries: Iterable, limit: int = 20) -> list[str]:
@@ -35,5 +29,5 @@ def first_failure(latest: dict[str, dict[str, Record]], item: str, stages: list[
         if rec is None:
             return f"{name}: not run (an earlier stage did not finish)"
         if not rec.ok:
-            return f"{name}: {reason(rec)}"
+            return f"{name}: {rec.failure_line()}"
     return None

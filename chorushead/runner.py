@@ -8,7 +8,7 @@ stale, not run) is blocked, its old outputs kept but never used downstream (see 
 
 Item stages stream: each item walks the stages in order, and its next stage is queued the moment its
 previous record is back, so a slow video never holds the others at a stage boundary. Work
-runs through an executor (in this process, local processes, Dask or Ray: see executors.py); only this
+runs through an executor (in this process, local processes, Dask or Ray: see the executors package); only this
 process appends to the stage manifests, so records from workers that finish in any order are neither
 lost nor duplicated. A worker that dies mid-item leaves no record: the item stays pending and the next
 run does it again. Global stages (pack) get every ready item at once and return results the same way;
@@ -386,7 +386,7 @@ class StageSummary:
             self.skipped += 1
         else:
             self.failed += 1
-            self.failures.append((r.item, f"{r.error_class}: {r.message}"))
+            self.failures.append((r.item, r.failure_line()))
 
 
 @dataclass

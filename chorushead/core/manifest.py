@@ -45,6 +45,14 @@ class Record:
         """Done or skipped: downstream stages may use it."""
         return self.status in ("done", "skipped")
 
+    def failure_line(self, limit: int | None = None) -> str:
+        """Why this record failed, on one line: ``ErrorClass: message`` with the message's first line
+        (the rest is detail for the manifest), cut to ``limit`` characters with "...": the one wording of
+        a failure in the CLIs, status, the demo and the card."""
+        first = (self.message or "").strip().splitlines()
+        msg = f"{self.error_class or 'error'}: {first[0] if first else ''}"
+        return msg if limit is None or len(msg) <= limit else msg[:limit - 3] + "..."
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

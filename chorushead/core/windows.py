@@ -81,8 +81,8 @@ def encode_arrays(arrays: dict[str, np.ndarray], header: dict[str, Any] | None =
     """Serialise named arrays + a JSON header into one byte string."""
     spec, chunks, offset = {}, [], 0
     for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
-        raw = arr.tobytes()
+        arr = np.asarray(arr)          # not ascontiguousarray: that makes a 0-d array 1-d
+        raw = arr.tobytes()            # C order whatever the array's memory layout
         spec[name] = [arr.dtype.str, list(arr.shape), offset, len(raw)]
         chunks.append(raw)
         offset += len(raw)

@@ -213,8 +213,7 @@ def _reasons(recs) -> dict[str, int]:
         if r.status == "skipped":
             reasons[f"skipped: {r.reason or 'no reason given'}"] += 1
         elif r.status == "failed":
-            msg = (r.message or "").splitlines()[0] if r.message else ""
-            reasons[f"failed: {r.error_class or 'error'}: {msg[:160]}"] += 1
+            reasons[f"failed: {r.failure_line(limit=200)}"] += 1
     return dict(reasons.most_common())
 
 

@@ -51,6 +51,18 @@ class Params:
     lmdb: str = "windows.lmdb"
     map_size_gb: int = 1024        # sparse on Linux; only what is written takes disk
 
+    def __post_init__(self):
+        # Checked when the pipeline loads: fractions that do not sum to 1 would leave videos without a
+        # split (or none in test), and percentages would put every video in train.
+        s = self.split
+        if (not isinstance(s, (list, tuple)) or len(s) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in s)
+                or abs(sum(s) - 1) > 1e-6):
+            raise ValueError(f"pack.split must be three fractions (train, val, test) ≥ 0 that sum to 1, "
+                             f"e.g. [0.6, 0.1, 0.3]; got {s!r}")
+        if self.window_seconds <= 0 or self.stride_seconds <= 0:
+            raise ValueError(f"pack.window_seconds and pack.stride_seconds must be > 0, got "
+                             f"{self.window_seconds} and {self.stride_seconds}")
+
 
 @dataclass
 class Outputs(OutputsShape):

@@ -8,6 +8,7 @@ The video is trimmed logically: crop decodes only ``[start_frame, end_frame)``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def singing_range(flags: np.ndarray, frame_ms: int, padding_ms: int, ratio: floa
     if len(flags) < win:
         return None
     counts = np.convolve(flags.astype(int), np.ones(win, int), mode="valid")  # voiced in [i, i+win)
-    on = np.nonzero(counts >= ratio * win)[0]
+    need = math.ceil(ratio * win - 1e-9)      # 0.28 x 25 is 7.000000000000001 in floats: 7 voiced frames trigger
+    on = np.nonzero(counts >= need)[0]
     if on.size == 0:
         return None
     start = on[0]
