@@ -292,6 +292,8 @@ def synth(
                                "host is silent while the partner sings"),
     talking: bool = typer.Option(False, "--talking", help="a talking-style corpus instead (speech-like host, silent "
                                  "BGM, silent partner track) to pretrain on before fine-tuning (train --init)"),
+    listener: float = typer.Option(0.6, help="amplitude of the listener rule: the host's expression answers a "
+                                   "singing partner (0 = off; see pachorus.synth)"),
 ):
     """Write a synthetic packed LMDB whose motion follows known, learnable rules (see pachorus.synth)."""
     from .synth import SynthConfig, write_synth_lmdb
@@ -301,7 +303,7 @@ def synth(
         raise ValueError(f"--singers takes comma-separated integers such as 2 or 2,3, got {singers!r}") from None
     cfg = SynthConfig(videos=videos, seconds=seconds, n_singers=counts_s[0] if len(counts_s) == 1 else counts_s,
                       window=window, stride=stride, fps=fps, seed=seed, noise=noise, anticipation=anticipation,
-                      solo=solo, talking=talking, coeff_groups=tuple(_csv(coeff_groups, "--coeff-groups")))
+                      solo=solo, talking=talking, listener=listener, coeff_groups=tuple(_csv(coeff_groups, "--coeff-groups")))
     counts = write_synth_lmdb(out, cfg)
     typer.echo(json.dumps({"out": str(out), "windows": counts}))
 

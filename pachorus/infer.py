@@ -4,7 +4,8 @@ Long songs run as consecutive windows of the training window length; each window
 previous window's last predicted pose (the first one's is ``--pose0``, default zeros), which is what
 the frame-0-relative pose design is for. Frame rate, sample rate and window length are the training
 data's, read from the checkpoint (``data_info``). Each sample k draws z ~ N(0, I) per window from a
-seeded generator, so samples differ only in the prior's head motion (exp/jaw come from the host audio).
+seeded generator, so samples differ only in what the prior writes: head motion and the expression
+residual (the jaw comes from the host audio alone).
 """
 from __future__ import annotations
 
