@@ -265,3 +265,24 @@ def test_worker_scripts_import_nothing_of_ours_but_the_protocol():
     assert scripts
     for p in scripts:
         assert imports_of(p) == set(), f"{p.name} imports {sorted(imports_of(p))}"
+
+
+# ----------------------------------------------------------------------------- one copy of each rule
+def test_one_auto_device_rule_and_one_cross_fade():
+    """docs/ARCHITECTURE.md: ``core.device.pick_device`` is the one "auto" rule (the EMOCA worker, in its
+    own interpreter, keeps a two-line copy); ``backends/crossfade.py`` is the one chunk cross-fade."""
+    src = _sources("chorushead", "pachorus", outside="chorushead.core.device")
+    auto = sorted(p for p, s in src.items()
+                  if re.search(r"""["']cuda["']\s+if\s+torch\.cuda\.is_available\(\)""", s))
+    assert auto == ["chorushead/backends/emoca_worker.py"]
+    fades = sorted(p for p, s in src.items() if re.search(r"^def (chunk_starts|crossfade\w*)\(", s, re.M))
+    assert fades == ["chorushead/backends/crossfade.py"]
+    users = sorted(p for p, s in src.items() if re.search(r"\bcrossfade_into\b", s) and p != "chorushead/backends/crossfade.py")
+    assert users == ["chorushead/backends/spleeter_worker.py", "chorushead/stages/duet_split.py"]
+
+
+def test_one_wording_of_a_failure():
+    """``Record.failure_line`` words a failed record; no module formats ``error_class: message`` itself."""
+    src = _sources("chorushead", "pachorus", outside="chorushead.core.manifest")
+    found = sorted(p for p, s in src.items() if re.search(r"\{\w+\.error_class[^}]*\}:\s*\{\w+\.message", s))
+    assert found == []
