@@ -106,7 +106,9 @@ def train(
         loss=LossConfig(w_mse=w_mse, w_kl=w_kl, w_vel=w_vel, jaw_weight=jaw_weight, pose_weight=pose_weight,
                         w_lip_vertex=w_lip_vertex))
     summary = run(cfg, resume=resume, progress=progress)
-    typer.echo(json.dumps(summary))
+    from .device import Dist
+    if Dist.from_env().main:   # under torchrun one summary, rank 0's; the other ranks print only errors
+        typer.echo(json.dumps(summary))
 
 
 @app.command("eval")

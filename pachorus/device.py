@@ -28,13 +28,21 @@ class Dist:
     def enabled(self) -> bool:
         return self.world > 1
 
+    @classmethod
+    def from_env(cls) -> "Dist":
+        """This process's place as torchrun's RANK/WORLD_SIZE/LOCAL_RANK give it; without them, a single
+        process (rank 0 of 1). Starts nothing: :func:`setup_distributed` joins the process group."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
 
 def setup_distributed(device_flag: str) -> Dist:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    d = Dist.from_env()
+    if not d.enabled:
+        return d
     if not torch.distributed.is_initialized():   # NCCL between GPUs, gloo between CPU processes
         on_gpu = core_device.pick_device(device_flag).startswith("cuda")
         torch.distributed.init_process_group(backend="nccl" if on_gpu else "gloo")

@@ -18,6 +18,12 @@ resume skips the batches already seen, the DataLoader has its own generator (so 
 not consume the global RNG) and the global RNG states are restored; on CPU the next step's loss is
 bit-identical to an uninterrupted run (tested).
 
+Under torchrun (DDP; gloo between CPU processes, NCCL between GPUs) each rank trains on its own shard
+of every epoch (:func:`train_sampler`); rank 0 alone validates, writes the run folder and prints the
+summary. Every rank seeds the same global RNG and nothing draws from it on one rank only, so all ranks
+hold the same RNG state (the same dropout masks and posterior noise, on different samples): last.pt
+keeps rank 0's, and a resume gives it to every rank, exactly (tests/test_ddp.py).
+
 The data decides the rates: fps, sample rate and window length come from the LMDB meta and are
 stored in ``config.json`` and every checkpoint (``data_info``), which is what ``pachorus infer`` uses.
 So are ``fit_backend`` and ``coeff_groups``: groups the fit did not estimate are masked out of the
@@ -337,8 +343,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         torch.distributed.barrier()
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else model
-    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
+    sampler = train_sampler(train_ds, cfg, d)
     # the datasets read whole batches (one LMDB transaction, no per-sample collate): pachorus.data.BatchLoader
     val_loader = BatchLoader(val_ds, BatchSampler(SequentialSampler(val_ds), cfg.batch_size, False),
                              num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
@@ -357,6 +362,19 @@ READ_AHEAD = 2
 def default_read_ahead(device: torch.device) -> int:
     """Batches the loader's thread reads ahead unless told otherwise: on an accelerator only."""
     return READ_AHEAD if device.type != "cpu" else 0
+
+
+def train_sampler(ds: HostWindowDataset, cfg: TrainConfig, d: Dist) -> DistributedSampler:
+    """This process's share of every epoch. Epoch e's order is one permutation of the whole training
+    split, drawn from (seed, e) alone; rank r of W takes its positions r, r + W, r + 2W, ... (an epoch of
+    n samples drops its last n mod W, so every rank has as many). With :func:`train_loader`'s batches
+    of b, step k of rank r is positions kWb + r, kWb + r + W, ... < (k+1)Wb: over the W ranks, exactly
+    the batch k that one process with batch W·b takes from the same permutation. DDP averages the
+    gradients of the W batch means, which is the gradient of that W·b batch's mean, so W processes of
+    batch b train as one of batch W·b (tests/test_ddp.py: same weights to float rounding, on CPU/gloo)
+    when nothing is random: dropout and the prior's posterior sample draw from the RNG state that every
+    rank shares (module doc), so there the two agree in distribution, not draw for draw."""
+    return DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
 
 
 def train_loader(ds: HostWindowDataset, sampler: DistributedSampler, cfg: TrainConfig, epoch: int, skip: int,
