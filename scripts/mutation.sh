@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Mutation score of one module with its fast tests (mutmut 3; see docs/mutation-survivors.md).
 #
-#   scripts/mutation.sh MODULE [SCRATCH]     MODULE: losses | metrics | decisions | manifest
+#   scripts/mutation.sh MODULE [SCRATCH]     MODULE: losses | metrics | decisions | manifest | contiguity | smooth | selection
 #
 # mutmut 3 reads one [tool.mutmut] section, so this copies the checkout (without envs/, .git/, mutants/)
 # to SCRATCH (default: a new temp folder), writes that module's section into the COPY's pyproject.toml,
 # and runs mutmut there: the checkout is never touched. Prints the survivors and the score.
-# Time on 2 cores: about 1 minute each.
+# Time on 2 cores: about 1 minute each (contiguity, smooth, selection: under 40 s).
 set -euo pipefail
-module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest [SCRATCH]}
+module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest|contiguity|smooth|selection [SCRATCH]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=${2:-$(mktemp -d "${TMPDIR:-/tmp}/mutation-$module.XXXXXX")}
 
@@ -29,7 +29,19 @@ case $module in
     src='["chorushead/"]'; only='["chorushead/core/manifest.py"]'
     copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
     tests='["tests/test_manifest.py", "tests/test_properties.py", "tests/test_fingerprints.py", "tests/test_data_safety.py", "tests/test_schemas.py", "tests/test_mutants_manifest.py"]' ;;
-  *) echo "unknown module: $module (losses | metrics | decisions | manifest)" >&2; exit 2 ;;
+  contiguity)
+    src='["chorushead/"]'; only='["chorushead/stages/contiguity.py"]'
+    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
+    tests='["tests/test_core_stages.py", "tests/test_boundaries.py", "tests/test_mutants_contiguity.py"]' ;;
+  smooth)
+    src='["chorushead/"]'; only='["chorushead/stages/smooth.py"]'
+    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
+    tests='["tests/test_core_stages.py", "tests/test_payloads.py", "tests/test_mutants_smooth.py"]' ;;
+  selection)
+    src='["chorushead/"]'; only='["chorushead/stages/selection.py"]'
+    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
+    tests='["tests/test_pack.py", "tests/test_properties.py", "tests/test_boundaries.py", "tests/test_mutants_selection.py"]' ;;
+  *) echo "unknown module: $module (losses | metrics | decisions | manifest | contiguity | smooth | selection)" >&2; exit 2 ;;
 esac
 
 mkdir -p "$scratch"

@@ -1,6 +1,7 @@
 """Upstream state for pack tests: what vad/contiguity/smooth/assign leave behind, written directly."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +16,30 @@ from chorushead.core.windows import POSE
 
 def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=((0, 200), (220, 360)),
                   sr: int = 16000, fps: int = 30, seed: int = 0, fit_backend: str | None = None,
-                  read_by_pack_only: bool = False, vad_start: int = 0) -> list[Item]:
+                  read_by_pack_only: bool = False, vad_start: int | Sequence[int] = 0,
+                  singers: int | Sequence[int] = 2) -> list[Item]:
     """A build's records up to pack, current under the default pipeline (Plan), so a build's pack packs
     them: ingest and crop with small real outputs, the separations skipped as with stems, vad ..
     assign as pack reads them. ``read_by_pack_only``: only vad .. assign (an older or partial build:
     a run_global_stage without the build's plan packs it, a build blocks it). ``vad_start``: vad's start
-    frame on the timeline (crop frame t = timeline frame vad_start + t; the tracks are already trimmed)."""
+    frame on the timeline (crop frame t = timeline frame vad_start + t; the tracks are already trimmed).
+    ``vad_start`` and ``singers`` (strips = voice tracks, S) may be one value per video (a sequence),
+    else every video gets the same; singer k's coefficients carry k in exp[1] (0 for singer 0)."""
     rng = np.random.default_rng(seed)
     plan = Plan.of(Pipeline.load())
     items = []
+    vad_starts = [vad_start] * n_videos if isinstance(vad_start, int) else [int(x) for x in vad_start]
+    n_singers = [singers] * n_videos if isinstance(singers, int) else [int(x) for x in singers]
+    assert len(vad_starts) == n_videos and len(n_singers) == n_videos
     for v in range(n_videos):
+        vad_start, S = vad_starts[v], n_singers[v]
         it = Item(id=f"song{v}-abcdef", source=f"/raw/song{v}.mp4")
         items.append(it)
         d = it.dir(out)
         n = int(seconds * sr)
         (d / "vad").mkdir(parents=True, exist_ok=True)
         singers = []
-        for k in range(2):
+        for k in range(S):
             # each singer's audio encodes (video, singer, sample index) so window slicing is checkable
             a = (np.arange(n) % 1000 / 1000.0 * (k + 1) + v).astype(np.float32) / 10
             media.write_wav(d / "vad" / f"singer{k}_16k.wav", a, sr)
@@ -40,23 +48,23 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
         (d / "smooth").mkdir(parents=True, exist_ok=True)
         segs = []
         for i, (a, b) in enumerate(segments):
-            c = np.zeros((2, b - a, 56), np.float32)
+            c = np.zeros((S, b - a, 56), np.float32)
             c[:, :, 0] = np.arange(a, b)[None]          # exp[0] = frame number: checks alignment
-            c[1, :, 1] = 1.0                             # singer 1 marker
-            c[:, :, POSE] = rng.standard_normal((2, b - a, 3)) * 0.1
+            c[1:, :, 1] = np.arange(1, S)[:, None]       # singer k marker: k (singer 1: 1.0)
+            c[:, :, POSE] = rng.standard_normal((S, b - a, 3)) * 0.1
             np.savez(d / "smooth" / f"seg{i:03d}.npz", coeffs=c)
             segs.append(f"items/{it.id}/smooth/seg{i:03d}.npz")
-        fit = {"segments": segs, "n_strips": 2}     # (the raw fits are not read by pack)
+        fit = {"segments": segs, "n_strips": S}     # (the raw fits are not read by pack)
         if fit_backend is not None:                 # else: a record from before fits named their backend
             fit.update(backend=fit_backend, coeff_groups=["exp", "jaw", "pose"])
         n_frames = int(seconds * fps)
         (d / "crop").mkdir(parents=True, exist_ok=True)
-        probs = np.full((2, n_frames), 0.99, np.float32)
-        np.savez(d / "crop" / "detections.npz", probs=probs, detected=np.ones((2, n_frames), bool))
+        probs = np.full((S, n_frames), 0.99, np.float32)
+        np.savez(d / "crop" / "detections.npz", probs=probs, detected=np.ones((S, n_frames), bool))
         ups = {
             "ingest": {"source": it.source, "n_frames": n_frames, "fps": fps, "width": 512, "height": 256,
                        "duration": float(seconds), "source_fps": float(fps)},
-            "crop": {"detections": f"items/{it.id}/crop/detections.npz", "strips": [], "n_strips": 2,
+            "crop": {"detections": f"items/{it.id}/crop/detections.npz", "strips": [], "n_strips": S,
                      "frames": n_frames, "start_frame": vad_start, "crop_size": 224},
             "vad": {"start_frame": vad_start, "end_frame": vad_start + n_frames, "start_s": vad_start / fps,
                     "end_s": vad_start / fps + float(seconds),
@@ -65,9 +73,9 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
             "contiguity": {"segments": [list(s) for s in segments], "strip_runs": [], "n_frames": int(seconds * fps)},
             "fit": fit,
             "smooth": {"segments": segs},
-            "assign": {"order": [0, 1], "confidence": 1.0, "low_confidence": False},
+            "assign": {"order": list(range(S)), "confidence": 1.0, "low_confidence": False},
         }
-        metrics = {"crop": {"frames": n_frames, "frames_expected": n_frames, "faces_per_strip": [n_frames] * 2,
+        metrics = {"crop": {"frames": n_frames, "frames_expected": n_frames, "faces_per_strip": [n_frames] * S,
                             "multi_face_frames": 0, "detected_fraction": 0.1, "decode_wait_s": 0.0, "detect_s": 0.0,
                             "save_s": 0.0, "seconds": 0.0, "frames_per_s": 0.0, "detector_images": 0},
                    "ingest": {"seconds_of_video": float(seconds), "frames": n_frames, "resolution": "512x256",
