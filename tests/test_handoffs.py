@@ -169,14 +169,19 @@ def _check_lmdb(out: Path, items, kept: dict[str, list[int]], segments=SEGMENTS,
     return splits
 
 
+def _upstream(tmp_path):
+    """The shared build: its folder, items and the three video ids (A, B, C)."""
+    out = tmp_path / "out"
+    items = make_upstream(out, n_videos=3, seconds=SECONDS, segments=SEGMENTS, vad_start=VAD_START,
+                          singers=SINGERS)
+    return out, items, tuple(_vids(items))
+
+
 def test_review_server_decisions_to_lmdb_windows(tmp_path):
     """Three videos (a trio among them), vad trimming 39/24/45 frames: decisions made on the review page
     land on timeline frames, pack (through the runner) leaves out exactly the rejected segment and, when
     unreviewed segments are excluded, packs exactly the accepted ones; every window checked by value."""
-    out = tmp_path / "out"
-    items = make_upstream(out, n_videos=3, seconds=SECONDS, segments=SEGMENTS, vad_start=VAD_START,
-                          singers=SINGERS)
-    A, B, C = _vids(items)
+    out, items, (A, B, C) = _upstream(tmp_path)
     page = Page(out)
     try:
         listed = {s["key"]: s for s in page.get("/api/segments")["segments"]}
@@ -223,10 +228,7 @@ def test_decisions_stay_on_their_frames_when_vad_trims_differently(tmp_path):
     """A rebuild whose vad trims 9 frames less moves every segment 9 crop frames later (the same timeline
     frames): the decisions made before it still reject and accept the same footage, and the windows'
     starts (crop frames) move by 9."""
-    out = tmp_path / "out"
-    items = make_upstream(out, n_videos=3, seconds=SECONDS, segments=SEGMENTS, vad_start=VAD_START,
-                          singers=SINGERS)
-    A, B, C = _vids(items)
+    out, items, (A, B, C) = _upstream(tmp_path)
     page = Page(out)
     try:
         page.decide(A, 1, "reject", "jaw frozen")
