@@ -215,8 +215,10 @@ def infer(
         from .infer import separate_song
         if not Path(ckpt).is_file():   # before minutes of separation
             raise FileNotFoundError(f"--ckpt {ckpt}: no such checkpoint")
-        separation = separate_song(song, out / "separation", video=video, pipeline=pipeline, sets=sets)
-        tracks, bgm = separation["singer_paths"], separation["accompaniment_path"]
+        sep_dir = out / "separation"
+        separation = separate_song(song, sep_dir, video=video, pipeline=pipeline, sets=sets)
+        singers, accompaniment = separation.paths(sep_dir)
+        tracks, bgm = [str(p) for p in singers], str(accompaniment)
     elif video is not None or pipeline is not None or sets:
         raise ValueError("--video, --pipeline and --set belong to --song (separating a mix)")
     elif len(tracks) < 2 or bgm is None:
@@ -228,10 +230,11 @@ def infer(
     res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size, formats=formats,
               shapes=shapes or None, shapes_from=shapes_from, shape_key=shape_key)
     if separation is not None:
-        res["separation"] = {key: separation[key] for key in ("folder", "order_source", "order", "confidence", "note")}
+        res["separation"] = {"folder": str(sep_dir), "order_source": separation.order_source, "order": separation.order,
+                             "confidence": separation.confidence, "note": separation.note}
     typer.echo(json.dumps(res, indent=2))
     if separation is not None:
-        typer.echo(f"note: {separation['note']}", err=True)
+        typer.echo(f"note: {separation.note}", err=True)
     if flame is None:
         typer.echo("note: no --flame given: wrote coefficients only, no video. Rendering needs FLAME 2020 "
                    "(https://flame.is.tue.mpg.de, registration); see README 'Model assets'.", err=True)

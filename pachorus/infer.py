@@ -9,7 +9,6 @@ residual (the jaw comes from the host audio alone).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -109,11 +108,11 @@ def load_identity(n_singers: int, shape_files: list[str | Path] | None = None, l
 
 
 def separate_song(song: str | Path, out: str | Path, video: str | Path | None = None,
-                  pipeline: str | Path | None = None, sets: list[str] = ()) -> dict:
+                  pipeline: str | Path | None = None, sets: list[str] = ()) -> Separation:
     """Separate a mixed song as the build does, by running `chorushead separate` in a child process
     (a process boundary, not an import: pachorus imports only chorushead.core, the separators live in
-    chorushead's stages). Returns its separation.json plus the absolute track paths; a failure (a missing
-    model, a bad file) raises with chorushead's own one-line message."""
+    chorushead's stages). Returns its separation.json, typed and checked (``.paths(out)`` gives the
+    tracks); a failure (a missing model, a bad file) raises with chorushead's own one-line message."""
     import os
     import subprocess
     import sys
@@ -134,10 +133,7 @@ def separate_song(song: str | Path, out: str | Path, video: str | Path | None = 
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         raise RuntimeError(f"separating {Path(song).name}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
-    sep = Separation.load(out)   # typed and checked: every track it names is there
-    singers, accompaniment = sep.paths(out)
-    return {**dataclasses.asdict(sep), "folder": str(out), "singer_paths": [str(p) for p in singers],
-            "accompaniment_path": str(accompaniment)}
+    return Separation.load(out)   # typed and checked: every track it names is there
 
 
 def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str | Path, k: int = 3,
