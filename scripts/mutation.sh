@@ -12,50 +12,43 @@ module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest|contigu
 root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=${2:-$(mktemp -d "${TMPDIR:-/tmp}/mutation-$module.XXXXXX")}
 
+# module -> the file it mutates and the fast tests that should kill its mutants
 case $module in
-  losses)
-    src='["pachorus/"]'; only='["pachorus/losses.py"]'
-    copy='["chorushead/", "pipelines/", "manifests/"]'
-    tests='["tests/test_pachorus_model.py", "tests/test_objective.py"]' ;;
-  metrics)
-    src='["pachorus/"]'; only='["pachorus/metrics.py"]'
-    copy='["chorushead/", "pipelines/", "manifests/", "benchmarks/"]'
-    tests='["tests/test_pachorus_metrics.py", "tests/test_paper_metrics.py", "tests/test_identity.py", "tests/test_mutants_metrics.py"]' ;;
-  decisions)
-    src='["chorushead/"]'; only='["chorushead/core/decisions.py"]'
-    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
-    tests='["tests/test_pack.py", "tests/test_boundaries.py", "tests/test_review_server.py", "tests/test_schemas.py", "tests/test_report.py", "tests/test_mutants_decisions.py"]' ;;
-  manifest)
-    src='["chorushead/"]'; only='["chorushead/core/manifest.py"]'
-    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
-    tests='["tests/test_manifest.py", "tests/test_properties.py", "tests/test_fingerprints.py", "tests/test_data_safety.py", "tests/test_schemas.py", "tests/test_mutants_manifest.py"]' ;;
-  contiguity)
-    src='["chorushead/"]'; only='["chorushead/stages/contiguity.py"]'
-    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
-    tests='["tests/test_core_stages.py", "tests/test_boundaries.py", "tests/test_mutants_contiguity.py"]' ;;
-  smooth)
-    src='["chorushead/"]'; only='["chorushead/stages/smooth.py"]'
-    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
-    tests='["tests/test_core_stages.py", "tests/test_payloads.py", "tests/test_mutants_smooth.py"]' ;;
-  selection)
-    src='["chorushead/"]'; only='["chorushead/stages/selection.py"]'
-    copy='["pachorus/", "pipelines/", "manifests/", "benchmarks/"]'
-    tests='["tests/test_pack.py", "tests/test_properties.py", "tests/test_boundaries.py", "tests/test_mutants_selection.py"]' ;;
+  losses)     only=pachorus/losses.py
+              tests="test_pachorus_model test_objective" ;;
+  metrics)    only=pachorus/metrics.py
+              tests="test_pachorus_metrics test_paper_metrics test_identity test_mutants_metrics" ;;
+  decisions)  only=chorushead/core/decisions.py
+              tests="test_pack test_boundaries test_review_server test_schemas test_report test_mutants_decisions" ;;
+  manifest)   only=chorushead/core/manifest.py
+              tests="test_manifest test_properties test_fingerprints test_data_safety test_schemas test_mutants_manifest" ;;
+  contiguity) only=chorushead/stages/contiguity.py
+              tests="test_core_stages test_boundaries test_mutants_contiguity" ;;
+  smooth)     only=chorushead/stages/smooth.py
+              tests="test_core_stages test_payloads test_mutants_smooth" ;;
+  selection)  only=chorushead/stages/selection.py
+              tests="test_pack test_properties test_boundaries test_mutants_selection" ;;
   *) echo "unknown module: $module (losses | metrics | decisions | manifest | contiguity | smooth | selection)" >&2; exit 2 ;;
 esac
+# mutmut mutates the module's package; the other package and the data folders come along unmutated
+package=${only%%/*}
+other=$([ "$package" = pachorus ] && echo chorushead || echo pachorus)
 
 mkdir -p "$scratch"
 tar -C "$root" --exclude=./envs --exclude=./.git --exclude=./mutants -cf - . | tar -C "$scratch" -xf -
 rm -rf "$scratch/mutants"
 
-SRC=$src ONLY=$only COPY=$copy TESTS=$tests python - "$scratch/pyproject.toml" <<'EOF'
-import os, re, sys
+PACKAGE=$package OTHER=$other ONLY=$only TESTS=$tests python - "$scratch/pyproject.toml" <<'EOF'
+import json, os, re, sys
 p = sys.argv[1]
+e = os.environ
+copy = [e["OTHER"] + "/", "pipelines/", "manifests/", "benchmarks/"]
+tests = [f"tests/{t}.py" for t in e["TESTS"].split()]
 section = f'''[tool.mutmut]
-source_paths = {os.environ["SRC"]}
-only_mutate = {os.environ["ONLY"]}
-also_copy = {os.environ["COPY"]}
-pytest_add_cli_args_test_selection = {os.environ["TESTS"]}
+source_paths = {json.dumps([e["PACKAGE"] + "/"])}
+only_mutate = {json.dumps([e["ONLY"]])}
+also_copy = {json.dumps(copy)}
+pytest_add_cli_args_test_selection = {json.dumps(tests)}
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
 '''
 text = open(p).read()
