@@ -5,6 +5,9 @@ singer's own loudness.
   lens-shaped window across the mouth width, tapering back to zero below the chin) and the uncovered
   band is painted as a dark mouth interior: the lips part by ``gap`` pixels. ``gap = 0`` returns the
   photo untouched.
+- :func:`smile`: both mouth corners pulled outwards and up by ``amount`` pixels (a Gaussian
+  displacement about each corner, σ = 0.35 × the mouth width): a known smile for the landmark fit's
+  expression test, and the demo's listening smile.
 - :func:`loudness_envelope`: a voice's RMS per video frame, 0..1 (1 = its loud singing), 0 where the
   singer is silent: the demo opens each singer's mouth by this much times its largest gap.
 
@@ -68,6 +71,26 @@ def open_mouth(img: np.ndarray, m: Mouth, gap: float) -> np.ndarray:
     inside = (yy >= m.y) & (map_y < m.y)                                  # band uncovered between the lips
     out[inside] = MOUTH_INTERIOR
     return out
+
+
+def smile(img: np.ndarray, m: Mouth, amount: float) -> np.ndarray:
+    """``img`` with both mouth corners moved by ``amount`` pixels, outwards and up at 37° above the
+    horizontal (``m`` in REF_SIZE² coordinates, scaled to the image). ``amount = 0`` returns it untouched."""
+    import cv2
+    if amount <= 0:
+        return img
+    size = img.shape[0]
+    m = m.scaled(size)
+    yy, xx = np.mgrid[0:size, 0:img.shape[1]].astype(np.float32)
+    sigma = 0.35 * (m.x1 - m.x0)
+    dx = np.zeros_like(xx)
+    dy = np.zeros_like(yy)
+    for x, out in ((m.x0, -1.0), (m.x1, 1.0)):          # image-left corner moves left, the other right
+        g = amount * np.exp(-((xx - x) ** 2 + (yy - m.y) ** 2) / (2 * sigma ** 2))
+        dx += 0.8 * out * g
+        dy -= 0.6 * g                                    # up = towards smaller y
+    # backward map: the pixel at p comes from p - d(p) (d is smooth and small against sigma)
+    return cv2.remap(img, xx - dx, yy - dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def loudness_envelope(voice: np.ndarray, sr: int, fps: float, n_frames: int, gate: float = 0.08) -> np.ndarray:

@@ -7,7 +7,8 @@ autoregressive ``faceformer`` generates step by step from pose0), and writes:
     <out>/
       bench_config.json     the settings every run shares (a rerun with other settings is refused)
       synth.lmdb/           the synthetic LMDB (only when no --data is given; written once)
-      flame/                a generated FLAME-format toy head (only when no --flame is given)
+      flame/                a generated FLAME-format toy head (only with --head toy; the default
+                            without --flame is the open head, chorushead.core.openhead)
       runs/<variant>_s<seed>/   a ``pachorus train`` run folder (config.json, last.pt, model.pt,
                             log.jsonl, curves.png) + eval_test.json (the metrics of that run)
       table2.md / .csv      Table 2: PaChorus vs baselines (full, mono, faceformer + mean motion)
@@ -75,7 +76,9 @@ RECIPES = {
 class BenchConfig:
     out: str
     data: str | None = None        # packed LMDB; None = a synthetic one written into out/synth.lmdb
-    flame: str | None = None       # FLAME folder; None = the generated toy head in out/flame
+    flame: str | None = None       # FLAME folder (head "flame")
+    head: str = "auto"             # vertex metrics on: flame | open (the open head) | toy (out/flame); auto = flame
+                                   # with a FLAME folder, else open
     variants: tuple[str, ...] = VARIANTS
     seeds: int = 3
     # 600: ~24 CPU-min for the 21 default runs (per run, measured: full ~80 CPU-s, no_kl 75, no_bgm 65,
@@ -99,10 +102,18 @@ class BenchConfig:
     synth_rules: int = SYNTH_RULES
 
     # Settings that change what a run computes: a rerun into the same --out must keep them.
-    SHARED = ("data", "flame", "steps", "batch_size", "lr", "w_kl", "d_model", "n_layers", "attn_band",
+    SHARED = ("data", "flame", "head", "steps", "batch_size", "lr", "w_kl", "d_model", "n_layers", "attn_band",
               "synth_videos", "synth_seconds", "synth_window", "synth_stride", "recipe", "epochs", "synth_rules")
     # What a bench_config.json written before a setting existed ran with.
     LEGACY = {"recipe": "fast", "epochs": 0, "synth_rules": 1}
+
+    def __post_init__(self):
+        if self.head not in ("auto", "flame", "open", "toy"):
+            raise ValueError(f"--head {self.head!r}: use auto, flame, open or toy")
+        if self.head == "flame" and not self.flame:
+            raise ValueError("--head flame needs --flame DIR")
+        if self.head == "auto":
+            self.head = "flame" if self.flame else "open"
 
     def shared(self) -> dict:
         return {k: getattr(self, k) for k in self.SHARED}
@@ -157,7 +168,7 @@ def run_job(job: Job) -> dict:
     """Train (or resume, or reuse) one (variant, seed) and evaluate it on the test split."""
     import torch
     torch.set_num_threads(1)
-    from chorushead.core.flame import FlameModel
+    from .vertices import load_head
     from .evaluate import evaluate_model
     from .losses import LossConfig
     from .model.pachorus import ModelConfig, load_model
@@ -187,7 +198,7 @@ def run_job(job: Job) -> dict:
                          "use another --out or the same --steps")
     train_s, train_cpu = time.time() - t0, time.process_time() - c0
     model, ck = load_model(run / "last.pt")
-    res = evaluate_model(model, job.data, "test", FlameModel.load(job.flame), batch_size=32,
+    res = evaluate_model(model, job.data, "test", load_head(job.flame), batch_size=32,
                          mean_coeffs=np.asarray(job.mean_coeffs, np.float32))
     out = {"variant": job.variant, "seed": job.seed, "step": int(ck["step"]), "metrics": res["model"],
            "mean_motion": res["mean_motion_baseline"], "n_samples": res["n_samples"],
@@ -349,14 +360,16 @@ def _prepare(cfg: BenchConfig, log) -> tuple[str, str, str]:
             log(f"synthetic LMDB {data}: {counts} windows ({time.time() - t0:.0f} s)")
     elif not (Path(data) / "data.mdb").exists():
         raise FileNotFoundError(f"no LMDB at {data} (expected {data}/data.mdb)")
-    flame, mesh = cfg.flame, "FLAME"
-    if flame is None:
+    if cfg.head == "toy":
         flame = str(out / "flame")
         if not (Path(flame) / "generic_model.pkl").exists():
             make_synthetic_flame(flame)
-        mesh = ("a generated FLAME-format toy head (chorushead.core.flame.make_synthetic_flame; no --flame "
-                "given): vertex metrics compare rows, their absolute values mean nothing")
-    return data, flame, mesh
+        return data, flame, ("a generated FLAME-format toy head (chorushead.core.flame.make_synthetic_flame; "
+                             "--head toy): vertex metrics compare rows, their absolute values mean nothing")
+    if cfg.head == "open" or not cfg.flame:
+        from .vertices import describe_head
+        return data, "open", describe_head("open")
+    return data, cfg.flame, "FLAME"
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -369,7 +382,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     saved = out / "bench_config.json"
     if saved.exists():
         old = json.loads(saved.read_text())
-        old = {**BenchConfig.LEGACY, **old}
+        old = {**BenchConfig.LEGACY, "head": "flame" if old.get("flame") else "toy", **old}   # before heads
         diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.shared().items() if old.get(k) != v]
         if diff:
             raise ValueError(f"{out} holds a bench with other settings ({'; '.join(diff)}); use another --out "

@@ -74,7 +74,7 @@ def train(
     w_mse: float = typer.Option(1.0), w_kl: float = typer.Option(0.005), w_vel: float = typer.Option(1.0),
     jaw_weight: float = typer.Option(5.0, help="loss weight of the jaw coefficients (lip emphasis)"),
     pose_weight: float = typer.Option(5.0, help="loss weight of the pose coefficients"),
-    w_lip_vertex: float = typer.Option(0.0, help="vertex lip loss weight (needs --flame)"),
+    w_lip_vertex: float = typer.Option(0.0, help="vertex lip loss weight (needs --flame DIR or --flame open)"),
     d_model: int = typer.Option(64), n_layers: int = typer.Option(2), n_heads: int = typer.Option(4),
     latent: int = typer.Option(16), dropout: float = typer.Option(0.1),
     attn_band: int = typer.Option(3, help="host animator self-attention band in frames (±N; 0 = whole window)"),
@@ -85,7 +85,7 @@ def train(
     ckpt_every: int = typer.Option(0, help="also checkpoint every N steps"),
     max_steps: int = typer.Option(0, help="stop after N steps in total (0 = no limit)"),
     time_budget: float = typer.Option(0.0, help="stop after this many seconds (0 = no limit)"),
-    flame: Optional[Path] = typer.Option(None, help="FLAME folder (for --w-lip-vertex)"),
+    flame: Optional[Path] = typer.Option(None, help="FLAME folder, or 'open' for the open head (for --w-lip-vertex)"),
     progress: bool = typer.Option(True, help="tqdm progress bar"),
 ):
     """Train PaChorus (or an ablation/baseline). Multi-GPU: torchrun --nproc_per_node N -m pachorus.cli train ...
@@ -118,6 +118,8 @@ def eval_cmd(
     data: Path = typer.Option(..., help="packed LMDB"),
     split: str = typer.Option("test", help="train | val | test"),
     flame: Optional[Path] = typer.Option(None, help="FLAME folder (generic_model.pkl + FLAME_masks.pkl) for LVE/FVE/FDD"),
+    head: str = typer.Option("auto", help="mesh for LVE/FVE/FDD: auto (FLAME with --flame, else the open head for landmark-"
+                              "fitted or synthetic data) | open | flame | none"),
     out: Optional[Path] = typer.Option(None, help="JSON file for the results (default: next to the checkpoint)"),
     batch_size: int = typer.Option(16), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
     diagnose: bool = typer.Option(False, "--diagnose", help="also report how local the host animator's "
@@ -135,11 +137,14 @@ def eval_cmd(
     """
     from .evaluate import evaluate, format_table
     out = out or ckpt.with_name(f"eval_{split}.json")
-    res = evaluate(ckpt, data, split, flame, out, batch_size, device, diagnose=diagnose, samples=samples)
-    if flame is None:   # after the run, so that an error stays the only stderr line
-        typer.echo("note: no --flame given: vertex metrics (LVE, FVE, FDD) need FLAME 2020; reporting PPE, silent "
-                   "jaw, the prior's metrics and coefficient errors only. Get FLAME at https://flame.is.tue.mpg.de "
-                   "(registration).", err=True)
+    res = evaluate(ckpt, data, split, flame, out, batch_size, device, diagnose=diagnose, samples=samples, head=head)
+    if res["head"] is None:   # after the run, so that an error stays the only stderr line
+        typer.echo("note: no head for vertex metrics (LVE, FVE, FDD): this data's expression is FLAME's (EMOCA), so "
+                   "they need FLAME 2020 (--flame DIR; https://flame.is.tue.mpg.de, registration), or --head open "
+                   "for jaw and pose on the open head; reporting PPE, silent jaw, the prior's metrics and "
+                   "coefficient errors only.", err=True)
+    else:
+        typer.echo(f"head: {res['mesh']}")
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
     if res["masked_groups"]:
         typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
@@ -184,12 +189,14 @@ def infer(
                                    "(repeatable), e.g. --set duet_split.device=cpu"),
     out: Path = typer.Option(..., help="output folder"),
     k: int = typer.Option(3, "-k", "--k", help="samples of the motion prior per singer"),
-    flame: Optional[Path] = typer.Option(None, help="FLAME folder: also render sample<k>.mp4"),
+    flame: Optional[Path] = typer.Option(None, help="FLAME folder: render sample<k>.mp4 on FLAME"),
+    head: str = typer.Option("auto", help="mesh for sample<k>.mp4 and meshes: auto (FLAME with --flame, else the open head for landmark-"
+                              "fitted or synthetic data) | open | flame | none"),
     seed: int = typer.Option(0), device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda"),
     size: int = typer.Option(256, help="render size per singer (pixels)"),
     formats: Optional[List[str]] = typer.Option(None, "--format", help="npz | gltf | ply | mp4, repeatable or "
-                                                "comma list (default: npz, + mp4 with --flame; gltf/ply/mp4 need "
-                                                "--flame); see `pachorus export`"),
+                                                "comma list (default: npz, + mp4 when there is a head; gltf/ply/"
+                                                "mp4 need one); see `pachorus export`"),
     shape: Optional[List[Path]] = typer.Option(None, "--shape", help="each singer's identity, one .npy shape code "
                                                "per --vocals track (EMOCA's 100 values): --shape a.npy b.npy"),
     shapes_from: Optional[Path] = typer.Option(None, help="take the singers' shape codes from a packed LMDB window"),
@@ -199,9 +206,11 @@ def infer(
 
     Takes separated tracks, or the mixed song (--song): then `chorushead separate` separates it as the
     build does (Spleeter + MossFormer2, frozen; with the video, assign orders the singers as the faces)
-    into OUT/separation/, each voice drives its singer and the accompaniment is the BGM. Writes singer<i>_sample<k>.npy (T, 56) and, with --flame, sample<k>.mp4.
+    into OUT/separation/, each voice drives its singer and the accompaniment is the BGM. Writes
+    singer<i>_sample<k>.npy (T, 56) and sample<k>.mp4 on FLAME (--flame) or the open head (a model
+    trained on landmark-fitted or synthetic data, or --head open).
     Frame rate, sample rate and window length are the training data's (stored in the checkpoint).
-    Renders use each singer's own head with --shape or --shapes-from, FLAME's mean head otherwise.
+    FLAME renders use each singer's own head with --shape or --shapes-from, FLAME's mean head otherwise.
     """
     from .infer import infer as run
     # click options take one value; the rest arrive here, in order: .npy files continue --shape
@@ -228,16 +237,17 @@ def infer(
     if extra_shapes and not shape:
         raise ValueError(f"{extra_shapes[0]}: a shape code file needs --shape before it")
     res = run(ckpt, tracks, bgm, out, k=k, flame_dir=flame, seed=seed, device=device, size=size, formats=formats,
-              shapes=shapes or None, shapes_from=shapes_from, shape_key=shape_key)
+              shapes=shapes or None, shapes_from=shapes_from, shape_key=shape_key, head=head)
     if separation is not None:
         res["separation"] = {"folder": str(sep_dir), "order_source": separation.order_source, "order": separation.order,
                              "confidence": separation.confidence, "note": separation.note}
     typer.echo(json.dumps(res, indent=2))
     if separation is not None:
         typer.echo(f"note: {separation.note}", err=True)
-    if flame is None:
-        typer.echo("note: no --flame given: wrote coefficients only, no video. Rendering needs FLAME 2020 "
-                   "(https://flame.is.tue.mpg.de, registration); see README 'Model assets'.", err=True)
+    if res["head"] is None:
+        typer.echo("note: no head: wrote coefficients only, no video. This model's expression is FLAME's (EMOCA): "
+                   "render with --flame DIR (FLAME 2020, https://flame.is.tue.mpg.de, registration; README 'Model "
+                   "assets'), or --head open for jaw and pose on the open head.", err=True)
 
 
 @app.command()
@@ -249,8 +259,10 @@ def export(
     video: Optional[str] = typer.Option(None, help="only this video of the split (with --data)"),
     run: Optional[Path] = typer.Option(None, help="a `pachorus infer` output folder: export its predictions"),
     formats: Optional[List[str]] = typer.Option(None, "--format", help="npz | gltf | ply | mp4, repeatable or comma "
-                                                "list (default: npz, + mp4 with --flame)"),
-    flame: Optional[Path] = typer.Option(None, help="FLAME folder (gltf, ply and mp4 need the mesh)"),
+                                                "list (default: npz, + mp4 when there is a head)"),
+    flame: Optional[Path] = typer.Option(None, help="FLAME folder (gltf, ply and mp4 need a mesh)"),
+    head: str = typer.Option("auto", help="mesh for gltf, ply and mp4: auto (FLAME with --flame, else the open head for landmark-"
+                              "fitted or synthetic data) | open | flame | none"),
     fps: Optional[int] = typer.Option(None, help="frame rate of a --run without infer.json"),
     audio: Optional[Path] = typer.Option(None, help="the mix to mux into a --run's mp4 (default: the tracks "
                                          "infer.json names)"),
@@ -263,14 +275,20 @@ def export(
     continuous sequence (each frame once), the window audio stitched the same way for the mp4.
     --run: the singer<i>_sample<k>.npy predictions `pachorus infer` wrote.
     """
-    from .export import export_run, export_split, parse_formats
+    from .export import RUN_INFO, export_run, export_split, parse_formats
     if (data is None) == (run is None):
         raise ValueError("give exactly one source: --data X.lmdb (ground truth of a split) or --run DIR (predictions)")
-    fmts = parse_formats(formats, flame=flame is not None)
-    model = None
-    if flame is not None:   # before anything is written: a missing FLAME folder leaves no output behind
-        from chorushead.core.flame import FlameModel
-        model = FlameModel.load(flame)
+    from .vertices import load_head, resolve_head
+    if data is not None:
+        from chorushead.core.windows import WindowReader
+        backend = WindowReader(data, None).meta.get("fit_backend") if (data / "data.mdb").exists() else None
+        shapes = False   # a split's windows may carry shape codes; export_split renders the mean head then
+    else:
+        info = json.loads((run / RUN_INFO).read_text()) if (run / RUN_INFO).is_file() else {}
+        backend, shapes = info.get("fit_backend"), info.get("shapes") is not None
+    where = resolve_head(flame, head, backend, shapes=shapes)
+    fmts = parse_formats(formats, flame=where is not None)
+    model = load_head(where)   # before anything is written: a missing FLAME folder leaves no output behind
     if data is not None:
         res = export_split(data, split, out, fmts, model, video=video, size=size)
     else:
@@ -318,7 +336,9 @@ def synth(
 def bench(
     out: Path = typer.Option(..., help="bench folder (created; runs inside are reused or resumed)"),
     data: Optional[Path] = typer.Option(None, help="packed LMDB (default: a synthetic one written into --out)"),
-    flame: Optional[Path] = typer.Option(None, help="FLAME folder (default: a generated toy head; the tables say so)"),
+    flame: Optional[Path] = typer.Option(None, help="FLAME folder (default: the open head; the tables say so)"),
+    head: str = typer.Option("auto", help="vertex metrics on: auto (FLAME with --flame, else the open head) | open | "
+                             "toy (the generated toy head of earlier tables) | flame"),
     variants: str = typer.Option("full,no_prior,no_bgm,no_kl,mono,mono_causal,faceformer", help="comma list"),
     recipe: str = typer.Option("fast", help="fast (600 steps, lr 1e-3, 2 s windows: minutes on a CPU) | paper "
                                "(§5.1: lr 1e-4, 100 epochs, 5 s windows, 0.5 s stride: hours); options given override it"),
@@ -347,7 +367,8 @@ def bench(
     """
     from .bench import BenchConfig, run_bench
     cfg = BenchConfig.from_recipe(recipe, out=str(out), data=str(data) if data else None,
-                                  flame=str(flame) if flame else None, variants=tuple(_csv(variants, "--variants")),
+                                  flame=str(flame) if flame else None, head=head,
+                                  variants=tuple(_csv(variants, "--variants")),
                                   seeds=seeds, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, w_kl=w_kl,
                                   d_model=d_model, n_layers=n_layers, attn_band=attn_band, jobs=jobs,
                                   synth_videos=videos, synth_seconds=seconds, synth_window=window,

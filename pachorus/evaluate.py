@@ -281,17 +281,19 @@ def format_table(results: dict[str, dict], spread: dict[str, dict] | None = None
 
 def evaluate(ckpt: str | Path, data: str | Path, split: str = "test", flame_dir: str | Path | None = None,
              out_json: str | Path | None = None, batch_size: int = 16, device: str = "auto",
-             diagnose: bool = False, samples: int = 5) -> dict:
+             diagnose: bool = False, samples: int = 5, head: str = "auto") -> dict:
+    """``head`` / ``flame_dir``: which mesh the vertex metrics use (pachorus.vertices.resolve_head)."""
     from .device import pick_device
+    from .vertices import describe_head, load_head, resolve_head
     device = str(pick_device(device))
     model, meta = load_model(ckpt, map_location=device)
-    check_same_data(meta["data_info"], data_info(HostWindowDataset(data, split).meta), ckpt, data)
-    flame = None
-    if flame_dir:
-        from chorushead.core.flame import FlameModel
-        flame = FlameModel.load(flame_dir)
+    info = data_info(HostWindowDataset(data, split).meta)
+    check_same_data(meta["data_info"], info, ckpt, data)
+    where = resolve_head(flame_dir, head, info.get("fit_backend"))
+    flame = load_head(where)
     res = evaluate_model(model, data, split, flame, batch_size, device, samples=samples)
-    res.update(ckpt=str(ckpt), data=str(data), variant=model.cfg.variant, step=meta.get("step"))
+    res.update(ckpt=str(ckpt), data=str(data), variant=model.cfg.variant, step=meta.get("step"),
+               head=where, mesh=describe_head(where))
     if diagnose:
         res["attention"] = attention_summary(model, HostWindowDataset(data, split), batch_size, device)
     if out_json:

@@ -5,16 +5,16 @@ truth of a packed split, whose overlapping windows are stitched back into one co
 video segment (each frame once: window i gives the frames up to the next window's start).
 
 - ``npz``: per singer, ``expression`` (T, 50), ``jaw_pose`` (T, 3), ``global_pose`` (T, 3) axis-angle,
-  ``fps``, ``coeff_groups`` (the groups the fit really estimated: the landmarks fit has no expression,
-  so its ``expression`` is zeros) and ``shape`` (identity code) when the data carries one.
-- ``gltf`` (needs FLAME): one binary glTF 2.0 file per singer. The mesh is frame 0; every frame t is a
+  ``fps``, ``coeff_groups`` (the groups the fit really estimated: landmark fits made before the open
+  head had no expression, so their ``expression`` is zeros) and ``shape`` (identity code) when the data carries one.
+- ``gltf`` (needs a head: FLAME, or the open head of chorushead.core.openhead): one binary glTF 2.0 file per singer. The mesh is frame 0; every frame t is a
   morph target holding its vertex offsets from frame 0, and one animation steps through the weights
   (sampler input t/fps, STEP interpolation, weight 1 on target t, a closing key at T/fps): Blender and
   three.js play it as is.
   trimesh, the obvious library, writes neither morph targets nor animations, so the file is written
   here: a JSON chunk + one little-endian binary chunk, every accessor 4-byte aligned.
-- ``ply`` (needs FLAME): one binary PLY per frame in ``<name>_ply/``.
-- ``mp4`` (needs FLAME): the singers side by side, with the mix (vocals + accompaniment) as audio.
+- ``ply`` (needs a head): one binary PLY per frame in ``<name>_ply/``.
+- ``mp4`` (needs a head): the singers side by side, with the mix (vocals + accompaniment) as audio.
 """
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def parse_formats(values: list[str] | None, flame: bool) -> tuple[str, ...]:
         raise ValueError(f"--format: empty list; choose from {', '.join(FORMATS)}")
     mesh = sorted(asked & set(NEEDS_FLAME))
     if mesh and not flame:
-        raise ValueError(f"--format {','.join(mesh)} needs the FLAME model: pass --flame DIR "
-                         "(FLAME 2020, https://flame.is.tue.mpg.de)")
+        raise ValueError(f"--format {','.join(mesh)} needs a head: pass --flame DIR (FLAME 2020, "
+                         "https://flame.is.tue.mpg.de) or --head open (the open head: jaw, pose and its own "
+                         "expression basis)")
     return tuple(f for f in FORMATS if f in asked)
 
 

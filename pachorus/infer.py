@@ -140,20 +140,21 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
           flame_dir: str | Path | None = None, seed: int = 0, pose0: list[float] | None = None,
           device: str = "auto", size: int = 256, formats: tuple[str, ...] | None = None,
           shapes: list[str | Path] | None = None, shapes_from: str | Path | None = None,
-          shape_key: str | None = None) -> dict:
+          shape_key: str | None = None, head: str = "auto") -> dict:
+    """``head`` / ``flame_dir``: the mesh of the videos and meshes (pachorus.vertices.resolve_head: with
+    ``auto``, FLAME when given, else the open head for a model trained on landmark or synthetic data)."""
     from .export import RUN_INFO, Motion, export_motion, parse_formats
     from .device import pick_device
-    formats = parse_formats(list(formats or []), flame=bool(flame_dir))   # npz (+ mp4 with FLAME) by default
+    from .vertices import describe_head, load_head, resolve_head
     device = str(pick_device(device))
     model, meta = load_model(ckpt, map_location=device)
     if meta.get("data_info") is None:
         raise ValueError(f"{ckpt} has no data_info (fps, sample rate, window): it predates this version; retrain")
     info = meta["data_info"]
+    where = resolve_head(flame_dir, head, info.get("fit_backend"), shapes=bool(shapes or shapes_from))
+    formats = parse_formats(list(formats or []), flame=bool(where))   # npz (+ mp4 with a head) by default
     fps, sr, window = int(info["fps"]), int(info["sr"]), int(info["window"])
-    flame = None
-    if flame_dir:   # load before anything is written: a missing FLAME folder leaves no output behind
-        from chorushead.core.flame import FlameModel
-        flame = FlameModel.load(flame_dir)
+    flame = load_head(where)   # before anything is written: a missing FLAME folder leaves no output behind
     identity = load_identity(len(vocals), shapes, shapes_from, shape_key)   # (S, 100) or None: mean head
     tracks = [load_audio(v, sr) for v in vocals]
     music = load_audio(bgm, sr)
@@ -188,7 +189,8 @@ def infer(ckpt: str | Path, vocals: list[str | Path], bgm: str | Path, out: str 
             videos.append(str(render_video(coeffs[kk], flame, out / f"sample{kk}.mp4", audio=mix, fps=fps, sr=sr,
                                        size=size, shapes=identity)))
     return {"coeffs": files, "exports": exports, "videos": videos, "frames": int(coeffs.shape[2]),
-            "singers": int(coeffs.shape[1]), "samples": int(coeffs.shape[0]),
+            "singers": int(coeffs.shape[1]), "samples": int(coeffs.shape[0]), "head": where,
+            "mesh": describe_head(where),
             "heads": "mean head" if identity is None else
                      f"personalised heads from shape codes ({'--shape files' if shapes else str(shapes_from)})"}
 

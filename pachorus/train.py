@@ -83,7 +83,7 @@ class TrainConfig:
     max_steps: int = 0          # stop after this many steps in total (0: no limit)
     time_budget_s: float = 0.0  # stop after this much training time in this process (0: no limit)
     threads: int = 0            # torch CPU threads (0: leave torch's default)
-    flame: str | None = None    # FLAME folder, needed only for the vertex lip loss
+    flame: str | None = None    # FLAME folder or 'open' (the open head), needed only for the vertex lip loss
     data_info: dict | None = None  # fps/sr/window/fit_backend/coeff_groups of the LMDB (set by train)
     init: str | None = None     # checkpoint whose weights start a NEW run (fine-tuning; fresh optimiser, step 0)
 
@@ -315,8 +315,8 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
                          f"({cfg.batch_size} x {d.world} processes)")
     flame = None
     if cfg.flame:
-        from chorushead.core.flame import FlameModel
-        flame = FlameModel.load(cfg.flame).to(device)
+        from .vertices import load_head
+        flame = load_head(cfg.flame).to(device)
     loss_fn = PaChorusLoss(cfg.loss, flame, cfg.data_info["coeff_groups"])
     model = build_model(cfg.model).to(device)
     if cfg.init and not resume:   # fine-tuning: the weights from there, everything else fresh (optimiser, step 0)

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from chorushead.core.openhead import open_head
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -277,10 +279,21 @@ def test_infer_formats_and_export_of_a_run(tmp_path, lmdb, flame_dir):
     gltf, bin_ = read_glb(out2 / "singer2_sample0.glb")
     base = _accessor(gltf, bin_, gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
     np.testing.assert_allclose(base, head_vertices(FlameModel.load(flame_dir), pred[:1], shapes[1])[0], atol=1e-6)
+    # without FLAME the synthetic model's motion goes on the open head (468 vertices, 852 faces)
+    out3 = tmp_path / "ex3"
+    _ok(cli("export", "--run", inf, "--out", out3, "--format", "gltf,ply"))
+    gltf, bin_ = read_glb(out3 / "singer1_sample0.glb")
+    base = _accessor(gltf, bin_, gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
+    assert base.shape == (468, 3) and len(gltf["meshes"][0]["primitives"][0]["targets"]) == 30
+    np.testing.assert_allclose(base, head_vertices(open_head(), np.load(inf / "singer1_sample0.npy")[:1])[0], atol=1e-6)
+    # ... but not with identity codes (they are FLAME's): auto renders nothing, --head open is refused
+    _error(cli("export", "--run", inf2, "--out", out3, "--format", "gltf"), "--flame")
+    _error(cli("export", "--run", inf2, "--out", out3, "--format", "gltf", "--head", "open"), "identity")
     # errors: one line, exit 2
-    _error(cli("export", "--run", inf, "--out", out, "--format", "gltf"), "--flame")
+    _error(cli("export", "--run", inf, "--out", out, "--format", "gltf", "--head", "none"), "--flame")
+    _error(cli("export", "--run", inf, "--out", out, "--head", "flame"), "--flame DIR")
     _error(cli("export", "--run", inf, "--out", out, "--format", "obj"), "unknown obj")
     _error(cli("export", "--run", inf, "--data", lmdb, "--out", out), "exactly one")
     _error(cli("infer", "--ckpt", run / "model.pt", "--vocals", wavs[0], wavs[1], "--bgm", wavs[2],
-               "--out", tmp_path / "no", "--format", "ply"), "--flame")
+               "--out", tmp_path / "no", "--format", "ply", "--head", "none"), "--flame")
     assert not (tmp_path / "no").exists()

@@ -9,7 +9,8 @@ The photos are the demo's (chorushead.sample.face_images, 224×224 around each f
   i.e. a positive rotation about FLAME's +y (up);
 - mouth: the demo's own mouth warp (chorushead.demo_faces.open_mouth, which the sample videos drive
   with each singer's loudness): below the lip line the lower face is pushed down by ``gap`` pixels
-  and the uncovered band is painted as a dark mouth interior: the lips part by ``gap`` pixels.
+  and the uncovered band is painted as a dark mouth interior: the lips part by ``gap`` pixels;
+- smile: chorushead.demo_faces.smile, both mouth corners pulled outwards and up by ``smile_px``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from chorushead.demo_faces import MOUTHS, REF_SIZE as SIZE, Mouth, open_mouth   # noqa: F401  (re-exported)
+from chorushead.demo_faces import MOUTHS, REF_SIZE as SIZE, Mouth, open_mouth, smile   # noqa: F401  (re-exported)
 
 
 def photos() -> list[np.ndarray]:
@@ -42,24 +43,27 @@ def yaw_squeeze(img: np.ndarray, a: float, cx: float, radius: float = 70.0) -> n
 @dataclass
 class Clip:
     """Per-frame truth for a warped clip: which warp is active and its value (0 elsewhere)."""
-    phase: np.ndarray      # (T,) 0 = roll, 1 = yaw, 2 = mouth
+    phase: np.ndarray      # (T,) 0 = roll, 1 = yaw, 2 = mouth, 3 = smile
     roll_deg: np.ndarray
     yaw_a: np.ndarray
     gap_px: np.ndarray
+    smile_px: np.ndarray
 
 
 def known_motion(n: int = 30) -> Clip:
-    """Three phases of ``n`` frames: roll ±20°, yaw squeeze ±0.3, mouth gap 0..14 px."""
+    """Four phases of ``n`` frames: roll ±20°, yaw squeeze ±0.3, mouth gap 0..14 px, smile 0..8 px."""
     t = np.arange(n)
     wave = np.sin(2 * np.pi * t / n)
+    bump = 1 - np.cos(2 * np.pi * t / n)
     z = np.zeros(n)
-    return Clip(phase=np.repeat([0, 1, 2], n), roll_deg=np.concatenate([20 * wave, z, z]),
-                yaw_a=np.concatenate([z, 0.3 * wave, z]),
-                gap_px=np.concatenate([z, z, 7 * (1 - np.cos(2 * np.pi * t / n))]))
+    return Clip(phase=np.repeat([0, 1, 2, 3], n), roll_deg=np.concatenate([20 * wave, z, z, z]),
+                yaw_a=np.concatenate([z, 0.3 * wave, z, z]), gap_px=np.concatenate([z, z, 7 * bump, z]),
+                smile_px=np.concatenate([z, z, z, 4 * bump]))
 
 
 def render(photo: np.ndarray, mouth: Mouth, clip: Clip, k: int) -> np.ndarray:
     img = open_mouth(photo, mouth, clip.gap_px[k]) if clip.gap_px[k] > 0 else photo
+    img = smile(img, mouth, clip.smile_px[k]) if clip.smile_px[k] > 0 else img
     if clip.yaw_a[k] != 0:
         img = yaw_squeeze(img, clip.yaw_a[k], mouth.nose_x)
     return roll(img, clip.roll_deg[k]) if clip.roll_deg[k] != 0 else img

@@ -3,7 +3,12 @@
 EMOCA needs licensed assets; this backend needs only a registry package. Per crop it gives the same
 56 numbers as EMOCA, ``[exp(50), jaw(3), pose(3)]``, of which it estimates two groups:
 
-- ``exp`` = 0: expression is not estimated.
+- ``exp``: the open head's 50 expression coefficients (chorushead.core.openhead). Per frame the
+  landmarks are put in the canonical frame (the pose fit below removed), the jaw's turn is undone
+  with the open head's own skinning, and that singer's neutral (the per-point median over the
+  segment's frames with a face) is subtracted; the rest is projected on the open head's orthonormal
+  expression basis (least squares = a dot product). A face held through a whole segment therefore
+  reads as that singer's neutral: expression is motion relative to the singer's usual face.
 - ``pose``: global head rotation, axis-angle in FLAME's frame (x = subject's left = image right,
   y up, z out of the face towards the camera), from a least-squares similarity fit (Umeyama) of the
   upper-face landmarks (above the nose base: they do not move with the jaw or lips) to a canonical
@@ -19,6 +24,8 @@ EMOCA needs licensed assets; this backend needs only a registry package. Per cro
 
 Frames without a detected face are linearly interpolated from the nearest found frames of the same
 strip and segment (held constant at the ends) and flagged in the npz's ``found`` (S, T) array.
+
+``coeff_groups`` of such a fit: exp, jaw, pose (all three are estimated).
 
 MediaPipe runs in its own venv (scripts/setup_landmarks_env.sh) through ``landmarks_worker.py``,
 or in-process when this interpreter can import mediapipe.
@@ -36,21 +43,22 @@ import numpy as np
 
 from chorushead.backends.worker import JsonLinesWorker
 from chorushead.core import assets
+from chorushead.core import openhead
 from chorushead.core.errors import MissingAsset, StageError
+from chorushead.core.openhead import JAW_RADIUS, LEFT_EYE, LOWER_LIP, NOSE_BASE, RIGHT_EYE, UPPER_LIP
 from chorushead.core.windows import EXP, JAW, N_COEFFS, POSE
 
 WORKER = Path(__file__).with_name("landmarks_worker.py")
-CANONICAL = Path(__file__).resolve().parents[1] / "data" / "face_mesh_canonical.npy"
+CANONICAL = openhead.CANONICAL
+load_canonical = openhead.load_canonical   # the open head's canonical face is the fit's
 SETUP_HINT = ("run `bash scripts/setup.sh` (it builds the venv with mediapipe 0.10.21 via "
               "scripts/setup_landmarks_env.sh, ~425 MB, ~30 s, in $CHORUSHEAD_HOME/envs/landmarks when "
               "CHORUSHEAD_HOME is set, else in the checkout's envs/landmarks), or point CHORUSHEAD_LANDMARKS_PYTHON / "
               "fit.landmarks_python at a python that can `import mediapipe` (0.10.21)")
 
 N_POINTS = 478                    # 468 mesh points + 2 × 5 iris points
-UPPER_LIP, LOWER_LIP = 13, 14     # inner-lip midpoints
-RIGHT_EYE, LEFT_EYE = 33, 263     # outer eye corners (subject's right / left)
-NOSE_BASE = 2                     # subnasale: the rigid set is everything above it
-JAW_RADIUS = 1.0                  # jaw joint -> lower lip ≈ outer-eye-corner distance (both ~9-10 cm)
+# Landmark numbers and the jaw radius (jaw joint -> lower lip ≈ outer-eye-corner distance, both ~9-10 cm)
+# live with the open head (core/openhead.py), whose jaw turns the lower lip by the angle measured here.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,16 +125,6 @@ def make_canonical(shapes: np.ndarray, iterations: int = 4) -> np.ndarray:
     return (c / iod).astype(np.float32)           # unit: outer-eye-corner distance
 
 
-def load_canonical(path: Path = CANONICAL) -> np.ndarray:
-    if not path.exists():
-        raise MissingAsset("canonical face for the landmark fit", [str(path)],
-                           "it ships with chorushead (chorushead/data); reinstall the package or restore the file")
-    c = np.load(path)
-    if c.shape != (N_POINTS, 3):
-        raise StageError(f"{path} holds {c.shape}, expected ({N_POINTS}, 3); restore it from the repository")
-    return c.astype(np.float64)
-
-
 def rigid_points(canonical: np.ndarray) -> np.ndarray:
     """Mesh points above the nose base (forehead, brows, eyes, nose, upper cheeks): they stay put
     when the jaw or lips move. Irises (468+) are left out: eyes turn independently of the head."""
@@ -134,22 +132,45 @@ def rigid_points(canonical: np.ndarray) -> np.ndarray:
     return idx[canonical[:468, 1] > canonical[NOSE_BASE, 1]]
 
 
-def coefficients(lm: np.ndarray, canonical: np.ndarray, rigid: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 478, 3) MediaPipe pixel landmarks (NaN = no face) -> (N, 56) coefficients (NaN rows where
-    no face) and (N,) found flags."""
+def coefficients(lm: np.ndarray, canonical: np.ndarray, rigid: Optional[np.ndarray] = None,
+                 aligned: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 478, 3) MediaPipe pixel landmarks (NaN = no face) -> (N, 56) jaw and pose coefficients (NaN
+    rows where no face; ``exp`` 0 here: it needs the segment's neutral, see :func:`expression`) and (N,)
+    found flags. ``aligned`` (N, 468, 3), when given, receives the mesh points in the canonical frame
+    (pose, scale and position removed; NaN where no face)."""
     rigid = rigid_points(canonical) if rigid is None else rigid
     out = np.full((len(lm), N_COEFFS), np.nan, np.float32)
     found = ~np.isnan(lm).any(axis=(1, 2))
+    if aligned is not None:
+        aligned[~found] = np.nan
     for i in np.flatnonzero(found):
         x = to_flame_frame(lm[i].astype(np.float64))
-        s, r, _ = similarity(canonical[rigid], x[rigid])
+        s, r, t = similarity(canonical[rigid], x[rigid])
         iod = np.linalg.norm(x[RIGHT_EYE] - x[LEFT_EYE])
         gap = np.linalg.norm(x[UPPER_LIP] - x[LOWER_LIP])
         jaw = 2 * np.arcsin(min(1.0, gap / (2 * JAW_RADIUS * iod)))
         out[i, EXP] = 0.0
         out[i, JAW] = (jaw, 0.0, 0.0)
         out[i, POSE] = rotvec(r)
+        if aligned is not None:
+            aligned[i] = (x[:openhead.N_VERTS] - t) @ r / s      # x ≈ s·R·c + t  ->  c = Rᵀ(x - t)/s
     return out, found
+
+
+def expression(aligned: np.ndarray, jaw: np.ndarray, found: np.ndarray, canonical: np.ndarray,
+               basis: np.ndarray) -> np.ndarray:
+    """(T, 50) expression coefficients of one singer's segment: canonical-frame points (T, 468, 3) with
+    the jaw's turn undone, minus their median over found frames, projected on ``basis`` (468, 3, 50;
+    orthogonal columns of norm openhead.EXP_SCALE, so the projection is a dot product). Rows where
+    no face was found are NaN (filled by :func:`fill_missing` like the rest)."""
+    out = np.full((len(aligned), openhead.N_EXP), np.nan, np.float32)
+    if not found.any():
+        return out
+    unposed = openhead.unpose_jaw(aligned[found], jaw[found], canonical)
+    residual = (unposed - np.median(unposed, axis=0)).reshape(len(unposed), -1)
+    q = basis.reshape(-1, openhead.N_EXP)
+    out[found] = residual @ q / openhead.EXP_SCALE ** 2
+    return out
 
 
 def fill_missing(coeffs: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -193,7 +214,9 @@ def identity(python: str = "") -> dict:
     Never raises."""
     def make() -> dict:
         from chorushead.backends.landmarks_worker import MODEL_FILES
-        out: dict = {"canonical": assets.file_identity(CANONICAL) if CANONICAL.is_file() else f"missing:{CANONICAL}"}
+        out: dict = {"canonical": assets.file_identity(CANONICAL) if CANONICAL.is_file() else f"missing:{CANONICAL}",
+                     "expression": ["open head basis v1", assets.file_identity(openhead.TOPOLOGY)
+                                    if openhead.TOPOLOGY.is_file() else f"missing:{openhead.TOPOLOGY}"]}
         if uses_in_process(python):
             from importlib import metadata
             spec = importlib.util.find_spec("mediapipe")
@@ -265,6 +288,7 @@ class LandmarksBackend:
         to the model ``batch_size`` at a time, so memory is one batch of landmarks + one segment's coeffs."""
         output_dir = Path(output_dir)
         rigid = rigid_points(self.canonical)
+        basis = openhead.expression_basis(self.canonical)
         paths, n_images = [], 0
         for i, (start, end) in enumerate(segments):
             coeffs = np.zeros((len(strips), end - start, N_COEFFS), np.float32)
@@ -274,9 +298,12 @@ class LandmarksBackend:
                 missing = [p for p in images if not os.path.exists(p)]
                 if missing:
                     raise StageError(f"{len(missing)} crop(s) missing, e.g. {missing[0]}; rerun the crop stage")
+                aligned = np.zeros((len(images), openhead.N_VERTS, 3), np.float32)   # one singer's segment
                 for b in range(0, len(images), max(1, batch_size)):
-                    c, f = coefficients(self.detect(images[b:b + batch_size], output_dir), self.canonical, rigid)
+                    c, f = coefficients(self.detect(images[b:b + batch_size], output_dir), self.canonical, rigid,
+                                        aligned=aligned[b:b + batch_size])
                     coeffs[s, b:b + len(c)], found[s, b:b + len(c)] = c, f
+                coeffs[s, :, EXP] = expression(aligned, coeffs[s, :, JAW][:, 0], found[s], self.canonical, basis)
                 coeffs[s] = fill_missing(coeffs[s], found[s])
                 n_images += len(images)
             path = output_dir / f"seg{i:03d}.npz"

@@ -11,8 +11,9 @@ started once per runner worker; images are batched across strips and segments, o
 that environment sees one.
 
 ``backend = "landmarks"`` (backends/landmarks.py) needs no licensed asset: MediaPipe's face mesh in
-its own venv gives jaw opening and head pose in the same layout (exp = 0, no ``shape``/``cam``; a
-``found`` (S, T) array marks frames interpolated because no face was found).
+its own venv gives jaw opening, head pose and the open head's 50 expression coefficients
+(chorushead.core.openhead) in the same layout (no ``shape``/``cam``; a ``found`` (S, T) array marks
+frames interpolated because no face was found).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Params:
     # images per forward pass: EMOCA runs in eval mode (batch norm uses its stored statistics), so every
     # image is encoded on its own (float rounding aside); MediaPipe sees one image at a time whatever the batch.
     batch_size: int = field(default=32, metadata=EXEC)
-    backend: str = "emoca"           # emoca (the paper's) | landmarks (MediaPipe face mesh: jaw + pose only)
+    backend: str = "emoca"           # emoca (the paper's) | landmarks (MediaPipe face mesh: open-head exp + jaw + pose)
     # landmark env python; default $CHORUSHEAD_LANDMARKS_PYTHON, else $CHORUSHEAD_HOME/envs/landmarks, else the
     # checkout's envs/landmarks; the identity records its mediapipe version and model files.
     landmarks_python: str = field(default="", metadata=EXEC)
@@ -117,8 +118,10 @@ def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend
         jaw_open.append(seg.coeffs[:, :, JAW_OPEN].mean(axis=1))
         no_face += int((~seg.found).sum()) if seg.found is not None else 0
     landmarks = params.backend == "landmarks"     # (the runner hands `model` over behind a lazy proxy)
+    # Both backends estimate all three groups; the LMDB meta keeps the field for fits made before the
+    # landmark fit had expression (coeff_groups jaw, pose: pachorus masks exp for those).
     return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="landmarks" if landmarks else "emoca",
-                                  coeff_groups=["jaw", "pose"] if landmarks else list(COEFF_GROUPS)),
+                                  coeff_groups=list(COEFF_GROUPS)),
                   metrics=Metrics(images=int(n_images), segments=len(outputs), device=str(model.device),
                                   jaw_mean=np.mean(jaw_open, axis=0).round(4).tolist(), no_face=no_face))
 
