@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chorushead.core import media
+from chorushead.demo_faces import loudness_envelope
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- journey -->", "<!-- /journey -->"
 
@@ -82,10 +85,14 @@ def test_readme_journey_runs_verbatim(tmp_path):
     assert any(r["type"] == "val" for r in steps)   # the val split is not empty, so validation ran
 
     ev = outputs["pachorus eval"]
-    assert re.search(r"full \(z=0\)\s*\|\s*\d\.\d+", ev) and "PPE" in ev, ev
-    assert "samples of split 'test'" in ev and "masked (not estimated by the fit): exp" in ev, ev
+    assert re.search(r"full \(z=0\)\s*\|\s*\d+\.\d+", ev) and "PPE" in ev and "LVE" in ev, ev
+    assert "samples of split 'test'" in ev and "masked" not in ev, ev         # the landmark fit estimates exp too
+    assert "head: the open head" in ev, ev                                     # vertex metrics without FLAME
     res = json.loads((run / "eval_test.json").read_text())
     assert res["n_samples"] == 2 * counts["test"] and np.isfinite(res["model"]["PPE"]), res
+    assert res["head"] == "open" and res["vertex_metrics"], res
+    # LVE in mm on the open head: the model's lips move less wrongly than the mean motion's
+    assert 0 < res["model"]["LVE_l2"] < res["mean_motion_baseline"]["LVE_l2"], res
     # the demo's mouths follow each singer's voice, so 100 steps learn the jaw: measured 0.00060 vs the mean
     # motion's 0.00223 (a per-singer constant would get ~0.0018; static mouths gave 0.00068 vs 0.00108)
     model, mean_motion = res["model"], res["mean_motion_baseline"]
@@ -98,7 +105,40 @@ def test_readme_journey_runs_verbatim(tmp_path):
         for f in files:
             c = np.load(f)
             assert c.shape == (360, 56) and np.isfinite(c).all(), (f.name, c.shape)
-    assert not list(infer.glob("*.mp4"))   # no FLAME here: coefficients only
+    # no FLAME here: the videos are on the open head, with the song as audio, and their mouths sing
+    videos = sorted(infer.glob("sample*.mp4"))
+    assert [v.name for v in videos] == ["sample0.mp4", "sample1.mp4", "sample2.mp4"], sorted(infer.iterdir())
+    pr = media.probe(videos[0])
+    assert pr.has_audio and (pr.width, pr.height) == (512, 256) and abs(pr.duration - 12.0) < 0.1
+    for singer in (1, 2):
+        voice = media.load_audio(out / "sample" / "stems" / "duet1" / f"singer{singer}.wav", 16000)
+        loud = loudness_envelope(voice, 16000, 30, 360)
+        hole = mouth_hole_px(videos[0], np.load(infer / f"singer{singer}_sample0.npy"), singer - 1)
+        r = np.corrcoef(hole, loud)[0, 1]
+        print(f"singer {singer}: mouth opening in the video vs the voice's loudness r = {r:.3f}")
+        assert r > 0.5, r
+        assert hole[loud == 0].mean() < 0.5 * hole[loud > 0.5].mean()        # shut while silent, open when loud
+
+
+def mouth_hole_px(video: Path, coeffs: np.ndarray, tile: int, size: int = 256) -> np.ndarray:
+    """(T,) pixels of background seen through the mouth of singer ``tile`` in each frame of ``video``:
+    the open head's mouth is an opening, so a parted jaw shows the dark background. Counted inside the
+    box of the singer's lip vertices in that frame (posed, projected with the renderer's camera),
+    widened by a quarter of its width."""
+    from chorushead.core.openhead import open_head
+    from chorushead.core.render import Camera
+    head = open_head()
+    cam = Camera.fit(head.v_template.numpy(), size, margin=0.15)
+    lips = head.vertices_np(coeffs)[:, head.masks["lips"]]
+    out = []
+    frames = (f for chunk in media.iter_frames(video, 30) for f in chunk)
+    for t, frame in zip(range(len(coeffs)), frames):
+        xy = cam.project(lips[t])
+        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        pad = 0.25 * (x1 - x0)
+        box = frame[max(0, int(y0 - pad)):int(y1 + pad) + 1, tile * size + max(0, int(x0 - pad)):tile * size + int(x1 + pad) + 1]
+        out.append(int((box.max(axis=2) < 45).sum()))
+    return np.asarray(out, np.float64)
 
 
 @pytest.mark.slow   # ~15 s: one 7 s duet through crop, then fit fails
