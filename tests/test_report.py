@@ -82,6 +82,10 @@ def test_card_of_a_build_without_ingest_or_crop_and_pack_blocked_on_it(tmp_path)
     assert md_row(md, "Videos registered") == "4" and md_row(md, "Videos ingested") == "0"
     # motion comes from the smoothed segments even without a pack: both singer positions
     assert sorted(card.dists["jaw"]) == [0, 1] and len(card.dists["jaw"][0]) == 3 * (200 + 140)
+    # ... and the expression: landmark fits, so the open head's named actions, per position
+    assert card.dists["expression"][1].shape == (3 * (200 + 140), 50)
+    assert card.dists["expression_names"][:2] == ["smile", "smile_asym"]
+    assert "Most active expression coefficients per singer position" in md and "expression.png" in md
     assert card.dists["review"] == {"accept": 0, "reject": 1, "unreviewed": 5}
     assert card_hint(out, pl) is None     # nothing packed: build/status say nothing of a card
     res = CliRunner().invoke(app, ["build", "--out", str(out), "--stages", "pack", "--quiet"])

@@ -12,7 +12,7 @@ import numpy as np
 
 from chorushead.core.decisions import decisions as review_decisions, timeline_ranges
 from chorushead.core.manifest import Record, iter_records
-from chorushead.core.windows import JAW_OPEN, POSE, SPLITS, WindowReader, packed_videos, parse_window_key
+from chorushead.core.windows import EXP, JAW_OPEN, POSE, SPLITS, WindowReader, packed_videos, parse_window_key
 from chorushead.runner import Pipeline, Plan, load_items
 from chorushead.stages import assign, contiguity, crop, get_stage, ingest, pack, smooth, vad
 from chorushead.stages.base import DEFAULT_FPS
@@ -241,7 +241,8 @@ def _distributions(b: Build, notes: list[str]) -> dict[str, Any]:
     d: dict[str, Any] = {}
     d["segment_seconds"] = np.array([(e - a) / b.fps(v) for v, o in cont.items() for a, e in o.segments], float)
     d["kept_minutes"] = np.array([_frames(o.segments) / b.fps(v) / 60 for v, o in cont.items()], float)
-    d["jaw"], d["pose"] = _motion(b)
+    d["jaw"], d["pose"], d["expression"] = _motion(b)
+    d["expression_names"] = _expression_names(b)
     if not d["jaw"]:
         notes.append("no smoothed segments yet: jaw and head-pose distributions are empty")
     d["detection"] = _detection(b)
@@ -258,12 +259,13 @@ def _distributions(b: Build, notes: list[str]) -> dict[str, Any]:
     return d
 
 
-def _motion(b: Build) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Jaw opening (degrees) and head pitch/yaw/roll (degrees) per singer position (strip k, left to
-    right) over every smoothed segment."""
+def _motion(b: Build) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Jaw opening (degrees), head pitch/yaw/roll (degrees) and the expression coefficients (T, 50) per
+    singer position (strip k, left to right) over every smoothed segment."""
     from scipy.spatial.transform import Rotation
     jaw: dict[int, list[np.ndarray]] = {}
     pose: dict[int, list[np.ndarray]] = {}
+    exp: dict[int, list[np.ndarray]] = {}
     for r in b.ok("smooth").values():
         for seg in smooth.Outputs.of(r).load(b.out):
             c = seg.coeffs                                   # (S, T, 56)
@@ -272,8 +274,17 @@ def _motion(b: Build) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
                 # FLAME's global pose is an axis-angle; as x/y/z Euler angles: pitch, yaw, roll
                 pose.setdefault(k, []).append(Rotation.from_rotvec(c[k, :, POSE].astype(np.float64))
                                               .as_euler("xyz", degrees=True))
-    return ({k: np.concatenate(a) for k, a in sorted(jaw.items())},
-            {k: np.concatenate(a) for k, a in sorted(pose.items())})
+                exp.setdefault(k, []).append(c[k, :, EXP])
+    join = lambda d: {k: np.concatenate(a) for k, a in sorted(d.items())}  # noqa: E731
+    return join(jaw), join(pose), join(exp)
+
+
+def _expression_names(b: Build) -> list[str]:
+    """What the expression coefficients are: the open head's named actions when every fit is the
+    landmark fit's, else FLAME's unnamed directions."""
+    from chorushead.core.openhead import EXP_NAMES
+    backends = {r.outputs.get("backend") for r in b.ok("fit").values()}
+    return list(EXP_NAMES) if backends == {"landmarks"} else [f"FLAME exp {i}" for i in range(len(EXP_NAMES))]
 
 
 def _detection(b: Build) -> dict[int, np.ndarray]:

@@ -46,6 +46,7 @@ def funnel_section(card: Card, plots: dict[str, str]) -> Section:
 DISTRIBUTION_PLOTS = (("segment_seconds", "segment length"), ("kept_minutes", "kept footage per video"),
                       ("jaw", "jaw opening per singer position"),
                       ("pose", "head pitch, yaw and roll per singer position"),
+                      ("expression", "expression per singer position"),
                       ("detection", "detection confidence"), ("assign", "assignment confidence"),
                       ("review", "review decisions"))
 
@@ -64,6 +65,16 @@ def distributions_section(card: Card, plots: dict[str, str]) -> Section:
     if rows:
         dist.text.append("Motion per singer position (strip, left to right) over every smoothed segment, degrees.")
         dist.tables.append((["position", "frames", "jaw", "pitch", "yaw", "roll"], rows))
+    names = d.get("expression_names") or []
+    exp_rows = []
+    for k, a in (d.get("expression") or {}).items():
+        rms = np.sqrt((a.astype(np.float64) ** 2).mean(0)) if len(a) else np.zeros(len(names))
+        top = np.argsort(rms)[::-1][:3]
+        exp_rows.append([f"{k + 1}", ", ".join(f"{names[j]} {rms[j]:.2f}" for j in top)])
+    if exp_rows and len(names):
+        dist.text.append("Most active expression coefficients per singer position (RMS over frames; the landmark "
+                         "fit's are the open head's named actions, chorushead.core.openhead).")
+        dist.tables.append((["position", "most active (RMS)"], exp_rows))
     det_rows = [[f"{k + 1}", str(len(a)), f"{a.mean():.4f}" if len(a) else "-", f"{a.min():.4f}" if len(a) else "-"]
                 for k, a in d["detection"].items()]
     if det_rows:

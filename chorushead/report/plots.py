@@ -83,6 +83,28 @@ def head_pose(card: Card):
     return fig
 
 
+N_EXPRESSION_SHOWN = 16   # the open head's named actions (the first 16 of 50)
+
+
+def expression(card: Card):
+    """How much each of the first expression coefficients moves, per singer position (RMS over frames)."""
+    exp = card.dists.get("expression") or {}
+    if not exp:
+        return None
+    names = card.dists["expression_names"][:N_EXPRESSION_SHOWN]
+    fig = _figure(8, 3.4)
+    ax = fig.add_subplot(111)
+    x = np.arange(len(names))
+    width = 0.8 / len(exp)
+    for i, (k, a) in enumerate(exp.items()):
+        ax.bar(x + i * width, np.sqrt((a[:, :len(names)] ** 2).mean(0)), width, label=f"singer position {k + 1}")
+    ax.set_xticks(x + 0.4 - width / 2, names, rotation=40, ha="right")
+    ax.set_ylabel("RMS (coefficient units)")
+    ax.legend()
+    ax.set_title("expression per singer position")
+    return fig
+
+
 def assignment(card: Card):
     d = card.dists
     return _hist(d["assign"], "assignment margin (best over second-best)", "videos",
@@ -99,6 +121,7 @@ PLOTS: list[tuple[str, str, Callable[[Card], object]]] = [
     ("jaw", "jaw.png", lambda c: _overlaid_hist(c.dists["jaw"], 40, "singer position", "jaw opening (degrees)",
                                                 "jaw opening per singer position") if c.dists["jaw"] else None),
     ("pose", "head_pose.png", head_pose),
+    ("expression", "expression.png", expression),
     ("detection", "detection.png",
      lambda c: _overlaid_hist(c.dists["detection"], 30, "strip", "MTCNN face probability (detected frames)",
                               "detection confidence (crop)")
