@@ -286,6 +286,13 @@ def test_infer_formats_and_export_of_a_run(tmp_path, lmdb, flame_dir):
     base = _accessor(gltf, bin_, gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
     assert base.shape == (468, 3) and len(gltf["meshes"][0]["primitives"][0]["targets"]) == 30
     np.testing.assert_allclose(base, head_vertices(open_head(), np.load(inf / "singer1_sample0.npy")[:1])[0], atol=1e-6)
+    import trimesh
+    plys = sorted((out3 / "singer1_sample0_ply").glob("*.ply"))
+    assert len(plys) == 30
+    mesh = trimesh.load(plys[7], process=False)
+    np.testing.assert_allclose(mesh.vertices, head_vertices(open_head(), np.load(inf / "singer1_sample0.npy")[7:8])[0],
+                               atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, open_head().faces)
     # ... but not with identity codes (they are FLAME's): auto renders nothing, --head open is refused
     _error(cli("export", "--run", inf2, "--out", out3, "--format", "gltf"), "--flame")
     _error(cli("export", "--run", inf2, "--out", out3, "--format", "gltf", "--head", "open"), "identity")
