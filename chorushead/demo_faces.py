@@ -8,6 +8,8 @@ singer's own loudness.
 - :func:`smile`: both mouth corners pulled outwards and up by ``amount`` pixels (a Gaussian
   displacement about each corner, σ = 0.35 × the mouth width): a known smile for the landmark fit's
   expression test, and the demo's listening smile.
+- :func:`listening`: how much each singer smiles while listening: the loudest partner's loudness,
+  smoothed over half a second (a smile does not flicker with every syllable).
 - :func:`loudness_envelope`: a voice's RMS per video frame, 0..1 (1 = its loud singing), 0 where the
   singer is silent: the demo opens each singer's mouth by this much times its largest gap.
 
@@ -111,3 +113,17 @@ def loudness_envelope(voice: np.ndarray, sr: int, fps: float, n_frames: int, gat
     env = np.clip(rms / np.percentile(loud, 98), 0, 1)
     env[env < gate] = 0.0
     return env.astype(np.float32)
+
+
+def listening(loudness: np.ndarray, fps: float, seconds: float = 0.5) -> np.ndarray:
+    """(S, T) in 0..1 from (S, T) loudness envelopes: for each singer the largest of the OTHER singers'
+    loudness per frame, averaged over a centred ``seconds`` window."""
+    loud = np.asarray(loudness, np.float64)
+    out = np.zeros_like(loud)
+    width = max(1, int(round(seconds * fps)))
+    kernel = np.ones(width) / width
+    for k in range(len(loud)):
+        others = np.delete(loud, k, axis=0)
+        if len(others):
+            out[k] = np.convolve(others.max(axis=0), kernel, mode="same")
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -4,7 +4,10 @@ with real faces, synthesised singing, music and stems.
 Faces are real photographs that ship inside scikit-image and matplotlib (the astronaut Eileen Collins
 and Grace Hopper), one per half of the frame, drifting and bobbing; the second singer leaves the frame for a
 while so the contiguity filter has something to cut. Each singer's mouth opens with that singer's own
-voice (its loudness per video frame, closed while it is silent; the warp is demo_faces.open_mouth).
+voice (its loudness per video frame, closed while it is silent; the warp is demo_faces.open_mouth),
+and each singer smiles while listening: the corners of the mouth rise with the partners' loudness
+(smoothed over half a second; demo_faces.smile), the demo's counterpart of the paper's listener who
+shares the singing partner's expression (§4.4).
 Voices are harmonic tones with vibrato and vowel-like formants sung in phrases; the music is chords
 plus a kick drum on the beat. Stems are written next to the video in the layout ``--stems`` expects.
 """
@@ -16,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from chorushead.core import media
-from chorushead.demo_faces import MOUTHS, loudness_envelope, open_mouth
+from chorushead.demo_faces import MOUTHS, listening, loudness_envelope, open_mouth, smile as smile_warp
 
 SR = 44100
 MOUTH_GAP = 0.08   # the lips' widest parting, as a fraction of the face image's size
+LISTEN_SMILE = 0.03   # the mouth corners' largest lift while listening, as a fraction of the face's size
 
 
 # x1, y1, x2, y2 of a region tight around each face (face + hair + chin): the face fills ~55% of it
@@ -54,16 +58,19 @@ class DuetVideo:
     boxes: np.ndarray             # (S, T, 4) patch boxes in strip coordinates, NaN when absent
     fps: int
     mouth_gap: np.ndarray | None = None   # (S, T) lips' parting in pixels of the pasted face (0 = closed)
+    smile: np.ndarray | None = None       # (S, T) mouth corners' lift in pixels of the pasted face (0 = none)
 
 
 def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), fps: int = 30,
                      absent: tuple[int, int] | None = None, n_faces: int = 2, seed: int = 0,
                      face_frac: float = 0.7, mouth_open: np.ndarray | None = None,
-                     max_gap: float = MOUTH_GAP) -> DuetVideo:
+                     max_gap: float = MOUTH_GAP, smile: np.ndarray | None = None,
+                     max_smile: float = LISTEN_SMILE) -> DuetVideo:
     """Frames of ``n_faces`` singers side by side (one per vertical strip); strip 1's face is out of
     the picture for frames ``absent = (a, b)``. ``mouth_open`` (n_faces, n_frames) in 0..1 parts each
-    face's lips by that fraction of ``max_gap`` × the face's size (None: closed mouths). Returns the
-    frames, the true patch boxes and mouth gaps."""
+    face's lips by that fraction of ``max_gap`` × the face's size (None: closed mouths); ``smile``
+    (same shape, 0..1) lifts the mouth corners by that fraction of ``max_smile`` × the face's size.
+    Returns the frames, the true patch boxes, mouth gaps and smiles."""
     h, w = size
     rng = np.random.default_rng(seed)
     sw = w // n_faces
@@ -80,6 +87,9 @@ def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), fps: int
     if mouth_open is not None:
         gaps[:] = np.round(np.clip(np.asarray(mouth_open, np.float64)[:n_faces, :n_frames], 0, 1)
                            * max_gap * fs, 2)
+    lifts = np.zeros((n_faces, n_frames), np.float32)
+    if smile is not None:
+        lifts[:] = np.round(np.clip(np.asarray(smile, np.float64)[:n_faces, :n_frames], 0, 1) * max_smile * fs, 2)
     for t in range(n_frames):
         fr = background.copy()
         for k in range(n_faces):
@@ -92,13 +102,14 @@ def make_duet_frames(n_frames: int, size: tuple[int, int] = (256, 512), fps: int
             x0 = min(max(x0, 0), sw - fs)
             y0 = min(max(y0, 0), h - fs)
             face = faces[k]
-            if gaps[k, t] > 0:   # singers past the second are the photos mirrored: warp, then mirror
+            if gaps[k, t] > 0 or lifts[k, t] > 0:   # singers past the second are the photos mirrored: warp, then mirror
                 face = open_mouth(photos[k % 2], MOUTHS[k % 2], float(gaps[k, t]))
+                face = smile_warp(face, MOUTHS[k % 2], float(lifts[k, t]))
                 face = face if k < 2 else face[:, ::-1]
             fr[y0:y0 + fs, k * sw + x0:k * sw + x0 + fs] = face
             boxes[k, t] = [x0, y0, x0 + fs, y0 + fs]
         frames[t] = fr
-    return DuetVideo(frames=frames, boxes=boxes, fps=fps, mouth_gap=gaps)
+    return DuetVideo(frames=frames, boxes=boxes, fps=fps, mouth_gap=gaps, smile=lifts)
 
 
 def sing(seconds: float, sr: int, phrases: list[tuple[float, float]], f0_base: float, seed: int) -> np.ndarray:
@@ -166,9 +177,10 @@ def write_sample(folder: Path, seconds: float = 12.0, size: tuple[int, int] = (2
     p2 = [(2.4, 5.0), (5.6, 8.2), (8.8, end)]
     voices = [sing(seconds, SR, p1, 220.0, seed + 1), sing(seconds, SR, p2, 165.0, seed + 2)]
     voices += [sing(seconds, SR, p1[::-1], 260.0, seed + 3 + k) for k in range(n_faces - 2)]
-    # each singer's mouth follows that singer's own loudness, frame by frame
+    # each singer's mouth follows that singer's own loudness, frame by frame, and smiles at the partners'
+    loud = np.stack([loudness_envelope(v, SR, fps, n) for v in voices])
     vid = make_duet_frames(n, size=size, fps=fps, absent=absent, n_faces=n_faces, seed=seed,
-                           mouth_open=np.stack([loudness_envelope(v, SR, fps, n) for v in voices]))
+                           mouth_open=loud, smile=listening(loud, fps))
     bgm = music(seconds, SR, seed=seed)
     vocals = np.sum(voices, axis=0)
     mix = np.stack([vocals + bgm, vocals + 0.9 * bgm], axis=1)

@@ -1,5 +1,6 @@
 """The demo's singers sing: each singer's mouth opens with that singer's own voice (its loudness per
-video frame) and stays shut while that singer is silent, read off the generated frames themselves."""
+video frame) and stays shut while that singer is silent, and smiles while the partner sings (a
+listening smile: the mouth corners rise, the lips stay shut), read off the generated frames themselves."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from chorushead.core import media
 from chorushead.sample import SR, face_images, write_sample
-from chorushead.demo_faces import MOUTHS, loudness_envelope, open_mouth
+from chorushead.demo_faces import MOUTHS, listening, loudness_envelope, open_mouth, smile
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,14 @@ def test_each_mouth_follows_its_own_singers_voice_and_is_shut_in_silence(sample)
         r_own, r_other = np.corrcoef(change, own)[0, 1], np.corrcoef(change, other)[0, 1]
         assert r_own > 0.9 and r_own > r_other + 0.3, (k, r_own, r_other)
         silent, loud = own == 0, own > 0.5
-        assert silent.sum() > 30 and loud.sum() > 30, (silent.sum(), loud.sum())
-        assert (change[silent] == 0).all()                    # still, pixel for pixel, while silent
+        hush = silent & (listening(envs, vid.fps)[k] == 0)   # nobody sings (or not for half a second)
+        assert hush.sum() > 20 and loud.sum() > 30, (hush.sum(), loud.sum())
+        assert (change[hush] == 0).all()                      # still, pixel for pixel, in silence
         assert change[loud].min() > 2.0, change[loud].min()   # visibly open while singing out
-        # the other singer singing alone does not move this mouth
-        assert (change[(own == 0) & (other > 0.5)] == 0).all()
-        np.testing.assert_allclose(vid.mouth_gap[k][silent], 0)
+        np.testing.assert_allclose(vid.mouth_gap[k][silent], 0)    # the lips stay shut while silent ...
+        listen = silent & (other > 0.5)
+        assert listen.sum() > 10 and (vid.smile[k][listen] > 0).all()   # ... and smile at the partner
+        assert 0 < change[listen].mean() < 0.5 * change[loud].mean()     # a smile moves less than singing
 
 
 def test_the_encoded_video_shows_the_mouths_moving(sample):
@@ -64,6 +67,30 @@ def test_the_encoded_video_shows_the_mouths_moving(sample):
     for k in range(2):
         change = mouth_change(replace(vid, frames=decoded), k)
         assert np.corrcoef(change, envs[k])[0, 1] > 0.8
+
+
+def test_listening_smile_follows_the_partner():
+    fps = 30
+    loud = np.zeros((3, 90), np.float32)
+    loud[1, 30:60] = 1.0                                    # singer 2 sings for one second
+    lis = listening(loud, fps)
+    assert lis.shape == (3, 90) and lis.dtype == np.float32
+    assert (lis[1] == 0).all()                              # nobody else sings: singer 2 does not smile
+    np.testing.assert_allclose(lis[0], lis[2])              # both listeners smile alike
+    assert lis[0, 45] == 1.0 and lis[0, :22].max() == 0 and lis[0, 68:].max() == 0   # 0.5 s smoothing
+    assert 0 < lis[0, 30] < 1 and np.all(np.diff(lis[0, 20:46]) >= 0)               # it rises, no jump
+
+
+def test_smile_moves_the_corners_out_and_up():
+    face = face_images(224)[0]
+    assert smile(face, MOUTHS[0], 0.0) is face
+    lifted = smile(face, MOUTHS[0], 6.0).astype(int)
+    diff = np.abs(lifted - face).sum(axis=2) > 0
+    ys, xs = np.nonzero(diff)
+    m = MOUTHS[0]
+    assert abs(np.median(ys) - m.y) < 15                    # around the lip line ...
+    assert xs.min() < m.x0 < m.x1 < xs.max()                # ... at both corners
+    assert not diff[:40].any()                              # the eyes and above do not move
 
 
 def test_deterministic_per_seed(tmp_path):
