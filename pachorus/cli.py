@@ -148,7 +148,7 @@ def eval_cmd(
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
     if res["masked_groups"]:
         typer.echo(f"masked (not estimated by the fit): {', '.join(res['masked_groups'])}")
-    if res["vertex_metrics"]:
+    if res["vertex_metrics"] and res["head"] != "open":   # the open head is one face: no identities to report
         typer.echo(f"vertex metrics on {res['identity']['heads']}")
     m = res["model"]
     if m.get("silent_fraction") is not None:

@@ -56,6 +56,7 @@ class Card:
     meta: dict[str, Any] | None
     dists: dict[str, Any]                    # arrays/counters the plots draw
     notes: list[str]                         # what is missing, honestly
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)   # video -> origin (chorushead fetch)
 
 
 @dataclass
@@ -118,7 +119,8 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
                      "which stages): the card shows the file's; pass the build's --pipeline/--set to report.")
     return Card(out=b.out, pipeline=pipeline, pipeline_file=pipeline_file, summary=_summary(b),
                 funnel=_funnel(b), splits=splits, split_violations=violations, versions=versions,
-                fingerprints=prints, same_params=same, lmdb=b.lmdb, meta=b.meta, dists=dists, notes=notes)
+                fingerprints=prints, same_params=same, lmdb=b.lmdb, meta=b.meta, dists=dists, notes=notes,
+                sources={v: it.origin for v, it in sorted(b.items.items()) if it.origin})
 
 
 def _summary(b: Build) -> list[tuple[str, str]]:
