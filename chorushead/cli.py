@@ -1,4 +1,4 @@
-"""The `chorushead` command line: build, remove, status, report, demo, separate, doctor, review."""
+"""The `chorushead` command line: fetch, build, remove, status, report, demo, separate, doctor, review."""
 from __future__ import annotations
 
 import sys
@@ -32,7 +32,8 @@ EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
 @app.command()
 def build(
-    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of raw videos (searched recursively). "
+    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of raw videos (searched recursively), or a "
+                                          "text file of links, fetched into OUT/raw/ first (as `chorushead fetch`). "
                                           "Omit to rerun on the videos already registered in --out."),
     out: Path = typer.Option(..., "--out", help="Output folder (manifests, per-item outputs, LMDB)."),
     stems: Optional[Path] = typer.Option(None, "--stems", help="Folder with <video stem>/vocals.wav, "
@@ -61,6 +62,10 @@ def build(
         pl, where = _build_pipeline(out, pipeline, sets)
         if not quiet:
             typer.echo(f"pipeline: {where}", err=True)
+        fetched = None
+        if videos is not None and videos.is_file():   # a list of links: download them, then build that folder
+            fetched = _fetch(videos, out / "raw", quiet)
+            videos = out / "raw"
         summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet,
                               backend=backend, scheduler=scheduler)
     except (RuntimeError, FileNotFoundError, ValueError, StageError) as e:
@@ -68,7 +73,7 @@ def build(
         raise typer.Exit(EXIT_USAGE)
     _print_summary(summaries)
     _print_card_hint(out, pl)
-    raise typer.Exit(_exit_code(summaries))
+    raise typer.Exit(max(_exit_code(summaries), EXIT_ITEMS_FAILED if fetched and fetched.failed else EXIT_OK))
 
 
 def _exit_code(summaries) -> int:
@@ -124,6 +129,35 @@ def _print_summary(summaries) -> None:
     if n_failed:
         typer.echo(f"{n_failed} item-stage(s) failed; fix and rerun the same command (done work is kept). "
                    "`chorushead status --out ...` lists them again.")
+
+
+def _fetch(urls: Path, folder: Path, quiet: bool):
+    """Download every link of ``urls`` into ``folder`` (chorushead.fetch), one progress line per URL unless
+    quiet, then the summary; returns it (its failures make the exit code 1)."""
+    from chorushead.fetch import fetch_list
+    summary = fetch_list(urls, folder, log=(lambda _: None) if quiet else typer.echo)
+    for i, line in enumerate(summary.lines()):
+        typer.secho(line, fg="yellow" if i else None)
+    return summary
+
+
+@app.command()
+def fetch(
+    urls: Path = typer.Option(..., "--list", help="Text file: one video URL per line (blank lines and # comments "
+                              "ignored, duplicates fetched once)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the videos and fetch.jsonl (what each URL gave); "
+                             "then `chorushead build --videos OUT`."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line per URL (the summary stays)."),
+):
+    """Download the listed videos with yt-dlp into one folder, resumably: a rerun skips what is there,
+    continues partial downloads and retries failures. Exit 0 all done, 1 some failed, 2 usage error."""
+    from chorushead.core.errors import StageError
+    try:
+        summary = _fetch(urls, out, quiet)
+    except (RuntimeError, FileNotFoundError, ValueError, StageError) as e:
+        typer.secho(" ".join(str(e).split()), fg="red", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(EXIT_ITEMS_FAILED if summary.failed else EXIT_OK)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 from chorushead.core.errors import StageError
 from chorushead.core.manifest import (Manifest, Record, file_fingerprint, fingerprint, iter_records,
                                       write_json_atomic)
+from chorushead.core.origin import origins
 from chorushead.core.shapes import ShapeError
 from chorushead.stages import STAGE_MODULES, get_stage
 from chorushead.stages.base import (DEFAULT_FPS, Context, GlobalContext, Item, Result, Stage, params_dict,
@@ -156,10 +157,12 @@ def slug(name: str) -> str:
 
 
 def discover(videos: Path, stems: Path | None = None) -> list[Item]:
-    """Every video file under ``videos`` (recursively), with an id unique per relative path."""
+    """Every video file under ``videos`` (recursively), with an id unique per relative path, and its
+    origin when a fetch.jsonl beside it says where it was downloaded from (`chorushead fetch`)."""
     videos = Path(videos)
     if not videos.is_dir():
         raise FileNotFoundError(f"--videos {videos}: not a folder")
+    fetched = origins(videos)
     items = []
     for p in sorted(videos.rglob("*")):
         if p.suffix.lower() not in VIDEO_EXTS or p.name.startswith("."):
@@ -171,7 +174,7 @@ def discover(videos: Path, stems: Path | None = None) -> list[Item]:
         st = None
         if stems is not None and (Path(stems) / p.stem).is_dir():
             st = str((Path(stems) / p.stem).resolve())
-        items.append(Item(id=vid, source=str(p.absolute()), stems=st))
+        items.append(Item(id=vid, source=str(p.absolute()), stems=st, origin=fetched.get(Path(os.path.normpath(p)))))
     return items
 
 
@@ -185,8 +188,14 @@ def save_items(out: Path, items: list[Item]) -> list[str]:
     for it in items:
         known[it.id] = it
     if items or not (Path(out) / "items.json").exists():
-        write_json_atomic(Path(out) / "items.json", {k: vars(v) for k, v in sorted(known.items())})
+        write_json_atomic(Path(out) / "items.json", {k: _item_json(v) for k, v in sorted(known.items())})
     return notes
+
+
+def _item_json(it: Item) -> dict[str, Any]:
+    """An item as items.json holds it; no "origin" key for a video that was not fetched, so the registry
+    of a build without `chorushead fetch` reads as it always did."""
+    return {k: v for k, v in vars(it).items() if k != "origin" or v is not None}
 
 
 def remove_items(out: Path, ids: list[str]) -> list[Item]:
@@ -197,7 +206,7 @@ def remove_items(out: Path, ids: list[str]) -> list[Item]:
     if unknown:
         raise ValueError(f"not registered in {out}: {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
     removed = [known.pop(i) for i in ids]
-    write_json_atomic(Path(out) / "items.json", {k: vars(v) for k, v in sorted(known.items())})
+    write_json_atomic(Path(out) / "items.json", {k: _item_json(v) for k, v in sorted(known.items())})
     return removed
 
 

@@ -33,6 +33,15 @@ def ffmpeg_exe() -> str:
         raise RuntimeError("ffmpeg not found: `pip install imageio-ffmpeg` or `apt-get install ffmpeg`.")
 
 
+def ffmpeg_for_tools() -> str | None:
+    """The binary above for a third-party library that runs ffmpeg itself (yt-dlp merging a download's
+    separate video and audio streams): no command line of ours, the same ffmpeg. None when there is none."""
+    try:
+        return ffmpeg_exe()
+    except RuntimeError:  # pragma: no cover - depends on the install
+        return None
+
+
 @dataclass
 class Probe:
     duration: float

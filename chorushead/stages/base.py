@@ -26,6 +26,10 @@ class Item:
     id: str
     source: str                      # absolute path of the raw video
     stems: Optional[str] = None      # folder with vocals/accompaniment/singerN.wav, when supplied
+    # Where the video came from when `chorushead fetch` downloaded it (URL, title, uploader, license,
+    # duration, extractor, yt_dlp: core.origin). Metadata only: no fingerprint includes it, so it never
+    # redoes work; the dataset card lists it.
+    origin: Optional[dict[str, Any]] = None
 
     def dir(self, out: Path) -> Path:
         return Path(out) / "items" / self.id
