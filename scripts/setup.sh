@@ -27,6 +27,14 @@ if [ "${1:-}" = "test" ]; then
       echo "Browser tests need Debian's chromium (apt-get install chromium); they will be skipped." >&2
     fi
   fi
+  # The fingerprint stage's audio fingerprints: Chromaprint's fpcalc (Debian's libchromaprint-tools).
+  if ! command -v fpcalc >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libchromaprint-tools >/dev/null
+    else
+      echo "The fingerprint stage needs Chromaprint's fpcalc (apt-get install libchromaprint-tools)." >&2
+    fi
+  fi
   # Spleeter pins tensorflow 2.12 / numpy<2: its own venv (~2.4 GB), driven through a worker.
   # Where: chorushead/core/assets.py (the lookup the stages use): skipped when a venv is already found
   # there; else built in $CHORUSHEAD_HOME/envs/spleeter when CHORUSHEAD_HOME is set, else envs/spleeter.

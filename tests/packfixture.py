@@ -90,6 +90,9 @@ def make_upstream(out: Path, n_videos: int = 3, seconds: float = 12.0, segments=
                 continue
             fp = plan.fingerprint(stage, it, {need: recs[need] for need in get_stage(stage).needs if need in recs})
             skipped = stage in ("bgm_split", "duet_split")
+            if stage == "fingerprint":   # a video without audio fingerprint or frame hashes: in no group
+                ups[stage] = {"ingest_fingerprint": recs["ingest"].fingerprint}
+                metrics[stage] = {"audio_items": 0, "frames_hashed": 0, "frames_flat": 0}
             recs[stage] = Record(item=it.id, stage=stage, status="skipped" if skipped else "done", fingerprint=fp,
                                  outputs=ups.get(stage, {}), metrics=metrics.get(stage, {}),
                                  reason="stems supplied" if skipped else None)

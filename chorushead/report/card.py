@@ -56,7 +56,8 @@ class Card:
     meta: dict[str, Any] | None
     dists: dict[str, Any]                    # arrays/counters the plots draw
     notes: list[str]                         # what is missing, honestly
-    sources: dict[str, dict[str, Any]] = field(default_factory=dict)   # video -> origin (chorushead fetch)
+    # pack's duplicate groups (LMDB meta): {"members", "links": [{"a", "b", "by", "score"}], "splits"}
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -108,7 +109,8 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
     b = read_build(out, pipeline)
     stages = list(pipeline.stages)
     notes = b.notes + dataset_notes(collect_status(b.out, pipeline))
-    splits, violations = _splits(b.index, b.packed, b.fps)
+    duplicates = list(((b.meta or {}).get("summary") or {}).get("duplicates", []))
+    splits, violations = _splits(b.index, b.packed, b.fps, [g["members"] for g in duplicates])
     versions = {s: dict(Counter(r.stage_version or "?" for v, r in b.latest.get(s, {}).items() if v in b.items))
                 for s in stages}
     prints = {v: {s: b.latest[s][v].fingerprint for s in stages if v in b.latest.get(s, {})} for v in sorted(b.items)}
@@ -120,7 +122,7 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
     return Card(out=b.out, pipeline=pipeline, pipeline_file=pipeline_file, summary=_summary(b),
                 funnel=_funnel(b), splits=splits, split_violations=violations, versions=versions,
                 fingerprints=prints, same_params=same, lmdb=b.lmdb, meta=b.meta, dists=dists, notes=notes,
-                sources={v: it.origin for v, it in sorted(b.items.items()) if it.origin})
+                duplicates=duplicates)
 
 
 def _summary(b: Build) -> list[tuple[str, str]]:
@@ -219,9 +221,11 @@ def _reasons(recs) -> dict[str, int]:
     return dict(reasons.most_common())
 
 
-def _splits(index: dict[str, list[str]], packed: dict, fps: Callable[[str], int]) -> tuple[list[SplitRow], list[str]]:
+def _splits(index: dict[str, list[str]], packed: dict, fps: Callable[[str], int],
+            groups: list[list[str]] | None = None) -> tuple[list[SplitRow], list[str]]:
     """Per split from the LMDB index: its videos and windows; hours from the packed segments. A video
-    whose windows sit in two splits would leak a song between training and test."""
+    whose windows sit in two splits would leak a song between training and test; so would a group of
+    duplicates (``groups``: the same song in several videos, pack's meta) whose members sit in two."""
     where: dict[str, set[str]] = {}
     rows = []
     for s in SPLITS:
@@ -235,6 +239,11 @@ def _splits(index: dict[str, list[str]], packed: dict, fps: Callable[[str], int]
                   if len(ss) > 1]
     violations += [f"{v}: its marker says {packed[v]['split']}, the LMDB index holds it in {next(iter(ss))}"
                    for v, ss in sorted(where.items()) if len(ss) == 1 and v in packed and packed[v]["split"] not in ss]
+    for members in groups or []:
+        held = {v: where[v] for v in members if v in where}
+        if len(set().union(*held.values()) if held else set()) > 1:
+            violations.append("duplicates " + ", ".join(members) + " (one song): "
+                              + ", ".join(f"{v} in {'/'.join(s for s in SPLITS if s in ss)}" for v, ss in held.items()))
     return rows, violations
 
 

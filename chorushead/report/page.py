@@ -97,7 +97,16 @@ def splits_section(card: Card, plots: dict[str, str]) -> Section:
     if card.split_violations:
         sp.text.append("FAILED: videos in more than one split: " + "; ".join(card.split_violations))
     else:
-        sp.text.append("Check passed: no video has windows in two splits.")
+        sp.text.append("Check passed: no video has windows in two splits."
+                       + (f" Every group of duplicates ({len(card.duplicates)}) is in one split." if card.duplicates else ""))
+    if card.duplicates:   # pack's groups: the same song in several videos (the fingerprint stage)
+        sp.tables.append((["duplicates (one song)", "split", "matched by", "score"],
+                          [[", ".join(g["members"]), ", ".join(sorted(set(g.get("splits", {}).values()))),
+                            "; ".join(f"{lk['a']} ~ {lk['b']}: {lk['by']}" for lk in g["links"]),
+                            "; ".join(f"{lk['score']:g}" + (" BER" if lk["by"] == "audio" else " bits")
+                                      for lk in g["links"])] for g in card.duplicates]))
+    elif card.lmdb is not None:
+        sp.text.append("Duplicates: none found among the fingerprinted videos (pack's audio and frame-hash check).")
     if "splits" in plots:
         sp.images.append((plots["splits"], "windows per split"))
     return sp
@@ -123,15 +132,6 @@ def provenance_section(card: Card, plots: dict[str, str]) -> Section:
                                   s["fingerprint"]] for v, s in summ["videos"].items()]))
             prov.text.append("Upstream stage versions in the LMDB: " + json.dumps(summ.get("stage_versions", {}))
                              + f"; pack v{summ.get('pack_version')} with " + json.dumps(summ.get("pack_params", {})))
-    if card.sources:
-        prov.text.append(f"Sources: {len(card.sources)} of {len(card.fingerprints)} video(s) were downloaded by "
-                         "`chorushead fetch` (its fetch.jsonl beside them); as their sites describe them:")
-        prov.tables.append((["video", "URL", "title", "uploader", "licence", "duration (s)"],
-                            [[v, o.get("url") or "-", o.get("title") or "-", o.get("uploader") or "-",
-                              o.get("license") or "not stated", f"{o['duration']:g}" if o.get("duration") else "-"]
-                             for v, o in list(card.sources.items())[:FINGERPRINT_ROWS]]))
-        if len(card.sources) > FINGERPRINT_ROWS:
-            prov.text.append(f"... and {len(card.sources) - FINGERPRINT_ROWS} more sources (see OUT/items.json).")
     stages = card.pipeline.stages
     prov.text.append("The last table: the fingerprint of each video's newest record per stage (manifests/<stage>.jsonl); "
                      "a fingerprint covers the stage's version, parameters, fps and its inputs' fingerprints.")

@@ -32,8 +32,8 @@ from chorushead.core.manifest import Record
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.core.payloads import FitSegment
 from chorushead.core.windows import POSE, WindowWriter, encode_arrays, window_key
-from chorushead.stages import assign, contiguity, fit, smooth, vad
-from chorushead.stages.base import GlobalContext, Result, Stage
+from chorushead.stages import assign, contiguity, fingerprint, fit, smooth, vad
+from chorushead.stages.base import EXEC, GlobalContext, Result, Stage
 from chorushead.stages.selection import assign_splits, kept_segments
 
 VERSION = "3"   # 2: windows carry each singer's identity (``shape``); 3: markers carry their video's summary
@@ -50,6 +50,14 @@ class Params:
     include_unreviewed: bool = True
     lmdb: str = "windows.lmdb"
     map_size_gb: int = 1024        # sparse on Linux; only what is written takes disk
+    # Duplicates (the fingerprint stage's records; see the pipeline file for the reasons of the values).
+    # They act only through plan(): a video's split and group are in its plan, which the runner folds
+    # into its fingerprint, so they are left out of the parameters' part (base.EXEC) and a build whose
+    # groups do not change repacks nothing.
+    dup_audio_max_ber: float = field(default=0.2, metadata=EXEC)
+    dup_frames_max_hamming: float = field(default=8.0, metadata=EXEC)
+    dup_min_overlap_s: float = field(default=5.0, metadata=EXEC)
+    dup_max_offset_s: float = field(default=30.0, metadata=EXEC)
 
     def __post_init__(self):
         # Checked when the pipeline loads: fractions that do not sum to 1 would leave videos without a
@@ -70,6 +78,7 @@ class Outputs(OutputsShape):
     split: str                     # train | val | test
     windows: int
     segments_packed: list[int]     # contiguity segment indices
+    group: list[str] | None = None  # the duplicates this video shares its split with (itself included)
 
 
 @dataclass
@@ -115,19 +124,55 @@ def fit_meta(fits: list[fit.Outputs]) -> dict[str, Any]:
             "coeff_groups": list(groups[0]) if groups else list(fit.COEFF_GROUPS)}
 
 
+def duplicates(out: Path, videos: list[str], p: Params) -> list[dict[str, Any]]:
+    """Groups of duplicate videos among ``videos`` (:func:`fingerprint.duplicate_groups`), from each
+    one's newest fingerprint record that is ok and made from its current ingest record; a video without
+    one is in no group (the build reports its fingerprint stage as failed or not run)."""
+    from chorushead.core.manifest import iter_records
+    latest = iter_records(Path(out), ["ingest", fingerprint.STAGE.name])
+    prints = {}
+    for v in videos:
+        rec, ing = latest["fingerprint"].get(v), latest["ingest"].get(v)
+        if rec is None or not rec.ok or ing is None or not ing.ok \
+                or fingerprint.Outputs.of(rec).ingest_fingerprint != ing.fingerprint:
+            continue
+        prints[v] = fingerprint.load(out, rec)
+    t = fingerprint.Thresholds(audio_max_ber=p.dup_audio_max_ber, frames_max_hamming=p.dup_frames_max_hamming,
+                               min_overlap_s=p.dup_min_overlap_s, max_offset_s=p.dup_max_offset_s)
+    return fingerprint.duplicate_groups(prints, t)
+
+
 def plan(ctx: GlobalContext, p: Params) -> dict[str, Any]:
-    """Per video: its split and the segments the review lets through."""
+    """Per video: its split, the segments the review lets through, and its duplicate group if any (all
+    of whose members share the split: no song in two splits)."""
     # Over every registered video, ready or not, so one video failing upstream moves no other's split.
-    splits = assign_splits(sorted(set(ctx.items) | set(ctx.upstream)), p.split, p.seed)
+    videos = sorted(set(ctx.items) | set(ctx.upstream))
+    groups = duplicates(ctx.out, videos, p)
+    splits = assign_splits(videos, p.split, p.seed, [g["members"] for g in groups])
+    group_of = {v: g for g in groups for v in g["members"]}
     # A decision stands only for the frames it was made on (segments move when vad/crop/contiguity redo).
     ranges = {vid: timeline_ranges(vad.Outputs.of(recs["vad"]).start_frame,
                                    contiguity.Outputs.of(recs["contiguity"]).segments)
               for vid, recs in ctx.upstream.items()}
     decisions = review_decisions(ctx.out, ranges)
-    return {vid: {"split": splits[vid],
-                  "segments": kept_segments(decisions, vid, len(contiguity.Outputs.of(recs["contiguity"]).segments),
-                                            p.include_unreviewed)}
-            for vid, recs in ctx.upstream.items()}
+    plans = {vid: {"split": splits[vid],
+                   "segments": kept_segments(decisions, vid, len(contiguity.Outputs.of(recs["contiguity"]).segments),
+                                             p.include_unreviewed)}
+             for vid, recs in ctx.upstream.items()}
+    for vid, pl in plans.items():   # only duplicates get the key: every other video's fingerprint stays
+        if vid in group_of:
+            pl["group"] = group_of[vid]
+    return plans
+
+
+def plan_groups(plans: dict[str, Any]) -> list[dict[str, Any]]:
+    """The duplicate groups the plans hold, once each, with each member's split (for the meta)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for vid, pl in sorted(plans.items()):
+        if "group" in pl:
+            g = seen.setdefault(pl["group"]["members"][0], {**pl["group"], "splits": {}})
+            g["splits"][vid] = pl["split"]
+    return list(seen.values())
 
 
 def segment_identity(fitted: FitSegment) -> np.ndarray | None:
@@ -233,7 +278,8 @@ class Changes:
     needed: bool                   # False: the file already says exactly this
 
 
-def changes(ctx: GlobalContext, g: Geometry, markers: dict[str, dict[str, Any]], old_meta: dict[str, Any]) -> Changes:
+def changes(ctx: GlobalContext, g: Geometry, markers: dict[str, dict[str, Any]], old_meta: dict[str, Any],
+            groups: list[dict[str, Any]] | None = None) -> Changes:
     extra = (fit_meta([fit.Outputs.of(recs["fit"]) for recs in ctx.upstream.values()]) if ctx.upstream
              else {k: old_meta[k] for k in ("fit_backend", "coeff_groups") if k in old_meta})
     shape = {"fps": g.fps, "sr": g.sr, "window": g.window, "stride": g.stride, **extra}
@@ -244,7 +290,8 @@ def changes(ctx: GlobalContext, g: Geometry, markers: dict[str, dict[str, Any]],
     kept = {v: m for v, m in markers.items() if v not in drop}
     summary_now = old_meta.get("summary", {}).get("videos")
     needed = bool(drop or todo or not old_meta or not same_shape
-                  or summary_now != {v: m["summary"] for v, m in sorted(kept.items())})
+                  or summary_now != {v: m["summary"] for v, m in sorted(kept.items())}
+                  or old_meta.get("summary", {}).get("duplicates", []) != (groups or []))
     return Changes(todo=todo, drop=drop, kept=kept, extra=extra, needed=needed)
 
 
@@ -252,7 +299,8 @@ def _update(ctx: GlobalContext, p: Params, plans: dict[str, Any], g: Geometry, d
     from tqdm.auto import tqdm
     import lmdb
 
-    ch = changes(ctx, g, db.markers, db.meta)
+    groups = plan_groups(plans)
+    ch = changes(ctx, g, db.markers, db.meta, groups)
     if not ch.needed:
         return _unchanged_results(ctx, p, plans, db.markers)     # nothing to write: the file stays as it is
     try:   # first: the generation moves on before any window does
@@ -269,7 +317,7 @@ def _update(ctx: GlobalContext, p: Params, plans: dict[str, Any], g: Geometry, d
         db.discard()
         return results
     try:
-        db.finish({"summary": pack_summary({v: m["summary"] for v, m in ch.kept.items()}, ctx.upstream, p)})
+        db.finish({"summary": pack_summary({v: m["summary"] for v, m in ch.kept.items()}, ctx.upstream, p, groups)})
     except (lmdb.Error, OSError) as e:
         # the windows are in but the index is the old one: this run's videos fail (one line each); the
         # next pack sees the summary disagree with the markers and writes the index again
@@ -301,14 +349,15 @@ def _pack_video(ctx: GlobalContext, p: Params, plan: dict[str, Any], g: Geometry
     except (lmdb.Error, OSError) as e:
         return _write_failure(db.final, f"{vid}'s windows", e)
     kept[vid] = marker
-    return _packed_result(p, recs, marker, keep, reused=False, seconds=round(time.time() - t0, 3))
+    return _packed_result(p, recs, marker, keep, reused=False, seconds=round(time.time() - t0, 3),
+                          group=plan.get("group"))
 
 
 def _packed_result(p: Params, recs: dict[str, Record], marker: dict[str, Any], keep: set[int], reused: bool,
-                   seconds: float) -> Result:
+                   seconds: float, group: dict[str, Any] | None = None) -> Result:
     n_seg = len(contiguity.Outputs.of(recs["contiguity"]).segments)
     return Result(outputs=Outputs(lmdb=p.lmdb, split=marker["summary"]["split"], windows=marker["windows"],
-                                  segments_packed=sorted(keep)),
+                                  segments_packed=sorted(keep), group=group["members"] if group else None),
                   metrics=Metrics(windows=marker["windows"], segments_packed=len(keep),
                                   segments_rejected=n_seg - len(keep), reused=reused), seconds=seconds)
 
@@ -323,7 +372,8 @@ def _unchanged_results(ctx: GlobalContext, p: Params, plans: dict[str, Any], mar
             continue
         if prev is not None and prev.ok and prev.fingerprint == ctx.fingerprints[vid]:
             continue    # nothing new to say about this video
-        res[vid] = _packed_result(p, recs, m, set(plans[vid]["segments"]), reused=True, seconds=0.0)
+        res[vid] = _packed_result(p, recs, m, set(plans[vid]["segments"]), reused=True, seconds=0.0,
+                                  group=plans[vid].get("group"))
     return res
 
 
@@ -334,10 +384,11 @@ def video_summary(recs: dict[str, Record], split: str, keep: list[int], n_window
             "frames": int(sum(segments[i][1] - segments[i][0] for i in keep)), "fingerprint": fp}
 
 
-def pack_summary(packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str, Record]], p: Params) -> dict[str, Any]:
+def pack_summary(packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str, Record]], p: Params,
+                 groups: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``__meta__["summary"]``: per video what was packed, the upstream stage versions and pack's
     parameters, so a copied LMDB still says what it holds and where it came from (the dataset card
-    reads it)."""
+    reads it); ``duplicates`` (only when there are some): the groups of :func:`plan_groups`."""
     versions: dict[str, list[str]] = {}
     for recs in upstream.values():
         for stage, r in recs.items():
@@ -346,7 +397,8 @@ def pack_summary(packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str
                 versions[stage].append(r.stage_version)
     return {"videos": dict(sorted(packed.items())), "pack_version": VERSION,
             "stage_versions": {k: sorted(v) for k, v in sorted(versions.items())},
-            "pack_params": {k: v for k, v in dataclasses.asdict(p).items() if k != "map_size_gb"}}
+            "pack_params": {k: v for k, v in dataclasses.asdict(p).items() if k != "map_size_gb"},
+            **({"duplicates": groups} if groups else {})}
 
 
 STAGE = Stage(name="pack", version=VERSION, params=Params, outputs=Outputs, metrics=Metrics, kind="global",
