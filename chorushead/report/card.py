@@ -58,6 +58,7 @@ class Card:
     notes: list[str]                         # what is missing, honestly
     # pack's duplicate groups (LMDB meta): {"members", "links": [{"a", "b", "by", "score"}], "splits"}
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)   # video -> origin (chorushead fetch)
 
 
 @dataclass
@@ -122,7 +123,8 @@ def collect(out: Path, pipeline: Pipeline, pipeline_file: str = "") -> Card:
     return Card(out=b.out, pipeline=pipeline, pipeline_file=pipeline_file, summary=_summary(b),
                 funnel=_funnel(b), splits=splits, split_violations=violations, versions=versions,
                 fingerprints=prints, same_params=same, lmdb=b.lmdb, meta=b.meta, dists=dists, notes=notes,
-                duplicates=duplicates)
+                duplicates=duplicates,
+                sources={v: it.origin for v, it in sorted(b.items.items()) if it.origin})
 
 
 def _summary(b: Build) -> list[tuple[str, str]]:

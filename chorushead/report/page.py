@@ -132,6 +132,15 @@ def provenance_section(card: Card, plots: dict[str, str]) -> Section:
                                   s["fingerprint"]] for v, s in summ["videos"].items()]))
             prov.text.append("Upstream stage versions in the LMDB: " + json.dumps(summ.get("stage_versions", {}))
                              + f"; pack v{summ.get('pack_version')} with " + json.dumps(summ.get("pack_params", {})))
+    if card.sources:
+        prov.text.append(f"Sources: {len(card.sources)} of {len(card.fingerprints)} video(s) were downloaded by "
+                         "`chorushead fetch` (its fetch.jsonl beside them); as their sites describe them:")
+        prov.tables.append((["video", "URL", "title", "uploader", "licence", "duration (s)"],
+                            [[v, o.get("url") or "-", o.get("title") or "-", o.get("uploader") or "-",
+                              o.get("license") or "not stated", f"{o['duration']:g}" if o.get("duration") else "-"]
+                             for v, o in list(card.sources.items())[:FINGERPRINT_ROWS]]))
+        if len(card.sources) > FINGERPRINT_ROWS:
+            prov.text.append(f"... and {len(card.sources) - FINGERPRINT_ROWS} more sources (see OUT/items.json).")
     stages = card.pipeline.stages
     prov.text.append("The last table: the fingerprint of each video's newest record per stage (manifests/<stage>.jsonl); "
                      "a fingerprint covers the stage's version, parameters, fps and its inputs' fingerprints.")
