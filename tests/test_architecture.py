@@ -164,8 +164,6 @@ def _sources(*packages: str, outside: str = CORE) -> dict[str, str]:
 # The .npz files read outside the ground floor are no stage's payload: each is named here with why.
 NPZ_READERS = {
     "chorushead/stages/crop.py": "its own resume chunks (.partial-crop/chunk_*/chunk.npz), read back in place",
-    "chorushead/stages/fingerprint.py": "its own audio/frame-hash arrays (fingerprint.load, for pack's duplicate "
-                                        "check); TODO: a typed payload in core.payloads",
     "chorushead/backends/spleeter.py": "the Spleeter worker's reply (its stems, a temp file)",
     "chorushead/backends/spleeter_worker.py": "the mix the adapter hands the worker (a temp file)",
     "chorushead/backends/landmarks.py": "the MediaPipe worker's reply (landmarks, a temp file) and its canonical face",

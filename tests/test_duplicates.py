@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from chorushead.core.payloads import AudioPrint, FrameHashes
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -100,12 +102,12 @@ def test_a_missing_fpcalc_is_one_clear_error(monkeypatch, tmp_path):
 def _fingerprint_record(out: Path, vid: str, prints: dict) -> None:
     d = out / "items" / vid / "fingerprint"
     d.mkdir(parents=True, exist_ok=True)
-    np.save(d / "audio.npy", prints["audio"])
-    np.savez(d / "frames.npz", hashes=prints["frames"][0], informative=prints["frames"][1], sample_fps=5)
+    AudioPrint(fingerprint=prints["audio"]).save(d / "audio.npz")
+    FrameHashes(hashes=prints["frames"][0], informative=prints["frames"][1], sample_fps=np.asarray(5)).save(d / "frames.npz")
     ing = Manifest(out, "ingest").latest()[vid]
     Manifest(out, "fingerprint").append(Record(
         item=vid, stage="fingerprint", status="done", fingerprint="test", stage_version=F.VERSION,
-        outputs={"ingest_fingerprint": ing.fingerprint, "audio": f"items/{vid}/fingerprint/audio.npy",
+        outputs={"ingest_fingerprint": ing.fingerprint, "audio": f"items/{vid}/fingerprint/audio.npz",
                  "frames": f"items/{vid}/fingerprint/frames.npz", "sample_fps": 5},
         metrics={"audio_items": len(prints["audio"]), "frames_hashed": len(prints["frames"][0]), "frames_flat": 0}))
 
@@ -140,3 +142,16 @@ def test_pack_keeps_a_group_in_one_split_and_the_card_checks_it(tmp_path, videos
     split_index = {"train": [f"w/{ids[0]}/0000/0000000"], "val": [], "test": [f"w/{ids[1]}/0000/0000000"]}
     _rows, violations = _splits(split_index, {}, lambda v: 30, [ids[:2]])
     assert violations == [f"duplicates {ids[0]}, {ids[1]} (one song): {ids[0]} in train, {ids[1]} in test"]
+
+
+def test_fingerprint_payloads_are_typed(tmp_path):
+    from chorushead.core.payloads import BadPayload
+    h = np.array([1, 2**63 + 5], np.uint64)
+    FrameHashes(hashes=h, informative=np.array([True, False]), sample_fps=np.asarray(5)).save(tmp_path / "f.npz")
+    got = FrameHashes.load(tmp_path / "f.npz", 5)
+    assert got.hashes.dtype == np.uint64 and got.hashes[1] == 2**63 + 5 and got.informative.tolist() == [True, False]
+    with pytest.raises(BadPayload, match="sample rate .* is 5, its record says 4; rerun stage fingerprint"):
+        FrameHashes.load(tmp_path / "f.npz", 4)
+    np.savez(tmp_path / "a.npz", fingerprint=np.array([0.5, 1.5]))
+    with pytest.raises(BadPayload, match="fingerprint is float64, expected kind 'iu'"):
+        AudioPrint.load(tmp_path / "a.npz")

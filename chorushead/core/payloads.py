@@ -149,6 +149,40 @@ class Detections(NpzPayload):
         return det
 
 
+# ----------------------------------------------------------------------------- fingerprint
+@dataclass
+class AudioPrint(NpzPayload):
+    """``fingerprint/audio.npz``: Chromaprint's raw fingerprint of the video's sound, one uint32
+    sub-fingerprint per ~0.124 s (pack's duplicate check aligns and compares them)."""
+    ARRAYS: ClassVar = (Array("fingerprint", "iu", ("A",)),)
+    STAGE: ClassVar = "fingerprint"
+    fingerprint: np.ndarray           # (A,) uint32
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AudioPrint":
+        return cls.read(path)[0]
+
+
+@dataclass
+class FrameHashes(NpzPayload):
+    """``fingerprint/frames.npz``: a 64-bit difference hash per frame sampled at ``sample_fps``, and
+    whether the frame had enough contrast to be compared (flat frames: fades, black)."""
+    ARRAYS: ClassVar = (Array("hashes", "iu", ("F",)), Array("informative", "b", ("F",)),
+                        Array("sample_fps", "iu", ()))
+    STAGE: ClassVar = "fingerprint"
+    hashes: np.ndarray                # (F,) uint64
+    informative: np.ndarray           # (F,) bool
+    sample_fps: np.ndarray            # () int
+
+    @classmethod
+    def load(cls, path: str | Path, sample_fps: int | None = None) -> "FrameHashes":
+        """Checked against the record's ``sample_fps`` (when given)."""
+        path = Path(path)
+        h = cls.read(path)[0]
+        cls.expect(path, "its sample rate (frames/s)", int(h.sample_fps), sample_fps)
+        return h
+
+
 # ----------------------------------------------------------------------------- fit
 @dataclass
 class FitSegment(NpzPayload):

@@ -20,7 +20,7 @@ Why these tools:
   match anything: they are marked and left out of the comparison.
 
 Cheap: one ffmpeg decode at ``sample_fps`` of a 9x8 thumbnail plus one fpcalc run per video (see the
-README for the measured time). Outputs are small files (``audio.npy`` uint32, ``frames.npz``). Grouping is
+README for the measured time). Outputs are small typed files (``audio.npz``, ``frames.npz``: core.payloads.AudioPrint, FrameHashes). Grouping is
 cross-video, so it happens in pack's split assignment (:func:`duplicate_groups`, used by
 ``pack.plan``); the thresholds are pack's parameters (``[stages.pack]`` in the pipeline file).
 """
@@ -38,11 +38,12 @@ import numpy as np
 from chorushead.core import media
 from chorushead.core.errors import MissingAsset, StageError
 from chorushead.core.manifest import Record
+from chorushead.core.payloads import AudioPrint, FrameHashes
 from chorushead.core.shapes import Metrics as MetricsShape, Outputs as OutputsShape
 from chorushead.stages import ingest
 from chorushead.stages.base import Context, Result, Stage
 
-VERSION = "1"
+VERSION = "2"   # 2: both arrays as typed payloads (core.payloads: AudioPrint, FrameHashes)
 FPCALC_HOW = ("apt-get install libchromaprint-tools (Debian/Ubuntu; scripts/setup.sh test does it as root), "
               "or put Chromaprint's fpcalc on PATH / set $CHORUSHEAD_FPCALC")
 SUB_PER_S = 11025 / 1365   # Chromaprint's default: one sub-fingerprint per 1365 samples at 11025 Hz (~8.08/s)
@@ -58,8 +59,8 @@ class Params:
 @dataclass
 class Outputs(OutputsShape):
     ingest_fingerprint: str        # the ingest record these were made from (pack checks it is current)
-    audio: str | None = None       # uint32 raw Chromaprint sub-fingerprints (.npy); None: no audio
-    frames: str | None = None      # frames.npz: hashes (uint64), informative (bool), sample_fps; None: no picture
+    audio: str | None = None       # audio.npz (core.payloads.AudioPrint); None: no audio
+    frames: str | None = None      # frames.npz (core.payloads.FrameHashes); None: no picture
     sample_fps: int = 5
 
 
@@ -120,11 +121,11 @@ def process(ctx: Context, p: Params, _model) -> Result:
     n_audio = n_frames = n_flat = 0
     if ing.audio_44k:
         fp = audio_fingerprint(ctx.path(ing.audio_44k), p.max_seconds)
-        np.save(ctx.tmp / "audio.npy", fp)
-        out.audio, n_audio = "audio.npy", len(fp)
+        AudioPrint(fingerprint=fp).save(ctx.tmp / "audio.npz")
+        out.audio, n_audio = "audio.npz", len(fp)
     if ing.width > 0:
         h, ok = frame_hashes(ing.source, p.sample_fps, p.min_contrast)
-        np.savez(ctx.tmp / "frames.npz", hashes=h, informative=ok, sample_fps=p.sample_fps)
+        FrameHashes(hashes=h, informative=ok, sample_fps=np.asarray(p.sample_fps)).save(ctx.tmp / "frames.npz")
         out.frames, n_frames, n_flat = "frames.npz", len(h), int((~ok).sum())
     return Result(outputs=out, metrics=Metrics(audio_items=n_audio, frames_hashed=n_frames, frames_flat=n_flat))
 
@@ -184,11 +185,11 @@ def load(out: Path, rec: Record) -> dict[str, Any]:
     o = Outputs.of(rec)
     d: dict[str, Any] = {}
     if o.audio:
-        d["audio"] = np.load(Path(out) / o.audio)
+        d["audio"] = AudioPrint.load(Path(out) / o.audio).fingerprint
     if o.frames:
-        z = np.load(Path(out) / o.frames)
-        d["frames"] = (z["hashes"], z["informative"])
-        d["sample_fps"] = int(z["sample_fps"])
+        h = FrameHashes.load(Path(out) / o.frames, o.sample_fps)
+        d["frames"] = (h.hashes, h.informative)
+        d["sample_fps"] = int(h.sample_fps)
     return d
 
 
