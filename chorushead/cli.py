@@ -46,6 +46,8 @@ def build(
     backend: str = typer.Option("local", "--backend", help="Where items run: local (worker processes), dask, ray."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", "--address",
                                             help="Dask scheduler / Ray cluster address (default: start a local one)."),
+    pack_at_end: bool = typer.Option(False, "--pack-at-end", help="Pack only once every video is through (default: "
+                                     "videos already through are packed while the others are still processed)."),
 ):
     """Run (or resume) the staged build. Rerun the same command after a crash: done work is kept."""
     from chorushead.core.errors import StageError
@@ -67,7 +69,7 @@ def build(
             fetched = _fetch(videos, out / "raw", quiet)
             videos = out / "raw"
         summaries = run_build(videos, out, pl, stages=chosen, jobs=jobs, stems=stems, progress=not quiet,
-                              backend=backend, scheduler=scheduler)
+                              backend=backend, scheduler=scheduler, early=not pack_at_end)
     except (RuntimeError, FileNotFoundError, ValueError, StageError) as e:
         typer.secho(" ".join(str(e).split()), fg="red", err=True)
         raise typer.Exit(EXIT_USAGE)

@@ -26,6 +26,7 @@ import time
 import traceback
 import unicodedata
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -436,6 +437,9 @@ class Plan:
         a global stage says the item's result also depends on (see Stage.plan)."""
         stage = get_stage(name)
         base = [stage.name, stage.version, result_params(self.params[name]), self.fps]
+        # a gate (the screen) hands nothing downstream: only whether it let the video through counts,
+        # and that is in states(), so its fingerprint stays out of what follows it
+        upstream = {k: r for k, r in upstream.items() if not get_stage(k).gate}
         if name in self.identities:
             base.append({"model": self.identities[name]})
         if not stage.needs:  # first stage: fingerprint the inputs themselves
@@ -459,27 +463,34 @@ class Plan:
         return ({vid: self.fingerprint(name, items[vid], ups, plans.get(vid)) for vid, ups in upstream.items()},
                 plans)
 
+    def needs(self, name: str) -> tuple[str, ...]:
+        """The stages ``name`` needs in this pipeline: a gate (Stage.gate) the pipeline does not run (an
+        older build's saved pipeline, a pipeline without the screen) is no need."""
+        return tuple(n for n in get_stage(name).needs if n in self.order or not get_stage(n).gate)
+
     def states(self, item: Item, latest: dict[str, dict[str, Record]]) -> dict[str, tuple[str, str | None]]:
         """Stage -> (state, fingerprint it would record now or None): see the class docstring. A global
-        stage whose upstream is current is "ready" (its fingerprint needs its plan, over all items)."""
+        stage whose upstream is current is "ready" (its fingerprint needs its plan, over all items).
+        A gate's current "skipped" record (the screen rejected the video) blocks the stages that need it."""
         res: dict[str, tuple[str, str | None]] = {}
         for name in self.order:
             stage = get_stage(name)
-            if any(res.get(need, ("absent",))[0] != "current" for need in stage.needs):
+            needs = self.needs(name)
+            if any(res.get(need, ("absent",))[0] != "current" for need in needs) or any(
+                    get_stage(need).gate and latest[need][item.id].status == "skipped" for need in needs):
                 res[name] = ("blocked", None)
                 continue
             prev = latest.get(name, {}).get(item.id)
             if stage.kind == "global":   # item stages after a global one trust its ok record
                 res[name] = ("current" if prev is not None and prev.ok else "ready", None)
                 continue
-            fp = self.fingerprint(name, item, {need: latest[need][item.id] for need in stage.needs})
+            fp = self.fingerprint(name, item, {need: latest[need][item.id] for need in needs})
             res[name] = ("current" if prev is not None and prev.ok and prev.fingerprint == fp else "todo", fp)
         return res
 
     def ready(self, name: str, items: list[Item], latest: dict[str, dict[str, Record]]) -> dict[str, dict[str, Record]]:
         """Item id -> the records stage ``name`` needs, for the items whose upstream is all current."""
-        stage = get_stage(name)
-        return {it.id: {need: latest[need][it.id] for need in stage.needs}
+        return {it.id: {need: latest[need][it.id] for need in self.needs(name)}
                 for it in items if self.states(it, latest)[name][0] != "blocked"}
 
 
@@ -496,8 +507,7 @@ def next_task(names: list[str], plan: Plan, item: Item, out: Path, latest: dict[
         elif state == "current":
             summaries[name].reused += 1
         else:
-            stage = get_stage(name)
-            ups = {need: latest[need][item.id] for need in stage.needs}
+            ups = {need: latest[need][item.id] for need in plan.needs(name)}
             return Task(name, params_dict(plan.params[name]), item, str(out), ups, fp, plan.fps)
     return None
 
@@ -505,12 +515,14 @@ def next_task(names: list[str], plan: Plan, item: Item, out: Path, latest: dict[
 def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] | None = None,
           jobs: int = 1, stems: Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print, backend: str = "local",
-          scheduler: str | None = None) -> list[StageSummary]:
+          scheduler: str | None = None, early: bool = True) -> list[StageSummary]:
     """Run ``stages`` (default: all) of ``pipeline`` over every video registered in ``out`` (with the
     ones under ``videos`` added to them); returns one summary per stage, in pipeline order. Item stages
     stream: an item moves to its next stage as soon as its previous one is back, while other items are
-    anywhere in the pipeline. A global stage (pack) waits for every item stage before it in the order,
-    and item stages after it wait for it."""
+    anywhere in the pipeline. A global stage (pack) runs once more after every item stage before it in
+    the order, and item stages after it wait for that; with ``early`` it also runs while they stream,
+    on the items already through (:class:`EarlyGlobal`), so the first windows are packed while other
+    videos are still being cropped. Its final run then finds them packed and writes only the rest."""
     out = Path(out)
     # Arguments are checked before the output folder exists, so a typo leaves nothing behind.
     if stages:
@@ -543,12 +555,16 @@ def build(videos: Path | None, out: Path, pipeline: Pipeline, stages: list[str] 
                                            for m in (STAGE_MODULES[name], *get_stage(name).preload)]
         with session(backend, jobs, scheduler, preload=preload) as engine:
             for names, global_name in _runs(order):
+                ahead = None
                 if names:
-                    _stream(names, plan, all_items, out, iter_records(out, pipeline.stages), summaries, engine,
-                            progress)
+                    latest = iter_records(out, pipeline.stages)
+                    if global_name and early:
+                        ahead = EarlyGlobal(get_stage(global_name), plan, names, all_items, out, latest,
+                                            summaries[global_name])
+                    _stream(names, plan, all_items, out, latest, summaries, engine, progress, ahead)
                 if global_name:
                     _run_global(get_stage(global_name), plan, all_items, out, iter_records(out, pipeline.stages),
-                                progress, summaries[global_name])
+                                progress, summaries[global_name], earlier=ahead.records if ahead else {})
         return [summaries[name] for name in order]
 
 
@@ -566,10 +582,59 @@ def _runs(order: list[str]) -> list[tuple[list[str], str | None]]:
     return runs
 
 
+@dataclass
+class EarlyGlobal:
+    """A global stage (pack) run on the items already through the item stages ``names`` while the
+    others still stream. It waits until no item has work left in the stages its plan reads of every
+    item (Stage.plan_reads: pack's duplicate groups read every video's fingerprint), so a split it
+    writes early is the split the final run computes; then it runs each time another ``batch`` items
+    have finished (an eighth of them by default: a handful of write transactions in all). Each run is
+    the stage's ordinary call over whatever is ready (a video already packed as it is now is left
+    alone), in this one process, the only one that writes the LMDB."""
+    stage: Stage
+    plan: Plan
+    names: list[str]
+    items: list[Item]
+    out: Path
+    latest: dict[str, dict[str, Record]]
+    summary: StageSummary
+    batch: int = 0
+    records: dict[str, Record] = field(default_factory=dict)   # item -> its newest early record
+    finished: int = 0
+    runs: int = 0
+
+    def __post_init__(self):
+        self.batch = self.batch or max(1, math.ceil(len(self.items) / 8))
+        reads = [self.names.index(s) for s in self.stage.plan_reads if s in self.names]
+        self.settled_after = max(reads, default=-1)   # every item past this index: the plan's reads are final
+
+    def after(self, item_done: bool, position: dict[str, int]) -> None:
+        """Called after each record is appended; ``position``: item -> index in ``names`` of its pending
+        task (len(names): nothing left to do in this run)."""
+        self.finished += item_done
+        lagging = min(position.values())
+        # not when every item is through: the final run comes next anyway
+        if self.finished >= self.batch and self.settled_after < lagging < len(self.names):
+            self.run()
+
+    def run(self) -> None:
+        t0 = time.time()
+        manifest = Manifest(self.out, self.stage.name)
+        for rec in run_global_stage(self.stage, self.plan.params[self.stage.name], self.items, self.out,
+                                    self.latest, self.plan.fps, plan=self.plan):
+            manifest.append(rec)
+            self.latest.setdefault(self.stage.name, {})[rec.item] = rec
+            self.records[rec.item] = rec
+        self.summary.seconds += time.time() - t0
+        self.finished = 0
+        self.runs += 1
+
+
 def _stream(names: list[str], plan: Plan, items: list[Item], out: Path, latest: dict[str, dict[str, Record]],
-            summaries: dict[str, StageSummary], engine: Any, progress: bool) -> None:
+            summaries: dict[str, StageSummary], engine: Any, progress: bool, ahead: EarlyGlobal | None = None) -> None:
     """Every item through the item stages ``names``, streaming (see :func:`build`). Records are appended
-    here, in this one process, as tasks finish in any order; ``latest`` is kept up to date with them."""
+    here, in this one process, as tasks finish in any order; ``latest`` is kept up to date with them.
+    ``ahead``: the global stage after ``names``, run early on what is through (EarlyGlobal)."""
     from tqdm.auto import tqdm
     manifests = {name: Manifest(out, name) for name in names}
     by_id = {it.id: it for it in items}
@@ -577,13 +642,19 @@ def _stream(names: list[str], plan: Plan, items: list[Item], out: Path, latest: 
     bar = tqdm(total=len(items) * len(names), desc="build", unit="item-stage", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
 
+    position: dict[str, int] = {}   # item -> index in names of its pending task; len(names) = through
+
     def next_of(it: Item, start: int = 0) -> list[Task]:
         task = next_task(names, plan, it, out, latest, summaries, start)
-        bar.update((len(names) if task is None else names.index(task.stage)) - start)   # passed over
+        position[it.id] = len(names) if task is None else names.index(task.stage)
+        bar.update(position[it.id] - start)   # passed over
         return [] if task is None else [task]
 
     def follow(rec: Record) -> list[Task]:   # called once rec is appended (see executors.parallel_map)
-        return next_of(by_id[rec.item], names.index(rec.stage) + 1)
+        tasks = next_of(by_id[rec.item], names.index(rec.stage) + 1)
+        if ahead is not None:
+            ahead.after(position[rec.item] == len(names), position)
+        return tasks
 
     try:
         tasks = [t for it in items for t in next_of(it)]
@@ -604,17 +675,21 @@ def _stream(names: list[str], plan: Plan, items: list[Item], out: Path, latest: 
 
 
 def _run_global(stage: Stage, plan: Plan, items: list[Item], out: Path, latest: dict[str, dict[str, Record]],
-                progress: bool, summ: StageSummary) -> None:
+                progress: bool, summ: StageSummary, earlier: dict[str, Record] | None = None) -> None:
+    """The global stage's (final) run; ``earlier``: the records its early runs in this build appended
+    (EarlyGlobal), counted with this run's, the newest per item."""
     t0 = time.time()
     manifest = Manifest(out, stage.name)
     records = run_global_stage(stage, plan.params[stage.name], items, out, latest, plan.fps, progress, plan=plan)
     for rec in records:
         manifest.append(rec)
+    newest = {**(earlier or {}), **{r.item: r for r in records}}
+    for rec in newest.values():
         summ.count(rec)
-    ready = {r.item for r in records} | {it.id for it in items if plan.states(it, latest)[stage.name][0] != "blocked"}
+    ready = set(newest) | {it.id for it in items if plan.states(it, latest)[stage.name][0] != "blocked"}
     summ.reused = len(ready) - summ.done - summ.skipped - summ.failed
     summ.blocked = len(items) - len(ready)
-    summ.seconds = time.time() - t0
+    summ.seconds += time.time() - t0
 
 
 def run_global_stage(stage: Stage, params: Any, items: list[Item], out: Path,

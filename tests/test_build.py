@@ -197,6 +197,38 @@ def test_kill_during_crop_then_resume_gives_the_same_lmdb(tmp_path, monkeypatch)
         del sys.modules[name]                             # the stand-in stays out of later tests
 
 
+@pytest.mark.slow   # three 6 s videos through every stage twice (~1 min on 2 cores)
+def test_first_windows_are_packed_before_the_last_video_is_cropped(tmp_path, monkeypatch):
+    """Pack runs early on the videos already through (runner.EarlyGlobal): with one job, videos go
+    through one after another, so the first ones are in the LMDB while the last one still crops; the
+    final LMDB is the one a build that packs only at the end writes."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    raw = tmp_path / "raw"
+    for k in range(3):
+        write_sample(raw, seconds=6.0, size=SIZE, name=f"clip {k}", absent_s=None, seed=30 + k)
+    pl = Pipeline.load(overrides=_fit_sets(tmp_path))
+    early, late = tmp_path / "early", tmp_path / "late"
+    summ = {s.stage: s for s in build(raw / "videos", early, pl, stems=raw / "stems", progress=False)}
+    assert (summ["pack"].done, summ["pack"].reused, summ["pack"].failed) == (3, 0, 0)
+    packs = Manifest(early, "pack").read_all()
+    crops = Manifest(early, "crop").read_all()
+    last_crop = max(crops, key=lambda r: r.started)
+    first_pack = min(packs, key=lambda r: r.started)
+    assert first_pack.item != last_crop.item and first_pack.started < last_crop.started
+    assert len({r.item for r in packs}) == 3 and len(packs) == 3            # each video packed once
+    build(raw / "videos", late, pl, stems=raw / "stems", progress=False, early=False)
+    assert len({r.started for r in Manifest(late, "pack").read_all()}) == 1   # one run, at the end
+    a, b = lmdb_content(early / "windows.lmdb"), lmdb_content(late / "windows.lmdb")
+    assert any(k.startswith(b"w/") for k in a)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    # a rerun has nothing to do: every video reused, the file untouched
+    before = (early / "windows.lmdb" / "data.mdb").read_bytes()
+    summ = {s.stage: s for s in build(None, early, pl, progress=False)}
+    assert summ["pack"].reused == 3 and (early / "windows.lmdb" / "data.mdb").read_bytes() == before
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gdl", "gdl_apps")]:
+        del sys.modules[name]
+
+
 @pytest.mark.parametrize("backend", ["dask", "ray"])
 def test_same_lmdb_on_local_and_distributed_backends(tmp_path, monkeypatch, backend):
     """The whole build (real MTCNN, EMOCA stand-in) gives byte-identical windows on every executor."""

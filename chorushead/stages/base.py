@@ -99,6 +99,11 @@ class Stage:
     plan: Callable[[GlobalContext, Any], dict[str, Any]] | None = None
     # process_all(ctx, params, plans) -> {item id: Result} for the items that have something new to record.
     process_all: Callable[[GlobalContext, Any, dict[str, Any]], dict[str, Result]] | None = None
+    # Item stages whose records of EVERY item the plan reads (pack: fingerprint, for duplicate groups).
+    # While the item stages before a global stage stream, the runner may run the global stage early on
+    # the items already through (pack: the first windows are written while other videos still crop),
+    # once no item still has work in these stages, so what the plan says no longer moves.
+    plan_reads: tuple[str, ...] = ()
     gpu: bool = False                                       # batches on a GPU when there is one
     # Heavy modules ``setup`` imports (torch...): a build's local worker processes fork from a server
     # that imported them once, instead of each importing them (seconds of CPU per worker).
@@ -108,6 +113,11 @@ class Stage:
     # swapping a weights file redoes this stage (and what follows) only. Cheap; never raises: a missing
     # asset gives e.g. "missing:<path>" and the stage itself then fails with MissingAsset.
     identity: Callable[[Any], Any] | None = None
+    # A gate (the screen) only decides whether a video goes on: its "skipped" record rejects the video,
+    # so the stages that need it are not run for it (runner.Plan.states: blocked), and since it hands
+    # nothing downstream its fingerprint is left out of theirs (adding the gate or changing its
+    # thresholds reruns the gate only). A pipeline without the gate in its stages ignores it.
+    gate: bool = False
     description: str = ""
 
     def check(self, res: Result) -> None:

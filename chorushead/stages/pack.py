@@ -402,5 +402,5 @@ def pack_summary(packed: dict[str, dict[str, Any]], upstream: dict[str, dict[str
 
 
 STAGE = Stage(name="pack", version=VERSION, params=Params, outputs=Outputs, metrics=Metrics, kind="global",
-              plan=plan, process_all=process_all, needs=NEEDS,
+              plan=plan, process_all=process_all, needs=NEEDS, plan_reads=(fingerprint.STAGE.name,),
               description="5 s windows, 0.5 s stride, split by video, one LMDB writer")
