@@ -8,8 +8,10 @@ CPU workers and N/8 GPUs (a node = 8 CPU workers + 1 GPU), under two schedulers:
 
 - **barrier**: stage s starts on any video only when stage s-1 is done on all of them; within a
   stage its pool takes the videos longest first;
-- **pack-waits** (today's runner, README "Scaling out"): the per-video stages stream, but pack, which
+- **pack-waits** (``chorushead build --pack-at-end``): the per-video stages stream, but pack, which
   splits the dataset by video, waits until every video is through assign;
+- **early-8ths** (today's default, runner.EarlyGlobal): as pack-waits, but once every video is past
+  the fingerprint stage, pack runs each time another eighth of the videos is through;
 - **streaming**: each video moves to its next stage as soon as it is done, pack included (a video's
   split does not depend on the others'); each pool (CPU, GPU, and the one LMDB appender) takes
   ready work longest-remaining-chain first.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import math
 import json
 import sys
 from dataclasses import dataclass
@@ -83,6 +86,7 @@ def stage_costs(gpu_json: Path | None = None) -> list[StageCost]:
     moss_cpu = cpu_rt["seconds"] / cpu_rt["song_s"]
     return [
         StageCost("ingest", "cpu", n["ingest_s"] / clip, "measured (bench_stages)"),
+        StageCost("fingerprint", "cpu", 0.3 / 12, "measured (fpcalc + frame hashes, 0.24-0.33 s per 12 s video)"),
         StageCost("bgm_split", "gpu", 1 / 100, "published: Spleeter README, 100x real time on a GPU"),
         StageCost("duet_split", "gpu", moss_cpu / mossformer_gpu_speedup, src_moss),
         StageCost("vad", "cpu", n["vad_s"] / clip, "measured (bench_stages)"),
@@ -131,10 +135,16 @@ def run_barrier(durations: np.ndarray, stages: list[StageCost], workers: int, t:
     return t, first_pack
 
 
-def run_streaming(durations: np.ndarray, stages: list[StageCost], workers: int) -> tuple[float, float]:
+def run_streaming(durations: np.ndarray, stages: list[StageCost], workers: int, batch: int = 1,
+                  gate: str | None = None) -> tuple[float, float]:
     """(makespan, first pack done) when each video moves on as soon as a stage is done: an event loop
-    over the pools; ready work is taken longest remaining chain first."""
+    over the pools; ready work is taken longest remaining chain first. ``batch`` > 1: pack work is held
+    until that many videos wait for it (or nothing else is left to run), and not before every video is
+    past stage ``gate`` (the runner's early pack: runner.EarlyGlobal)."""
     size = pools(workers)
+    gate_k = next((k for k, s in enumerate(stages) if s.name == gate), -1)
+    held: list[int] = []
+    past_gate = 0
     chain_left = [[d * sum(s.per_second for s in stages[k:]) for k in range(len(stages))] for d in durations]
     ready = {p: [] for p in size}               # heaps of (-remaining chain, video, stage index)
     idle = dict(size)
@@ -150,13 +160,28 @@ def run_streaming(durations: np.ndarray, stages: list[StageCost], workers: int) 
                 idle[p] -= 1
                 heapq.heappush(events, (now + durations[v] * stages[k].per_second, v, k))
 
+    def release():
+        for v in held:
+            k = len(stages) - 1
+            heapq.heappush(ready[stages[k].pool], (-chain_left[v][k], v, k))
+        held.clear()
+
     dispatch()
-    while events:
+    while events or held:
+        if not events:                       # nothing else is left to run: pack what waits
+            release()
+            dispatch()
+            continue
         now, v, k = heapq.heappop(events)
         idle[stages[k].pool] += 1
+        past_gate += k == gate_k
         if stages[k].pool == "appender" and first_pack is None:
             first_pack = now
-        if k + 1 < len(stages):
+        if k + 1 < len(stages) and batch > 1 and stages[k + 1].pool == "appender":
+            held.append(v)
+            if len(held) >= batch and past_gate >= len(durations) * (gate_k >= 0):
+                release()
+        elif k + 1 < len(stages):
             heapq.heappush(ready[stages[k + 1].pool], (-chain_left[v][k + 1], v, k + 1))
         else:
             done += 1
@@ -166,12 +191,19 @@ def run_streaming(durations: np.ndarray, stages: list[StageCost], workers: int) 
 
 
 def run_pack_waits(durations: np.ndarray, stages: list[StageCost], workers: int) -> tuple[float, float]:
-    """Today's runner: the per-video stages stream, pack waits for every video, then packs them."""
+    """``--pack-at-end``: the per-video stages stream, pack waits for every video, then packs them."""
     before, _ = run_streaming(durations, stages[:-1], workers)
     return run_barrier(durations, stages[-1:], workers, t=before)
 
 
-SCHEDULERS = (("barrier", run_barrier), ("pack-waits", run_pack_waits), ("streaming", run_streaming))
+def run_early_batches(durations: np.ndarray, stages: list[StageCost], workers: int) -> tuple[float, float]:
+    """Today's runner: streams, and packs an eighth of the videos at a time once all are fingerprinted."""
+    return run_streaming(durations, stages, workers, batch=max(1, math.ceil(len(durations) / 8)),
+                         gate="fingerprint")
+
+
+SCHEDULERS = (("barrier", run_barrier), ("pack-waits", run_pack_waits), ("early-8ths", run_early_batches),
+              ("streaming", run_streaming))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -206,15 +238,17 @@ def main(argv: list[str] | None = None) -> dict:
             rec.say(f"{w:>7} {pools(w)['gpu']:>4}  {name:<10} {span / 3600:7.2f} {per_1000:12.2f} "
                     f"{first / 3600:11.2f}h {b / 3600 / hours * 1000:13.2f} {eff:10.3f}")
     for w in [int(x) for x in args.workers.split(",")]:
-        s, b_, t_ = out[f"streaming:{w}"], out[f"barrier:{w}"], out[f"pack-waits:{w}"]
-        rec.row(f"streaming vs stage barrier (vs today's pack-waits), {args.videos} simulated videos, {w} CPU "
-                f"workers + {pools(w)['gpu']} GPUs",
-                f"{s['hours_per_1000h']:.1f} vs {b_['hours_per_1000h']:.1f} ({t_['hours_per_1000h']:.1f}) h per 1000 h "
-                f"of video; efficiency {s['efficiency']:.2f} vs {b_['efficiency']:.2f} ({t_['efficiency']:.2f}) of "
-                f"the critical-path bound; first window packed after {s['first_pack_h'] * 60:.0f} vs "
-                f"{b_['first_pack_h'] * 60:.0f} ({t_['first_pack_h'] * 60:.0f}) min",
+        s, b_, t_, e_ = (out[f"{k}:{w}"] for k in ("streaming", "barrier", "pack-waits", "early-8ths"))
+        rec.row(f"{args.videos} simulated videos, {w} CPU workers + {pools(w)['gpu']} GPUs: full streaming / "
+                f"today's early packs / --pack-at-end / stage barrier",
+                f"{s['hours_per_1000h']:.1f} / {e_['hours_per_1000h']:.1f} / {t_['hours_per_1000h']:.1f} / "
+                f"{b_['hours_per_1000h']:.1f} h per 1000 h of video; efficiency {s['efficiency']:.3f} / "
+                f"{e_['efficiency']:.3f} / {t_['efficiency']:.3f} / {b_['efficiency']:.3f} of the critical-path bound; "
+                f"first window after {s['first_pack_h'] * 60:.0f} / {e_['first_pack_h'] * 60:.0f} / "
+                f"{t_['first_pack_h'] * 60:.0f} / {b_['first_pack_h'] * 60:.0f} min",
                 streaming_h=s["hours_per_1000h"], barrier_h=b_["hours_per_1000h"], streaming_eff=s["efficiency"],
                 barrier_eff=b_["efficiency"], pack_waits_h=t_["hours_per_1000h"], pack_waits_eff=t_["efficiency"],
+                early_h=e_["hours_per_1000h"], early_eff=e_["efficiency"], first_pack_early_min=e_["first_pack_h"] * 60,
                 first_pack_streaming_min=s["first_pack_h"] * 60, first_pack_pack_waits_min=t_["first_pack_h"] * 60,
                 first_pack_barrier_min=b_["first_pack_h"] * 60)
     rec.write(path=args.json, note="simulation: replayed per-stage costs (measured here, published, and two "

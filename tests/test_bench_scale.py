@@ -54,3 +54,13 @@ def test_todays_runner_streams_until_pack():
     stages = TWO + [bs.StageCost("pack", "appender", 0.5, "test")]
     d = np.array([10.0, 30.0])
     assert bs.run_pack_waits(d, stages, 8) == (80.0, 75.0)   # a, b stream to 60; pack 60-75, 75-80 (longest first)
+
+
+def test_early_batches_hold_pack_until_the_gate_and_the_batch():
+    # three 10 s videos, stages a (gate, cpu) then pack (appender, 1 s per s), batch 2: pack may not
+    # start before every video is past a (at 10 s: 8 CPU workers), then takes two, then the last
+    stages = [bs.StageCost("a", "cpu", 1.0, "t"), bs.StageCost("pack", "appender", 1.0, "t")]
+    d = np.array([10.0, 10.0, 10.0])
+    span, first = bs.run_streaming(d, stages, 8, batch=2, gate="a")
+    assert (span, first) == (40.0, 20.0)
+    assert bs.run_streaming(d, stages, 8) == (40.0, 20.0)          # the appender is the bottleneck either way
