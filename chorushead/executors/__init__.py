@@ -119,7 +119,8 @@ class Engine:
                 return local.inline_map(fn, tasks, follow)
             return local.pool_map(fn, tasks, self.jobs, follow, self._pool)
         if self.backend == "dask":
-            return dask_engine.dask_map(self._dask_client(), fn, tasks, None if self.address else self.jobs, follow)
+            return dask_engine.dask_map(self._dask_client(), fn, tasks, None if self.address else self.jobs, follow,
+                                        gpu)
         ray = self._ray()
         return ray_engine.ray_map(ray, fn, tasks, gpu, retries=not (self._ray_here and not self.address), follow=follow)
 

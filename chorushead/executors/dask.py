@@ -5,6 +5,10 @@ On a cluster started here each worker is given one task at a time, so a death im
 else, and ``allowed-failures=0`` drops that task the first time its worker dies. A cluster at an
 address gets every task at once and applies its own retry policy (Dask's default: a task that was
 running on 4 workers that died is failed).
+
+GPU stages get a pool of their own where the cluster has one: when some workers advertise a ``GPU``
+resource (``dask worker SCHEDULER --resources GPU=1`` on the GPU machines), a GPU stage's task asks
+for ``GPU=1`` and runs only there, one per GPU, while the CPU stages run anywhere.
 """
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from collections import deque
 from contextlib import ExitStack
 from typing import Any, Callable, Iterator
 
-from chorushead.executors.base import (CONNECT_TIMEOUT, LOOPBACK, Follow, check_reachable, forkserver, label, lost,
-                                       one_line, queue_follow_ups, thread_env)
+from chorushead.executors.base import (CONNECT_TIMEOUT, LOOPBACK, Follow, Gpu, check_reachable, forkserver, label,
+                                       lost, one_line, queue_follow_ups, thread_env)
 
 
 def connect(stack: ExitStack, jobs: int, address: str | None, preload: tuple[str, ...] = ()) -> Any:
@@ -50,12 +54,19 @@ def connect(stack: ExitStack, jobs: int, address: str | None, preload: tuple[str
     return stack.enter_context(Client(cluster))
 
 
+def gpu_workers(client: Any) -> int:
+    """How many of the cluster's workers advertise a ``GPU`` resource."""
+    workers = client.scheduler_info().get("workers", {})
+    return sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+
+
 def dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: int | None,
-              follow: Follow = None) -> Iterator[Any]:
+              follow: Follow = None, gpu: Gpu = False) -> Iterator[Any]:
     """At most ``window`` tasks in flight. On a cluster started here window = its worker count: one
     task per worker at a time (Dask would otherwise queue several on one worker, and a worker's death
     fails every task it holds). A scheduler at an address (window None) gets them all (it queues them,
-    and an adaptive cluster scales on the queue)."""
+    and an adaptive cluster scales on the queue). ``gpu(task)``: the task is a GPU stage's; it asks for
+    a GPU worker when the cluster has any (see the module doc)."""
     import uuid
 
     from distributed import KilledWorker, as_completed
@@ -65,13 +76,16 @@ def dask_map(client: Any, fn: Callable[[Any], Any], tasks: list[Any], window: in
     in_flight: dict[Any, Any] = {}
     finished = as_completed()
     submitted = 0
+    needs_gpu = gpu if callable(gpu) else (lambda _task: gpu)
+    on_gpu = {"GPU": 1} if gpu and gpu_workers(client) else None
 
     def fill() -> None:
         nonlocal submitted
         while todo and (window is None or len(in_flight) < window):
             task = todo.popleft()
             # A key that names the item makes Dask's own logs ("task ... marked as failed") readable too.
-            fut = client.submit(fn, task, key=f"{name}-{run}-{submitted}-{label(task)}", pure=False)
+            fut = client.submit(fn, task, key=f"{name}-{run}-{submitted}-{label(task)}", pure=False,
+                                resources=on_gpu if on_gpu and needs_gpu(task) else None)
             submitted += 1
             in_flight[fut] = task
             finished.add(fut)
