@@ -276,3 +276,21 @@ def test_cli_build_with_an_unreachable_scheduler_prints_one_line(videos, tmp_pat
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and address in lines[0], proc.stderr
+
+
+def test_a_local_ray_is_our_own_even_beside_a_running_cluster(monkeypatch):
+    """Without an address, ray.init joins the newest cluster on the machine (RAY_ADDRESS or
+    /tmp/ray/ray_current_cluster) and then refuses num_cpus; a local build asks for a new instance."""
+    from chorushead.executors import ray as ray_engine
+    seen = {}
+
+    class FakeRay:
+        @staticmethod
+        def init(**kwargs):
+            seen.update(kwargs)
+
+    ray_engine.init(FakeRay, 3, None)
+    assert seen["address"] == "local" and seen["num_cpus"] == 3 and seen["_node_ip_address"] == "127.0.0.1"
+    seen.clear()
+    ray_engine.init(FakeRay, 3, "10.0.0.5:6379")
+    assert seen == {"address": "10.0.0.5:6379", "logging_level": "WARNING"}

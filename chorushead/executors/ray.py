@@ -70,7 +70,9 @@ def init(ray: Any, jobs: int, address: str | None) -> None:
             # Ray's workers do not inherit this process's sys.path (dask's and the local pool's do); hand it over
             # so whatever imports here (a source checkout, test helpers) also imports in the workers.
             # Workers get the caller's proxy settings back (an empty value means none to `requests`).
-            ray.init(num_cpus=jobs, include_dashboard=False, logging_level="WARNING",
+            # address "local": a new instance of our own, even when this machine runs a Ray cluster
+            # (without it ray.init joins the newest one, /tmp/ray/ray_current_cluster, and refuses num_cpus)
+            ray.init(address="local", num_cpus=jobs, include_dashboard=False, logging_level="WARNING",
                      _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
                      job_config=JobConfig(code_search_path=[p for p in sys.path if p],
                                           runtime_env={"env_vars": callers_proxies}))
