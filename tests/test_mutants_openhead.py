@@ -54,7 +54,6 @@ def designed(c, topo):
         idx = topo[s + "_brow"]
         inner[s] = v[idx[np.argmin(np.abs(v[idx, 0]))]]
     cheek = {s: np.array([0.45 * sg, mouth[1] + 0.1, L[2] - 0.05]) for s, sg in (("left", 1.0), ("right", -1.0))}
-    off_midline = (v[:, 0] != 0)[:, None]            # chin_raise: left half + right half, the midline x = 0 left out
     terms = [
         [(L, (0.08, 0.06, -0.02), 0.12, 1), (R, (-0.08, 0.06, -0.02), 0.12, 1)],          # smile
         [(L, (0.08, 0.06, -0.02), 0.12, 1), (R, (-0.08, 0.06, -0.02), 0.12, -1)],         # smile_asym
@@ -80,8 +79,6 @@ def designed(c, topo):
             f = np.stack([-0.3 * w * (v[:, 0] - mouth[0]), 0 * w, 0.05 * w], axis=1)
         else:
             f = sum(sg * bump(v, ctr, d, s) for ctr, d, s, sg in t)
-        if k == 15:
-            f = f * off_midline
         fields.append(f)
     return fields
 

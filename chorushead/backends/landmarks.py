@@ -215,8 +215,7 @@ def identity(python: str = "") -> dict:
     def make() -> dict:
         from chorushead.backends.landmarks_worker import MODEL_FILES
         out: dict = {"canonical": assets.file_identity(CANONICAL) if CANONICAL.is_file() else f"missing:{CANONICAL}",
-                     "expression": ["open head basis v1", assets.file_identity(openhead.TOPOLOGY)
-                                    if openhead.TOPOLOGY.is_file() else f"missing:{openhead.TOPOLOGY}"]}
+                     "expression": openhead.basis_identity()}
         if uses_in_process(python):
             from importlib import metadata
             spec = importlib.util.find_spec("mediapipe")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import StageError
 from .flame import FlameModel
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -127,9 +128,6 @@ def _designed_fields(c: np.ndarray, topo: dict[str, np.ndarray]) -> list[np.ndar
     def at(centre, d, sigma):
         return _bump(v, centre, sigma)[:, None] * np.asarray(d, float)[None]
 
-    def side(sign):   # +1 = subject's left (x > 0)
-        return (v[:, 0] * sign > 0).astype(float)[:, None]
-
     mouth = (L + R) / 2
     brows = {s: v[topo[f"{s}_brow"]].mean(0) for s in ("left", "right")}
     brow_inner = {s: v[topo[f"{s}_brow"]][np.argmin(np.abs(v[topo[f"{s}_brow"], 0]))] for s in ("left", "right")}
@@ -154,7 +152,7 @@ def _designed_fields(c: np.ndarray, topo: dict[str, np.ndarray]) -> list[np.ndar
         at(lids["left"], (0, -0.07, 0), 0.05),                                       # blink_left
         at(cheeks["left"], (0.05, 0, 0.03), 0.15) + at(cheeks["right"], (-0.05, 0, 0.03), 0.15),
         (at(v[358], (0, 0.03, 0), 0.08) + at(v[129], (0, 0.03, 0), 0.08)),           # nose_wrinkle
-        at(v[17], (0, 0.04, 0.02), 0.1) * side(1) + at(v[17], (0, 0.04, 0.02), 0.1) * side(-1),  # chin_raise
+        at(v[17], (0, 0.04, 0.02), 0.1),                                             # chin_raise
     ]
 
 
@@ -203,6 +201,17 @@ def expression_basis(c: np.ndarray | None = None, topo: dict[str, np.ndarray] | 
     if len(cols) < N_EXP:
         raise ValueError(f"the open head's expression basis has only {len(cols)} independent directions")
     return (EXP_SCALE * np.stack(cols, 1)).reshape(N_VERTS, 3, N_EXP)
+
+
+def basis_identity() -> str:
+    """A hash of the expression basis as built now (for the landmark fit's fingerprint: a changed
+    basis, from code or data, redoes the fit), or "missing:<file>" when a shipped file is gone."""
+    import hashlib
+    try:
+        b = expression_basis()
+    except (OSError, ValueError, StageError) as e:   # the fit itself then fails with the clear error
+        return f"missing: {e}"
+    return "sha1:" + hashlib.sha1(np.ascontiguousarray(b, np.float64).round(12).tobytes()).hexdigest()[:16]
 
 
 def regions(c: np.ndarray, topo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
