@@ -261,7 +261,8 @@ def review(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8765, "--port"),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Permit binding to a non-loopback address."),
-    flame: Optional[Path] = typer.Option(None, "--flame", help="FLAME folder to render meshes (optional)."),
+    flame: Optional[Path] = typer.Option(None, "--flame", help="FLAME folder to render meshes, or 'open' for the "
+                                         "open head (the default for a landmark-fitted build)."),
 ):
     """Start the local review web app: accept or reject segments with the keyboard."""
     from chorushead.review.server import serve

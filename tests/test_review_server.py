@@ -476,3 +476,25 @@ def test_a_decision_stands_only_for_the_frames_it_was_made_on(tmp_path):
     assert decisions(tmp_path, {"v": [(40, 190), (210, 410)]}) == {("v", 1): "reject"}     # segment 0 moved
     # without frames, a decision applies by its index to the segment that has it now: none here
     assert decisions(tmp_path, {"v": [(10, 160)]}) == {("v", 0): "accept"}
+
+
+@pytest.mark.slow   # imports torch through the open head (seconds)
+def test_the_open_head_draws_meshes_without_flame(out, tmp_path):
+    """`chorushead review --flame open`, and by default on a landmark-fitted build: the open head."""
+    from chorushead.core.manifest import Manifest, Record
+    from chorushead.review.server import default_mesh
+    s = Running(out, flame_dir="open")
+    try:
+        assert s.json("/api/segments")["mesh"] is True
+        status, _, png = s.request("GET", "/mesh/duetA/0/1/10.png")
+        assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        s.stop()
+    fake = tmp_path / "b"
+    Manifest(fake, "fit").append(Record(item="v1", stage="fit", status="done", fingerprint="x",
+                                        outputs={"backend": "landmarks"}))
+    assert default_mesh(fake) == "open"
+    Manifest(fake, "fit").append(Record(item="v2", stage="fit", status="done", fingerprint="y",
+                                        outputs={"backend": "emoca"}))
+    assert default_mesh(fake) is None                  # EMOCA's expression is FLAME's: --flame DIR
+    assert default_mesh(tmp_path / "empty") is None

@@ -1,6 +1,7 @@
-"""Optional mesh frames for review: FLAME vertices from the 56 coefficients, drawn to PNG on the server.
+"""Optional mesh frames for review: head vertices from the 56 coefficients, drawn to PNG on the server.
 
-Only used when ``chorushead review --flame DIR`` is given. The browser
+Used with ``chorushead review --flame DIR`` (FLAME), or on the open head (``--flame open``, and by
+default for a build the landmark fit made: chorushead.core.openhead). The browser
 asks for one frame at a time (``/mesh/<video>/<segment>/<strip>/<frame>.png``) and drops frames it
 cannot keep up with, so a slow CPU render costs smoothness, never sync.
 
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from chorushead.core.flame import FlameModel
+from chorushead.core.openhead import load_head
 from chorushead.core.render import Camera, draw_mesh
 
 
@@ -34,7 +35,8 @@ class MeshRenderer:
 
     @classmethod
     def from_dir(cls, flame_dir: str | Path, size: int = 256) -> "MeshRenderer":
-        return cls(FlameModel.load(flame_dir), size=size)
+        """A FLAME folder, or "open" for the open head."""
+        return cls(load_head(flame_dir), size=size)
 
     def _segment(self, key: tuple, coeffs: Callable[[], np.ndarray]) -> tuple[np.ndarray, Camera]:
         with self._lock:

@@ -14,7 +14,7 @@ Routes
                                         "frames": [start, end] (optional: the frames the page showed)}
   GET  /clip/<video>/<i>.mp4           the segment cut from the source video (made once, cached)
   GET  /files/<path>                   any file inside the output folder (strip crops), Range-capable
-  GET  /mesh/<video>/<i>/<strip>/<f>.png  a rendered FLAME frame (only with --flame)
+  GET  /mesh/<video>/<i>/<strip>/<f>.png  a rendered mesh frame (FLAME with --flame, or the open head)
 
 Safety: binds 127.0.0.1 unless told otherwise, and refuses a non-loopback address without
 ``allow_remote``. Files are served only from inside the output folder (and the page's own static
@@ -200,9 +200,22 @@ def pipeline_thresholds(out: str | Path | None = None) -> Thresholds:
     return Thresholds(**given)
 
 
+def default_mesh(out: str | Path) -> str | None:
+    """The mesh review draws without --flame: the open head when every fit of the build is the landmark
+    fit's (its expression is the open head's), else none (EMOCA's is FLAME's: --flame DIR)."""
+    from chorushead.core.manifest import iter_records
+    from chorushead.core.openhead import NAME
+    fits = iter_records(Path(out), ["fit"]).get("fit", {}).values()
+    backends = {r.outputs.get("backend") for r in fits if r.ok}
+    return NAME if backends == {"landmarks"} else None
+
+
 def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
           flame_dir: str | Path | None = None) -> None:
-    """Run the review app until Ctrl-C. Port 0 picks a free port; the URL is printed either way."""
+    """Run the review app until Ctrl-C. Port 0 picks a free port; the URL is printed either way.
+    Without ``flame_dir`` a landmark-fitted build shows the open head (:func:`default_mesh`)."""
+    if flame_dir is None:
+        flame_dir = default_mesh(out)
     try:
         srv = make_server(out, host, port, allow_remote, flame_dir, thresholds=pipeline_thresholds(out))
     except ValueError as e:
@@ -532,7 +545,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
         r = self.server.renderer
         s = self.server.view.segments[key]
         if r is None or s.coeffs is None:
-            raise HttpError(404, "mesh rendering is off (start with --flame DIR) or the segment has no fit")
+            raise HttpError(404, "mesh rendering is off (start with --flame DIR or --flame open) or the segment has no fit")
         if not INDEX_RE.fullmatch(strip) or not INDEX_RE.fullmatch(frame) or int(strip) >= s.n_strips:
             raise HttpError(404, "no such mesh frame")
         k = int(strip)
