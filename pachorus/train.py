@@ -167,8 +167,9 @@ def plot_curves(log_path: Path, png: Path) -> None:
 @torch.no_grad()
 def validate(model: PaChorus, loader: BatchLoader, loss_fn: PaChorusLoss, device: torch.device,
              n_frames: int) -> dict:
-    """Loss with z = 0 (how the model is evaluated), plus the frame-mean pose L2 (a PPE proxy) when
-    the data has poses."""
+    """Loss with z = 0 (how the model is evaluated): the training objective without its KL term (the
+    prior is not sampled), with the run's own weights, so best.pt follows what the run optimises; plus
+    the frame-mean pose L2 (a PPE proxy) when the data has poses."""
     model.eval()
     with_pose = "pose" in loss_fn.groups
     tot, n = {"val_loss": 0.0, "val_mse": 0.0, **({"val_pose_l2": 0.0} if with_pose else {})}, 0
@@ -177,7 +178,11 @@ def validate(model: PaChorus, loader: BatchLoader, loss_fn: PaChorusLoss, device
         out = model(b["host"], b["partner"], b["bgm"], b["pose0"], n_frames, z_mode="mean")
         parts = loss_fn(out, b["coeffs"])
         k = b["coeffs"].shape[0]
-        tot["val_loss"] += float(parts["mse"] + parts["vel"]) * k
+        c = loss_fn.cfg
+        objective = c.w_mse * parts["mse"] + c.w_vel * parts["vel"]
+        if "lip_vertex" in parts:
+            objective = objective + c.w_lip_vertex * parts["lip_vertex"]
+        tot["val_loss"] += float(objective) * k
         tot["val_mse"] += float(parts["mse"]) * k
         if with_pose:
             tot["val_pose_l2"] += float((out.coeffs[..., POSE] - b["coeffs"][..., POSE]).norm(dim=-1).mean()) * k

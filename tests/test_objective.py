@@ -475,3 +475,31 @@ def test_infer_with_three_vocals_gives_each_host_the_sum_of_the_other_two(tmp_pa
         np.testing.assert_allclose(bgm, np.tile(mus, (3, 1)), rtol=0, atol=1e-6)
     for i in range(3):   # outputs numbered as the --vocals files
         assert (tmp_path / "out" / f"singer{i + 1}_sample0.npy").is_file()
+
+
+def test_validation_loss_uses_the_runs_own_weights():
+    """best.pt follows what the run optimises: val_loss = w_mse·MSE + w_vel·velocity (no KL, z = 0),
+    by hand on a fixed prediction, for the default and for other weights."""
+    from pachorus.model.pachorus import ModelOutput
+    from pachorus.train import validate
+
+    torch.manual_seed(0)
+    target = torch.randn(2, 6, 56)
+    pred = target + 0.1 * torch.randn(2, 6, 56)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, host, partner, bgm, pose0, n_frames, z_mode="mean"):
+            return ModelOutput(coeffs=pred)
+
+    batch = {"host": torch.zeros(2, 1), "partner": torch.zeros(2, 1), "bgm": torch.zeros(2, 1),
+             "pose0": torch.zeros(2, 3), "coeffs": target}
+    for w_mse, w_vel in ((1.0, 1.0), (2.0, 0.0), (0.5, 3.0)):
+        cfg = LossConfig(w_mse=w_mse, w_vel=w_vel)
+        loss = PaChorusLoss(cfg)
+        w = coeff_weights(cfg, target.device, loss.groups)
+        mse = float((((pred - target) ** 2) * w).mean())
+        dp, dt = pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1]
+        vel = float((((dp - dt) ** 2) * w).mean())
+        got = validate(Fixed(), [batch], loss, torch.device("cpu"), 6)
+        assert got["val_loss"] == pytest.approx(w_mse * mse + w_vel * vel, rel=1e-6)
+        assert got["val_mse"] == pytest.approx(mse, rel=1e-6)
