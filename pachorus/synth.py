@@ -356,7 +356,7 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
         f = coeffs[s]
         f[:, EXP] = (bands @ m.T) * gate[:, None] + rng.normal(0, 0.05 * cfg.noise, (n_frames, N_EXP))
         f[:, JAW_OPEN] = 0.3 * env * gate
-        f[:, 51] = 0.02 * env * gate
+        f[:, JAW.start + 1] = 0.02 * env * gate       # the jaw's small sideways turn (about y)
         if cfg.anticipation > 0:
             if cfg.rules == 1:   # a bump of 2 × lead starting ``lead`` s before each onset: it peaks at the onset
                 pre = cfg.anticipation_amp * _bump(t, onsets[s], -cfg.anticipation, 2 * cfg.anticipation)
@@ -367,8 +367,8 @@ def synthesize_song(cfg: SynthConfig, rng: np.random.Generator, n_singers: int |
         if cfg.listener > 0:
             f[:, EXP] += cfg.listener * listener_profile(t, partner_onsets)[:, None] * smile[None]
         f[:, JAW] += rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
-        f[:, POSE.start] = nod
-        f[:, 54] = direction * (0.15 + turn)
+        f[:, POSE.start] = nod                          # pitch
+        f[:, POSE.start + 1] = direction * (0.15 + turn)   # yaw
         f[:, POSE] += drift + rng.normal(0, 0.005 * cfg.noise, (n_frames, 3))
     return Song(vocals=np.stack(tracks), bgm=bgm, coeffs=coeffs, beats=beats, onsets=list(onsets),
                 phrases=phrases)

@@ -7,6 +7,7 @@ FLAME's interface, shipped with the package), chosen by :func:`resolve_head`.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,15 @@ OPEN_BACKENDS = ("landmarks", "synthetic")
 
 def resolve_head(flame: str | Path | None, head: str = "auto", fit_backend: str | None = None,
                  shapes: bool = False) -> str | None:
-    """A FLAME folder, ``"open"`` or None (coefficients only). ``auto``: FLAME when a folder is given,
+    """A FLAME folder, ``"open"`` or None (coefficients only). ``auto``: FLAME when a folder is given
+    (``flame``, else ``$FLAME_DIR``),
     else the open head for data it means (landmark fits, synthetic data), else None: an EMOCA fit's
     expression is in FLAME's basis, which the open head does not share. ``shapes``: the singers come
     with FLAME identity codes, which the open head (one face, no identity directions) cannot show:
     ``auto`` then renders nothing without FLAME, and ``open`` is refused."""
     if head not in HEADS:
         raise ValueError(f"--head {head!r}: use one of {', '.join(HEADS)}")
+    flame = flame or os.environ.get("FLAME_DIR") or None     # README: --flame DIR, or $FLAME_DIR
     if head == "flame" and not flame:
         raise ValueError("--head flame needs --flame DIR (FLAME 2020: https://flame.is.tue.mpg.de, registration)")
     if head == "open" and shapes:

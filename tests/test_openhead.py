@@ -146,3 +146,14 @@ def test_shipped_topology_is_what_the_script_derives(tmp_path):
     assert sorted(made.files) == sorted(shipped.files)
     for k in shipped.files:
         np.testing.assert_array_equal(made[k], shipped[k])
+
+
+def test_flame_dir_from_the_environment(tmp_path, monkeypatch):
+    toy = make_synthetic_flame(tmp_path / "toy")
+    monkeypatch.setenv("FLAME_DIR", str(toy))
+    assert resolve_head(None, "auto", "emoca") == str(toy)              # as --flame DIR
+    assert resolve_head(None, "flame", "emoca") == str(toy)
+    assert resolve_head(None, "open", "emoca") == "open" and resolve_head(None, "none", "emoca") is None
+    assert resolve_head(tmp_path / "other", "auto", "emoca") == str(tmp_path / "other")   # the option wins
+    monkeypatch.setenv("FLAME_DIR", "")
+    assert resolve_head(None, "auto", "emoca") is None
