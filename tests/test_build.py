@@ -24,7 +24,8 @@ from packfixture import lmdb_content
 
 pytestmark = pytest.mark.slow
 SIZE = (256, 512)
-UPTO = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
+UPTO = ["ingest", "screen", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
+OFF = ["screen.enabled=false"]   # tiny, odd test videos: the screen (tests/test_screen.py) would reject them
 
 
 def _ffmpeg(*args):
@@ -92,7 +93,7 @@ def _by_source(out: Path) -> dict[str, dict[str, object]]:
 
 def test_bad_inputs_fail_clearly_and_the_batch_finishes(raw, tmp_path):
     out = tmp_path / "out"
-    build(raw / "videos", out, Pipeline.load(), stages=UPTO, stems=raw / "stems", jobs=2, progress=False)
+    build(raw / "videos", out, Pipeline.load(overrides=OFF), stages=UPTO, stems=raw / "stems", jobs=2, progress=False)
     res = _by_source(out)
     for good in ("duet one.mp4", "デュエット 25fps.mp4", "vfr.mp4"):
         assert res[good]["contiguity"].status == "done", (good, {s: r.message for s, r in res[good].items()})
@@ -123,10 +124,10 @@ def test_bad_inputs_fail_clearly_and_the_batch_finishes(raw, tmp_path):
     for stage in UPTO:
         for rec in Manifest(out, stage).read_all():
             validate_record(rec.to_dict())
-    text = format_status(collect(out, Pipeline.load()))
+    text = format_status(collect(out, Pipeline.load(overrides=OFF)))
     assert "failures:" in text and "[ingest] notes-" in text and "no video stream" in text
     # a rerun redoes only the failed items (and finds them failing again), reusing the good ones
-    summ = build(raw / "videos", out, Pipeline.load(), stages=UPTO, stems=raw / "stems", jobs=1, progress=False)
+    summ = build(raw / "videos", out, Pipeline.load(overrides=OFF), stages=UPTO, stems=raw / "stems", jobs=1, progress=False)
     ingest = next(s for s in summ if s.stage == "ingest")
     assert ingest.reused == 5 and ingest.failed == 5
 
@@ -136,9 +137,9 @@ def test_the_build_streams_each_video_through_its_stages(tmp_path):
     (its next stage is queued first), so the first video is complete before the second is ingested."""
     for k in range(2):
         write_sample(tmp_path, seconds=6.0, size=(96, 192), name=f"clip{k}", seed=k)
-    stages = ["ingest", "bgm_split", "duet_split", "vad"]
+    stages = ["ingest", "screen", "bgm_split", "duet_split", "vad"]
     out = tmp_path / "out"
-    summ = build(tmp_path / "videos", out, Pipeline.load(), stages=stages, stems=tmp_path / "stems", jobs=1,
+    summ = build(tmp_path / "videos", out, Pipeline.load(overrides=OFF), stages=stages, stems=tmp_path / "stems", jobs=1,
                  progress=False)
     assert [(s.stage, s.done + s.skipped, s.pending) for s in summ] == [(s, 2, 0) for s in stages]
     recs = [r for stage in stages for r in Manifest(out, stage).read_all()]

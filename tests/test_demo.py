@@ -21,7 +21,7 @@ def test_demo_says_what_ran_what_was_reused_and_how_to_see_status(tmp_path):
     first = CliRunner().invoke(app, ["demo", "--out", str(out), "--seconds", "7"])
     assert first.exit_code == 0, first.output
     text = first.output
-    assert "Ran: ingest, bgm_split, duet_split, vad, crop, contiguity" in text
+    assert "Ran: ingest, screen, fingerprint, bgm_split, duet_split, vad, crop, contiguity" in text
     assert "Reused from an earlier run: nothing." in text
     # the stems are supplied, so both separations are skipped, each with its reason on one line
     assert "  bgm_split skipped: stems supplied" in text and "  duet_split skipped: stems supplied" in text

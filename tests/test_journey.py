@@ -68,7 +68,7 @@ def test_readme_journey_runs_verbatim(tmp_path):
 
     demo, out = outputs["chorushead demo"], tmp_path / "demo-out"
     assert "Fitting with the open landmark backend" in demo, demo
-    assert "Ran: ingest, bgm_split, duet_split, vad, crop, contiguity, fit, smooth, assign, pack." in demo, demo
+    assert "Ran: ingest, screen, fingerprint, bgm_split, duet_split, vad, crop, contiguity, fit, smooth, assign, pack." in demo, demo
     lmdb = out / "build" / "windows.lmdb"
     counts = {split: len(WindowReader(lmdb, split)) for split in ("train", "val", "test")}
     assert all(n > 0 for n in counts.values()), counts   # split by video: 4 videos → 2 / 1 / 1

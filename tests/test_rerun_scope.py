@@ -14,7 +14,7 @@ from chorushead.runner import Pipeline, Plan, StageSummary, build, load_items, n
 from chorushead.stages import get_stage
 from packfixture import make_upstream
 
-ORDER = ["ingest", "fingerprint", "bgm_split", "duet_split", "vad", "crop", "contiguity", "fit", "smooth", "assign", "pack"]
+ORDER = ["ingest", "screen", "fingerprint", "bgm_split", "duet_split", "vad", "crop", "contiguity", "fit", "smooth", "assign", "pack"]
 
 
 @pytest.fixture(scope="module")

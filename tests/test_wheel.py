@@ -133,7 +133,7 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
     site = str(venv / "lib")
     assert got["package"].startswith(site), f"the venv imported {got['package']}, not the wheel"
     assert got["pipeline"].startswith(site) and got["pipeline"].endswith("chorushead/pipelines/chorushead.toml")
-    assert got["stages"][:3] == ["ingest", "fingerprint", "bgm_split"] and got["stages"][-1] == "pack"
+    assert got["stages"][:4] == ["ingest", "screen", "fingerprint", "bgm_split"] and got["stages"][-1] == "pack"
     assert got["static"].startswith(site)
     assert got["pages"]["/"][0] == 200 and got["pages"]["/"][1] > 1000
     assert got["pages"]["/static/app.js"][0] == 200 and got["pages"]["/api/segments"][0] == 200

@@ -126,6 +126,35 @@ class MtcnnDetector:
         self.images += n
         return out
 
+    def detect_all(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every confident face (probability >= ``prob_threshold``) in equal-sized RGB images, not only
+        the best: per image, boxes (k, 5) x1 y1 x2 y2 prob and landmarks (k, 5, 2) (eyes, nose, mouth
+        corners) in the images' own pixels, most probable first (the screen stage counts singers and
+        measures every face's yaw)."""
+        t0 = time.perf_counter()
+        n = len(images)
+        res: list[tuple[np.ndarray, np.ndarray]] = []
+        if n == 0:
+            return res
+        h, w = images[0].shape[:2]
+        dw, dh = max(1, round(w * self.scale)), max(1, round(h * self.scale))
+        k = np.array([dw / w, dh / h], np.float32)
+        with self._torch_threads():
+            for b0 in range(0, n, self.batch_size):
+                part = images[b0:b0 + self.batch_size]
+                if (dw, dh) != (w, h):
+                    part = [cv2.resize(im, (dw, dh), interpolation=cv2.INTER_AREA) for im in part]
+                with self.torch.inference_mode():
+                    found = self._pyramid(part)
+                for boxes, points in found:
+                    conf = boxes[:, 4] >= self.prob_threshold
+                    b = boxes[conf].copy()
+                    b[:, :4] /= np.concatenate([k, k])
+                    res.append((b, points[conf] / k))
+        self.seconds += time.perf_counter() - t0
+        self.images += n
+        return res
+
     def refine(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> Faces:
         """MTCNN's second and third stages only: R-Net then O-Net on the square around ``boxes[i]``
         (x1, y1, x2, y2 in ``images[i]``'s pixels, e.g. last frame's face), at the images' full

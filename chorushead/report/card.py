@@ -166,7 +166,7 @@ def _same_params(b: Build) -> dict[str, tuple[int, int]]:
     res = {}
     plan = Plan.of(b.pipeline)
     for name in b.pipeline.stages:
-        needs = get_stage(name).needs
+        needs = plan.needs(name)
         mine = b.ok(name)
         ready = {vid: {need: b.latest[need][vid] for need in needs} for vid in mine
                  if all(b.latest.get(need, {}).get(vid) is not None for need in needs)}
@@ -197,6 +197,7 @@ def _funnel(b: Build) -> list[FunnelRow]:
     """Videos and hours after every stage (see :data:`KEPT_SECONDS`)."""
     seconds: dict[str, float] = {}
     rows = []
+    screened: set[str] = set()   # videos a gate (the screen) rejected: the stages after it are not pending
     for s in b.pipeline.stages:
         recs = {v: r for v, r in b.latest.get(s, {}).items() if v in b.items}
         good = [v for v, r in recs.items() if r.ok]
@@ -205,9 +206,12 @@ def _funnel(b: Build) -> list[FunnelRow]:
             seconds = {v: int(b.packed[v]["frames"]) / b.fps(v) for v in good}
         elif s in KEPT_SECONDS:
             seconds = {v: KEPT_SECONDS[s](recs[v], b.fps(v)) for v in good}
+        if get_stage(s).gate:   # a gate's skipped videos stop there (the screen rejected them): not usable after it
+            screened |= {v for v, r in recs.items() if r.status == "skipped"}
+            good = [v for v in good if v not in screened]
         st = Counter(r.status for r in recs.values())
         rows.append(FunnelRow(stage=s, videos=len(good), done=st["done"], skipped=st["skipped"], failed=st["failed"],
-                              pending=len(b.items) - len(recs), hours=sum(seconds.get(v, 0.0) for v in good) / 3600,
+                              pending=len(set(b.items) - set(recs) - screened), hours=sum(seconds.get(v, 0.0) for v in good) / 3600,
                               reasons=_reasons(recs.values())))
     return rows
 

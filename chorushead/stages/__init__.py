@@ -11,6 +11,7 @@ from chorushead.stages.base import Stage
 
 STAGE_MODULES: dict[str, str] = {
     "ingest": "chorushead.stages.ingest",
+    "screen": "chorushead.stages.screen",
     "fingerprint": "chorushead.stages.fingerprint",
     "bgm_split": "chorushead.stages.bgm_split",
     "duet_split": "chorushead.stages.duet_split",

@@ -106,5 +106,5 @@ def process(ctx: Context, params: Params, model: SpleeterBackend) -> Result:
 
 
 STAGE = Stage(name="bgm_split", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
-              setup=setup, needs=("ingest",), identity=identity,
+              setup=setup, needs=("ingest", "screen"), identity=identity,
               gpu=False, description="Spleeter 2stems: vocals + accompaniment at 44.1 kHz")

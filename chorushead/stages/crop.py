@@ -527,7 +527,7 @@ def _fsync_dir(d: Path) -> None:
 
 
 STAGE = Stage(name="crop", version="4", params=Params, outputs=Outputs, metrics=Metrics, setup=setup, process=process,
-              needs=("ingest", "vad"), gpu=True, preload=("torch",),
+              needs=("ingest", "screen", "vad"), gpu=True, preload=("torch",),
               # the MTCNN weight files that will run (facenet-pytorch's data/), found without importing torch
               identity=lambda p: __import__("chorushead.backends.mtcnn", fromlist=["identity"]).identity(),
               description="MTCNN per strip and frame (pyramid on keyframes, R/O-Net tracking between); "

@@ -236,5 +236,5 @@ def process(ctx: Context, params: Params, model) -> Result:
 
 STAGE = Stage(name="duet_split", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
               setup=setup, identity=identity,
-              needs=("ingest", "bgm_split"), gpu=True, preload=("torch",),
+              needs=("ingest", "screen", "bgm_split"), gpu=True, preload=("torch",),
               description="MossFormer2 (8 kHz) on the vocals, chunked with speaker-order alignment")
