@@ -235,3 +235,49 @@ def test_build_from_a_list_of_links(server, clips, tmp_path):
     assert Path(item.source) == (out / "raw" / f"duet_a-{url_id(a)}.mp4").absolute()
     assert item.origin["url"] == a
     assert re.search(r"^ingest +1 +0 ", res.output, re.M), res.output
+
+
+@pytest.mark.slow   # two 7 s duets through every stage (landmark fit), ~1 min on 2 cores
+def test_links_become_a_packed_lmdb_through_fetch_screen_build(tmp_path):
+    """Issue 21's path end to end: a list of loopback links -> fetch -> build (the screen keeps both
+    duets, a third link is a one-singer clip the screen turns away) -> windows in the LMDB, with each
+    video's origin in the build. Stems are supplied (no separation models here), named as fetch named
+    the files."""
+    from chorushead.core.windows import WindowReader
+    from chorushead.sample import write_sample
+    from chorushead.core.manifest import Manifest
+    from chorushead.runner import Pipeline, build
+    src = tmp_path / "src"
+    files, stems_of = {}, {}
+    for k, (name, faces) in enumerate((("duet_a", 2), ("duet_b", 2), ("solo", 1))):
+        video, stems, _ = write_sample(src, seconds=7.0, name=name, seed=40 + k, absent_s=None, n_faces=faces)
+        files[f"/v/{name}.mp4"] = (video.read_bytes(), "video/mp4")
+        stems_of[name] = stems / name
+    from chorushead.core import media
+    voice, sr = media.read_wav(stems_of["solo"] / "singer1.wav")    # stems want two singers: a silent second
+    media.write_wav(stems_of["solo"] / "singer2.wav", 0 * voice, sr)
+    srv = Server(files)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{srv.base}/v/{n}.mp4\n" for n in stems_of))
+        raw = tmp_path / "raw"
+        res = cli("fetch", "--list", urls, "--out", raw)
+        assert res.exit_code == 0, res.output
+    finally:
+        srv.close()
+    fetched = {Path(r.url).stem: raw / r.file for r in origin.read(raw).values()}
+    stems = tmp_path / "stems"
+    for name, folder in stems_of.items():                 # <video file stem>/vocals.wav, ... as --stems wants
+        shutil.copytree(folder, stems / fetched[name].stem)
+    out = tmp_path / "out"
+    summ = {s.stage: s for s in build(raw, out, Pipeline.load(overrides=["fit.backend=landmarks"]), stems=stems,
+                                      progress=False)}
+    screen = Manifest(out, "screen").latest()
+    solo = next(v for v in screen if v.startswith("solo"))
+    assert screen[solo].status == "skipped" and "exactly 2 face(s)" in screen[solo].reason
+    assert all(r.status == "done" for v, r in screen.items() if v != solo)
+    assert summ["pack"].done == 2 and summ["pack"].failed == 0
+    windows = sum(len(WindowReader(out / "windows.lmdb", s)) for s in ("train", "val", "test"))
+    assert windows > 0 and not any(k.startswith("solo") for k in WindowReader(out / "windows.lmdb", None).keys)
+    items = load_items(out)
+    assert {it.origin["url"] for it in items.values()} == {f"{srv.base}/v/{n}.mp4" for n in stems_of}
