@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Mutation score of one module with its fast tests (mutmut 3; see docs/mutation-survivors.md).
 #
-#   scripts/mutation.sh MODULE [SCRATCH]     MODULE: losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad
+#   scripts/mutation.sh MODULE [SCRATCH]     MODULE: losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad | assign | checkpoint | data
 #
 # mutmut 3 reads one [tool.mutmut] section, so this copies the checkout (without envs/, .git/, mutants/)
 # to SCRATCH (default: a new temp folder), writes that module's section into the COPY's pyproject.toml,
 # and runs mutmut there: the checkout is never touched. Prints the survivors and the score.
-# Time on 2 cores: about 1 minute each (contiguity, smooth, selection, vad: under 1 min; openhead: about 3 min).
+# Time on 2 cores: about 1 minute each (contiguity, smooth, selection, vad, checkpoint: under 1 min; openhead: about 3 min;
+# assign: about 2.5 min; data: about 4 min).
 set -euo pipefail
-module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest|contiguity|smooth|selection|openhead|vertices|vad [SCRATCH]}
+module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest|contiguity|smooth|selection|openhead|vertices|vad|assign|checkpoint|data [SCRATCH]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=${2:-$(mktemp -d "${TMPDIR:-/tmp}/mutation-$module.XXXXXX")}
 
@@ -34,7 +35,13 @@ case $module in
               tests="test_openhead test_export test_identity test_mutants_vertices" ;;
   vad)        only=chorushead/stages/vad.py
               tests="test_core_stages test_boundaries test_mutants_vad" ;;
-  *) echo "unknown module: $module (losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad)" >&2; exit 2 ;;
+  assign)     only=chorushead/stages/assign.py
+              tests="test_assign test_mutants_assign" ;;
+  checkpoint) only=pachorus/checkpoint.py
+              tests="test_mutants_checkpoint" ;;   # the CLI/trainer tests train a model per mutant: >40 min
+  data)       only=pachorus/data.py
+              tests="test_data_batches test_lmdb_readers test_mutants_data" ;;
+  *) echo "unknown module: $module (losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad | assign | checkpoint | data)" >&2; exit 2 ;;
 esac
 # mutmut mutates the module's package; the other package and the data folders come along unmutated
 package=${only%%/*}
