@@ -54,7 +54,7 @@ from chorushead.core.manifest import Manifest  # noqa: E402
 from chorushead.runner import Pipeline, build  # noqa: E402
 from _results import Recorder, cpu_seconds  # noqa: E402
 
-STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
+STAGES = ["ingest", "screen", "bgm_split", "duet_split", "vad", "crop", "contiguity"]
 FPS = 30
 # write_sample holds every frame in memory (1024×1024 RGB: ~94 MB per second of video), so longer
 # clips are this many seconds generated once and then looped by ffmpeg without re-encoding.

@@ -17,7 +17,7 @@ from chorushead.stages import screen
 
 N = 90          # 3 s at 30 fps
 # The clips are 256x512 (the demo's size); three singers need smaller faces than crop's 80 px
-P = dict(min_face=40.0)
+P = dict(min_face=40.0, face_every=1)   # 3 s clips: faces on every sampled frame (9, not 3)
 
 
 def _write(path, frames, fps=30):
@@ -234,3 +234,26 @@ def test_a_rejected_video_stops_at_the_screen_and_a_threshold_reruns_the_screen_
     rows = {r.stage: r for r in _funnel(read_build(out, pipeline))}
     assert rows["screen"].reasons == {"skipped: screened out: 1 shot cut(s) at 1.5 s": 1}
     assert rows["screen"].videos == 1 and rows["bgm_split"].pending == 0
+
+
+def test_faces_are_looked_for_on_every_face_every_th_sampled_frame(clips, measured, monkeypatch):
+    """The default looks for faces at 1 fps (every 3rd frame sampled at 3 fps): the counts and yaw come
+    from those frames; cuts and motion still from every sampled pair."""
+    _, pr = measured["good"]
+    calls = []
+    real = screen._detector
+
+    def spy(min_face, p):
+        det = real(min_face, p)
+
+        class Spy:
+            def detect_all(self, frames):
+                calls.append(len(frames))
+                return det.detect_all(frames)
+        return Spy()
+
+    monkeypatch.setattr(screen, "_detector", spy)
+    got = screen.measure(str(clips["good"]), pr.width, pr.height, screen.Params(min_face=40.0))
+    assert calls == [3] and got["frames"] == 9 and len(got["counts"]) == 3 and len(got["motions"]) == 8
+    with pytest.raises(ValueError, match="face_every"):
+        screen.Params(face_every=0)

@@ -33,12 +33,14 @@ relative to each singer's own neutral (see chorushead.backends.landmarks).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import StageError
-from .flame import FlameModel
+
+if TYPE_CHECKING:   # torch is imported only where a head is built
+    from .flame import FlameModel
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CANONICAL = DATA / "face_mesh_canonical.npy"
@@ -226,8 +228,12 @@ def regions(c: np.ndarray, topo: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             "boundary": topo["face_oval"]}
 
 
-def open_head() -> FlameModel:
-    """The open head as a FlameModel (metres; see the module doc)."""
+def open_head() -> "FlameModel":
+    """The open head as a FlameModel (metres; see the module doc). torch is imported here, not with the
+    module: the landmark fit and its fingerprint use the geometry alone."""
+    import torch
+
+    from .flame import FlameModel
     c = load_canonical()
     topo = load_topology()
     v = c[:N_VERTS]
@@ -247,8 +253,9 @@ def open_head() -> FlameModel:
                       faces=topo["faces"], masks=regions(c, topo), n_shape=0)
 
 
-def load_head(where: str | Path) -> FlameModel:
+def load_head(where: str | Path) -> "FlameModel":
     """A head by name: ``open`` for the open head, else a FLAME folder (generic_model.pkl + FLAME_masks.pkl)."""
+    from .flame import FlameModel
     return open_head() if str(where) == NAME else FlameModel.load(where)
 
 
