@@ -27,6 +27,21 @@ def phrases(n_frames: int, rng) -> np.ndarray:
     return on
 
 
+def assign_context(root: Path, tracks: list[str], files: list[str], segments, n_frames: int) -> Context:
+    """The assign stage's context over vad tracks and smoothed segment files already written under
+    ``root`` (vad from frame 0 to ``n_frames``)."""
+    tmp = root / "items/song/.assign.tmp"
+    tmp.mkdir()
+    rec = lambda st, o: Record(item="song", stage=st, status="done", fingerprint="x", outputs=o)  # noqa: E731
+    ups = {"vad": rec("vad", {"singers_16k": tracks, "start_frame": 0, "end_frame": n_frames, "start_s": 0.0,
+                              "end_s": n_frames / FPS, "sr": SR, "vocals_16k": tracks[0], "bgm_16k": tracks[0]}),
+           "smooth": rec("smooth", {"segments": files}),
+           "contiguity": rec("contiguity", {"segments": [list(x) for x in segments], "strip_runs": [],
+                                            "n_frames": n_frames})}
+    return Context(item=Item(id="song", source="x"), out=root, tmp=tmp, final=root / "items/song/assign",
+                   upstream=ups, fps=FPS)
+
+
 def build(root: Path, n_singers: int, segments, track_order, seed=0, related=True) -> Context:
     """Voices k sing with pattern k; strip k's jaw follows pattern k (or noise when not related).
     ``track_order[j]`` = which voice is written as track j (the separator's arbitrary order)."""
@@ -49,16 +64,7 @@ def build(root: Path, n_singers: int, segments, track_order, seed=0, related=Tru
             coeffs[k, :, 50] += gaussian_filter1d(0.25 * target.astype(float), 2)
         np.savez(root / f"items/song/smooth/seg{i:03d}.npz", coeffs=coeffs)
         files.append(f"items/song/smooth/seg{i:03d}.npz")
-    tmp = root / "items/song/.assign.tmp"
-    tmp.mkdir()
-    rec = lambda st, o: Record(item="song", stage=st, status="done", fingerprint="x", outputs=o)  # noqa: E731
-    ups = {"vad": rec("vad", {"singers_16k": tracks, "start_frame": 0, "end_frame": n_frames, "start_s": 0.0,
-                              "end_s": n_frames / FPS, "sr": SR, "vocals_16k": tracks[0], "bgm_16k": tracks[0]}),
-           "smooth": rec("smooth", {"segments": files}),
-           "contiguity": rec("contiguity", {"segments": [list(x) for x in segments], "strip_runs": [],
-                                            "n_frames": n_frames})}
-    return Context(item=Item(id="song", source="x"), out=root, tmp=tmp, final=root / "items/song/assign",
-                   upstream=ups, fps=FPS)
+    return assign_context(root, tracks, files, segments, n_frames)
 
 
 SEGS = [(0, 300), (400, 700)]

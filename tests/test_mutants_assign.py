@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from chorushead.core.errors import BadInput
-from chorushead.core.manifest import Record
 from chorushead.core.media import write_wav
 from chorushead.core.windows import JAW_OPEN
 from chorushead.stages.assign import STAGE, Params, best_assignment, correlate, loudness_envelope, pearson
-from chorushead.stages.base import Context, Item
+from chorushead.stages.base import Context
+from test_assign import assign_context
 
 SR, FPS = 300, 30          # 10 samples per video frame: every frame edge is a whole sample
 
@@ -117,16 +117,7 @@ def build(root: Path, segments, jaws, amps, n_frames=None) -> Context:
         np.savez(root / f"items/song/smooth/seg{i:03d}.npz", coeffs=coeffs)
         files.append(f"items/song/smooth/seg{i:03d}.npz")
     n_frames = n_frames or max(e for _, e in segments)
-    tmp = root / "items/song/.assign.tmp"
-    tmp.mkdir()
-    rec = lambda st, o: Record(item="song", stage=st, status="done", fingerprint="x", outputs=o)  # noqa: E731
-    ups = {"vad": rec("vad", {"singers_16k": tracks, "start_frame": 0, "end_frame": n_frames, "start_s": 0.0,
-                              "end_s": n_frames / FPS, "sr": SR, "vocals_16k": tracks[0], "bgm_16k": tracks[0]}),
-           "smooth": rec("smooth", {"segments": files}),
-           "contiguity": rec("contiguity", {"segments": [list(x) for x in segments], "strip_runs": [],
-                                            "n_frames": n_frames})}
-    return Context(item=Item(id="song", source="x"), out=root, tmp=tmp, final=root / "items/song/assign",
-                   upstream=ups, fps=FPS)
+    return assign_context(root, tracks, files, segments, n_frames)
 
 
 SEGS = [(2, 8), (10, 18)]   # lengths 6 and 8, not starting at 0
