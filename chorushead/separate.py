@@ -13,6 +13,7 @@ Written to ``<out>``: ``vocals.wav``, ``accompaniment.wav`` (44.1 kHz stereo, as
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
@@ -63,6 +64,9 @@ def separate(song: Path, out: Path, pipeline: Pipeline, video: Path | None = Non
     missing = [s for s in stages if s not in pipeline.stages]
     if missing:
         raise ValueError(f"the pipeline has no stage(s) {missing}; separate needs {stages}")
+    # A gate (the screen) picks videos for a dataset; a song to animate is separated whatever it shows,
+    # so the gates leave the pipeline here (a pipeline without a gate ignores it: runner.Plan.needs).
+    pipeline = dataclasses.replace(pipeline, stages=[s for s in pipeline.stages if not get_stage(s).gate])
     item = _item(song)
     work = out / "build"
     other = sorted(set(load_items(work)) - {item.id})

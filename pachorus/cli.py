@@ -139,10 +139,10 @@ def eval_cmd(
     out = out or ckpt.with_name(f"eval_{split}.json")
     res = evaluate(ckpt, data, split, flame, out, batch_size, device, diagnose=diagnose, samples=samples, head=head)
     if res["head"] is None:   # after the run, so that an error stays the only stderr line
-        typer.echo("note: no head for vertex metrics (LVE, FVE, FDD): this data's expression is FLAME's (EMOCA), so "
-                   "they need FLAME 2020 (--flame DIR; https://flame.is.tue.mpg.de, registration), or --head open "
-                   "for jaw and pose on the open head; reporting PPE, silent jaw, the prior's metrics and "
-                   "coefficient errors only.", err=True)
+        why = "--head none" if head == "none" else "this data's expression is FLAME's (EMOCA)"
+        typer.echo(f"note: no head for vertex metrics (LVE, FVE, FDD): {why}; they need FLAME 2020 (--flame DIR; "
+                   "https://flame.is.tue.mpg.de, registration), or --head open for jaw and pose on the open head; "
+                   "reporting PPE, silent jaw, the prior's metrics and coefficient errors only.", err=True)
     else:
         typer.echo(f"head: {res['mesh']}")
     typer.echo(format_table({f"{res['variant']} (z=0)": res["model"], "mean motion": res["mean_motion_baseline"]}))
@@ -245,9 +245,11 @@ def infer(
     if separation is not None:
         typer.echo(f"note: {separation.note}", err=True)
     if res["head"] is None:
-        typer.echo("note: no head: wrote coefficients only, no video. This model's expression is FLAME's (EMOCA): "
-                   "render with --flame DIR (FLAME 2020, https://flame.is.tue.mpg.de, registration; README 'Model "
-                   "assets'), or --head open for jaw and pose on the open head.", err=True)
+        why = ("--head none" if head == "none" else "the singers have FLAME identity codes" if (shapes or shapes_from)
+               else "this model's expression is FLAME's (EMOCA)")
+        typer.echo(f"note: no head: wrote coefficients only, no video ({why}). Render with --flame DIR (FLAME 2020, "
+                   "https://flame.is.tue.mpg.de, registration; README 'Model assets'), or --head open for the open "
+                   "head.", err=True)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from chorushead.runner import Pipeline, Plan
 from chorushead.stages import get_stage
 from chorushead.stages.base import Item
 
-ITEM_STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity", "fit", "smooth", "assign"]
+ITEM_STAGES = ["ingest", "screen", "bgm_split", "duet_split", "vad", "crop", "contiguity", "fit", "smooth", "assign"]
 UPSTREAM = {  # every stage before it (transitively)
     "bgm_split": {"ingest"}, "duet_split": {"ingest", "bgm_split"}, "crop": {"ingest", "bgm_split", "duet_split", "vad"},
     "fit": {"ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity"},
@@ -30,7 +30,7 @@ def fingerprints(pipeline: Pipeline, source: Path) -> dict[str, str]:
     recs: dict[str, Record] = {}
     out = {}
     for name in ITEM_STAGES:
-        fp = plan.fingerprint(name, item, {need: recs[need] for need in get_stage(name).needs})
+        fp = plan.fingerprint(name, item, {need: recs[need] for need in plan.needs(name)})
         recs[name] = Record(item=item.id, stage=name, status="done", fingerprint=fp)
         out[name] = fp
     return out

@@ -157,7 +157,14 @@ def test_eval_and_infer_cli(lmdb_path, tmp_path):
     no_flame = subprocess.run([sys.executable, "-m", "pachorus.cli", "eval", "--ckpt", str(run / "model.pt"),
                                "--data", str(lmdb_path), "--out", str(tmp_path / "e.json")], env=_env(),
                               capture_output=True, text=True, timeout=180)
-    assert no_flame.returncode == 0 and "need FLAME" in no_flame.stderr and "PPE" in no_flame.stdout
+    # synthetic data without --flame: vertex metrics on the open head
+    assert no_flame.returncode == 0 and "head: the open head" in no_flame.stdout and "LVE" in no_flame.stdout
+    assert json.loads((tmp_path / "e.json").read_text())["head"] == "open"
+    no_head = subprocess.run([sys.executable, "-m", "pachorus.cli", "eval", "--ckpt", str(run / "model.pt"),
+                              "--data", str(lmdb_path), "--out", str(tmp_path / "e2.json"), "--head", "none"],
+                             env=_env(), capture_output=True, text=True, timeout=180)
+    assert no_head.returncode == 0 and "need FLAME" in no_head.stderr and "PPE" in no_head.stdout
+    assert not json.loads((tmp_path / "e2.json").read_text())["vertex_metrics"]
     # three singers, 1.5 s: partner of each = sum of the other two
     song = synthesize_song(SynthConfig(seconds=1.5, n_singers=3), np.random.default_rng(5))
     paths = []

@@ -185,7 +185,7 @@ def test_fingerprint_changes_with_any_value(data, parts):
 
 # the runner's fingerprints: the same parameters in any order -> the same; a changed result parameter ->
 # that stage and every stage after it; an execution-only one -> nothing
-ITEM_STAGES = ["ingest", "bgm_split", "duet_split", "vad", "crop", "contiguity", "fit", "smooth", "assign"]
+ITEM_STAGES = ["ingest", "screen", "bgm_split", "duet_split", "vad", "crop", "contiguity", "fit", "smooth", "assign"]
 STAGES_PROBED = ["ingest", "vad", "crop", "contiguity", "smooth", "assign"]   # no model lookups on change
 
 
@@ -202,7 +202,7 @@ def _chain(pipeline) -> dict[str, str]:
     item = Item(id="song-000000", source="/nonexistent/song.mp4")
     recs: dict[str, Record] = {}
     for name in ITEM_STAGES:
-        fp = plan.fingerprint(name, item, {need: recs[need] for need in get_stage(name).needs})
+        fp = plan.fingerprint(name, item, {need: recs[need] for need in plan.needs(name)})
         recs[name] = Record(item=item.id, stage=name, status="done", fingerprint=fp)
     return {k: r.fingerprint for k, r in recs.items()}
 

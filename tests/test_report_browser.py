@@ -29,7 +29,7 @@ def test_card_page_renders_every_plot(tmp_path_factory, tmp_path):
     assert res.exit_code == 0, res.output
     index = out / "report" / "index.html"
     pngs = sorted(p.name for p in index.parent.glob("*.png"))
-    assert len(pngs) == 9, pngs
+    assert len(pngs) == 10, pngs
     with sync_playwright() as p:
         browser = launch(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})

@@ -34,8 +34,9 @@ def _copy(sample: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _build(videos: Path, stems: Path, out: Path, stages: list[str]):
-    return build(videos, out, Pipeline.load(), stages=stages, stems=stems.parent, progress=False,
-                 log=lambda _: None)
+    # tiny test videos (192x96): the screen's resolution gate would turn them away
+    return build(videos, out, Pipeline.load(overrides=["screen.enabled=false"]), stages=stages, stems=stems.parent,
+                 progress=False, log=lambda _: None)
 
 
 def _latest(out: Path, stage: str):
@@ -56,7 +57,7 @@ def test_singers_keep_the_users_numbers_in_every_output_name(sample, tmp_path):
     third = media.read_wav(stems / "singer1.wav")[0][::-1].copy()   # a voice unlike the other two
     media.write_wav(stems / "singer3.wav", third, SR)
     out = tmp_path / "out"
-    summaries = _build(videos, stems, out, ["ingest", "bgm_split", "duet_split", "vad"])
+    summaries = _build(videos, stems, out, ["ingest", "screen", "bgm_split", "duet_split", "vad"])
     assert all(s.failed == 0 for s in summaries), [s.failures for s in summaries]
 
     ing = ingest.Outputs.of(_latest(out, "ingest"))
