@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Mutation score of one module with its fast tests (mutmut 3; see docs/mutation-survivors.md).
 #
-#   scripts/mutation.sh MODULE [SCRATCH]     MODULE: losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad | assign | checkpoint | data
+#   scripts/mutation.sh MODULE [SCRATCH]     MODULE: losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad | assign | checkpoint | data | fingerprint | screen
 #
 # mutmut 3 reads one [tool.mutmut] section, so this copies the checkout (without envs/, .git/, mutants/)
 # to SCRATCH (default: a new temp folder), writes that module's section into the COPY's pyproject.toml,
 # and runs mutmut there: the checkout is never touched. Prints the survivors and the score.
 # Time on 2 cores: about 1 minute each (contiguity, smooth, selection, vad, checkpoint: under 1 min; openhead: about 3 min;
-# assign: about 2.5 min; data: about 4 min).
+# assign: about 2.5 min; data: about 4 min; fingerprint: about 35 s; screen: about 1 min).
+# A TESTS entry is a file ("test_x") or one test of it ("test_x::test_y").
 set -euo pipefail
-module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest|contiguity|smooth|selection|openhead|vertices|vad|assign|checkpoint|data [SCRATCH]}
+module=${1:?usage: scripts/mutation.sh losses|metrics|decisions|manifest|contiguity|smooth|selection|openhead|vertices|vad|assign|checkpoint|data|fingerprint|screen [SCRATCH]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=${2:-$(mktemp -d "${TMPDIR:-/tmp}/mutation-$module.XXXXXX")}
 
@@ -41,7 +42,11 @@ case $module in
               tests="test_mutants_checkpoint" ;;   # the CLI/trainer tests train a model per mutant: >40 min
   data)       only=pachorus/data.py
               tests="test_data_batches test_lmdb_readers test_mutants_data" ;;
-  *) echo "unknown module: $module (losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad | assign | checkpoint | data)" >&2; exit 2 ;;
+  fingerprint) only=chorushead/stages/fingerprint.py   # test_duplicates' real-video tests: ~20 min
+              tests="test_duplicates::test_a_missing_fpcalc_is_one_clear_error test_duplicates::test_fingerprint_payloads_are_typed test_mutants_fingerprint" ;;
+  screen)     only=chorushead/stages/screen.py   # test_screen's measured clips (6 s a mutant): ~60 min
+              tests="test_screen::test_a_face_turned_towards_profile_fails_frontality test_screen::test_yaw_from_landmarks_is_signed_and_zero_for_a_symmetric_face test_screen::test_a_rejected_video_stops_at_the_screen_and_a_threshold_reruns_the_screen_only test_mutants_screen" ;;
+  *) echo "unknown module: $module (losses | metrics | decisions | manifest | contiguity | smooth | selection | openhead | vertices | vad | assign | checkpoint | data | fingerprint | screen)" >&2; exit 2 ;;
 esac
 # mutmut mutates the module's package; the other package and the data folders come along unmutated
 package=${only%%/*}
@@ -56,7 +61,9 @@ import json, os, re, sys
 p = sys.argv[1]
 e = os.environ
 copy = [e["OTHER"] + "/", "pipelines/", "manifests/", "benchmarks/"]
-tests = [f"tests/{t}.py" for t in e["TESTS"].split() if os.path.exists(os.path.join(os.path.dirname(p), f"tests/{t}.py"))]  # a test file not written yet is left out
+# "file" or "file::test" (one test of a file); a test file not written yet is left out
+tests = [f"tests/{f}.py" + (f"::{t}" if t else "") for f, _, t in (x.partition("::") for x in e["TESTS"].split())
+         if os.path.exists(os.path.join(os.path.dirname(p), f"tests/{f}.py"))]
 section = f'''[tool.mutmut]
 source_paths = {json.dumps([e["PACKAGE"] + "/"])}
 only_mutate = {json.dumps([e["ONLY"]])}
