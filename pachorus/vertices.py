@@ -16,8 +16,6 @@ import torch
 from chorushead.core import openhead
 
 HEADS = ("auto", "flame", "open", "none")
-# fits whose coefficients the open head means: its own expression basis (landmarks) and pachorus synth's
-OPEN_BACKENDS = ("landmarks", "synthetic")
 
 
 def resolve_head(flame: str | Path | None, head: str = "auto", fit_backend: str | None = None,
@@ -42,7 +40,7 @@ def resolve_head(flame: str | Path | None, head: str = "auto", fit_backend: str 
         return None
     if flame:
         return str(flame)
-    return openhead.NAME if fit_backend in OPEN_BACKENDS and not shapes else None
+    return openhead.NAME if fit_backend in openhead.FIT_BACKENDS and not shapes else None
 
 
 def load_head(where: str | Path | None):

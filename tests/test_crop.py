@@ -258,6 +258,15 @@ def test_detector_on_images_without_faces(detector):
         assert not got.found.any() and (got.n_faces == 0).all() and got.detected.all()
 
 
+def test_a_resized_detector_shares_the_nets(detector):
+    _, ours = detector
+    small = ours.resized(24.0)
+    assert small.pnet is ours.pnet and small.onet is ours.onet                 # nothing loaded again
+    assert (small.min_face, ours.min_face) == (24.0, 48.0)                   # the original is untouched
+    from chorushead.backends.mtcnn import DETECT_FACE_PX
+    assert small.scale == min(1.0, DETECT_FACE_PX / 24.0) and small.min_size == max(12.0, 24.0 * small.scale)
+
+
 def test_detector_does_not_import_torchvision():
     """The nets load facenet-pytorch's weight files without importing facenet-pytorch, whose
     detect_face imports torchvision and with it torch._dynamo (~1.3 s of CPU per worker)."""

@@ -320,6 +320,17 @@ class _FakeDetector:
         return out
 
 
+class _Sized:
+    """A worker's detector as measure() sees it: ``resized(min_face)`` records the size, gives ``det``."""
+
+    def __init__(self, det):
+        self.det, self.sizes = det, []
+
+    def resized(self, min_face):
+        self.sizes.append(min_face)
+        return self.det
+
+
 def test_measure_probes_faces_and_scores_every_pair(monkeypatch):
     seen = {}
     frames = [np.full((8, 16, 3), i, np.uint8) for i in range(5)]
@@ -330,8 +341,8 @@ def test_measure_probes_faces_and_scores_every_pair(monkeypatch):
         yield np.stack(frames[3:])
 
     det = _FakeDetector()
+    sized = _Sized(det)
     monkeypatch.setattr(S.media, "iter_frames", fake_iter)
-    monkeypatch.setattr(S, "_detector", lambda min_face, p: seen.setdefault("det", (min_face, p)) and det)
     monkeypatch.setattr(S, "cut_score", lambda a, b: float(b[0, 0, 0]) / 10 + float(a[0, 0, 0]) / 100)
     masks, pairs = [], []
 
@@ -342,9 +353,9 @@ def test_measure_probes_faces_and_scores_every_pair(monkeypatch):
         return 0.01 * i, 0.025 if i == 2 else 0.0, 50
     monkeypatch.setattr(S, "background_motion", fake_motion)
     p = S.Params(sample_fps=2, face_every=3, analysis_width=16, min_face=80.0, face_margin=0.0)
-    got = S.measure("v.mp4", 64, 32, p)
+    got = S.measure("v.mp4", 64, 32, p, sized)
     assert seen["iter"] == ("v.mp4", {"fps": 2, "scale": (16, 8), "chunk": 64})
-    assert seen["det"][0] == 20.0 and seen["det"][1] is p             # 80 px * 16/64
+    assert sized.sizes == [20.0]                                       # 80 px * 16/64
     assert det.calls == [[0, 3]]
     assert got["frames"] == 5 and got["counts"] == [2, 1]
     assert got["yaws"] == [[pytest.approx(math.degrees(math.atan(0.5 / 0.9))), 0.0],
@@ -361,21 +372,16 @@ def test_measure_probes_faces_and_scores_every_pair(monkeypatch):
 
 
 def test_measure_floors_the_face_size_and_handles_no_frames(monkeypatch):
-    seen = {}
     monkeypatch.setattr(S.media, "iter_frames", lambda path, **kw: iter(()))
-    last = {}
-    monkeypatch.setattr(S, "_detector", lambda min_face, p: seen.setdefault("min_face", min_face) and
-                        last.update(min_face=min_face) is None and
-                        types.SimpleNamespace(detect_all=lambda fr: pytest.fail("no frames to look at")))
-    got = S.measure("v.mp4", 2048, 1024, S.Params(min_face=40.0))    # 40 * 0.25 = 10 -> at least 12
-    assert seen["min_face"] == 12.0
-    S.measure("v.mp4", 1, 1, S.Params(min_face=40.0))               # decoded at 2x2: twice the size
-    assert seen["min_face"] == 12.0 and last["min_face"] == 80.0
+    sized = _Sized(types.SimpleNamespace(detect_all=lambda fr: pytest.fail("no frames to look at")))
+    got = S.measure("v.mp4", 2048, 1024, S.Params(min_face=40.0), sized)    # 40 * 0.25 = 10 -> at least 12
+    S.measure("v.mp4", 1, 1, S.Params(min_face=40.0), sized)               # decoded at 2x2: twice the size
+    assert sized.sizes == [12.0, 80.0]
     assert {k: got[k] for k in ("frames", "counts", "yaws", "scores", "motions")} == \
         {"frames": 0, "counts": [], "yaws": [], "scores": [], "motions": []}
 
 
-def test_detector_is_built_once_per_setting(monkeypatch):
+def test_the_detector_is_set_up_once_from_the_params(monkeypatch):
     import chorushead.backends.mtcnn as mt
     built = []
 
@@ -383,51 +389,7 @@ def test_detector_is_built_once_per_setting(monkeypatch):
         def __init__(self, **kw):
             built.append(kw)
     monkeypatch.setattr(mt, "MtcnnDetector", Fake)
-    monkeypatch.setattr(S, "_DETECTORS", {})
-    p = S.Params(prob_threshold=0.8, device="cpu", torch_threads=2)
-    d1 = S._detector(40.001, p)
-    d2 = S._detector(40.004, p)                       # the same at 2 decimals
-    assert d1 is d2 and built == [dict(min_face=40.001, prob_threshold=0.8, device="cpu", batch_size=8, threads=2)]
-    assert S._detector(40.01, p) is not d1
-    assert S._detector(40.001, S.Params(prob_threshold=0.7, device="cpu", torch_threads=2)) is not d1
-    assert S._detector(40.001, S.Params(prob_threshold=0.8, device="cuda", torch_threads=2)) is not d1
-    assert S._detector(40.001, S.Params(prob_threshold=0.8, device="cpu", torch_threads=3)) is not d1
-    assert len(built) == 5
-
-
-# ----------------------------------------------------------------------------- process
-def _ctx(width, height=512, fps=30.0):
-    ing = Record(item="v", stage="ingest", status="done", fingerprint="f",
-                 outputs={"source": "/src/v.mp4", "n_frames": 90, "fps": 30, "width": width, "height": height,
-                          "duration": 3.0, "source_fps": fps})
-    return types.SimpleNamespace(upstream={"ingest": ing})
-
-
-def test_process_off_audio_only_probe_fail_and_pass(monkeypatch):
-    calls = []
-    good = {"frames": 3, "counts": [2, 2, 2], "yaws": [[1.0], [2.0], [3.0]], "scores": [0.0, 0.0],
-            "motions": [0.0, 0.0], "seconds_decode": 0.0, "seconds_faces": 0.0}
-    monkeypatch.setattr(S, "measure", lambda *a: calls.append(a) or good)
-    r = S.process(_ctx(640, fps=29.97063), S.Params(enabled=False), None)
-    assert r.status == "done" and calls == []
-    assert (_get(r.metrics, "enabled"), _get(r.metrics, "width"), _get(r.metrics, "height"),
-            _get(r.metrics, "source_fps"), _get(r.metrics, "frames_sampled")) == (False, 640, 512, 29.971, 0)
-    assert _get(r.outputs, "passed") is True
-    r = S.process(_ctx(0, 0, 0.0), S.Params(), None)              # audio only
-    assert r.status == "done" and calls == [] and _get(r.metrics, "enabled") is True
-    assert _get(r.metrics, "width") == 0 and _get(r.outputs, "passed") is True
-    r = S.process(_ctx(0, 0, 12.3456), S.Params(), None)
-    assert _get(r.metrics, "source_fps") == 12.346
-    r = S.process(_ctx(200, 512, 30.0), S.Params(), None)        # the probe fails: nothing decoded
-    assert r.status == "skipped" and calls == []
-    assert r.reason == "screened out: resolution 200x512 is under 256x256"
-    r = S.process(_ctx(200, 512, 10.0), S.Params(), None)
-    assert r.reason == "screened out: resolution 200x512 is under 256x256; frame rate 10 fps is outside 23.5-61"
-    p = S.Params()
-    r = S.process(_ctx(640, 512, 30.0), p, None)
-    assert r.status == "done" and r.reason is None and calls == [("/src/v.mp4", 640, 512, p)]
-    assert _get(r.outputs, "passed") is True and _get(r.metrics, "frames_sampled") == 3
-    monkeypatch.setattr(S, "measure", lambda *a: {**good, "scores": [0.5, 0.0]})
-    r = S.process(_ctx(640, 512, 30.0), p, None)
-    assert r.status == "skipped" and r.reason == "screened out: 1 shot cut(s) at 0.17 s (histogram change >= 0.3; max_cuts=0)"
-    assert _get(r.outputs, "failed_gates") == ["cuts"] and _get(r.metrics, "cuts") == 1
+    assert S.setup(S.Params(enabled=False)) is None and built == []
+    assert isinstance(S.setup(S.Params(min_face=40.0, prob_threshold=0.8, device="cpu", torch_threads=2)), Fake)
+    assert built == [dict(min_face=40.0, prob_threshold=0.8, device="cpu", batch_size=8, threads=2)]
+    assert S.STAGE.setup is S.setup

@@ -31,7 +31,7 @@ def _msg(text: str) -> str:
 
 
 def test_resolve_head_every_name_and_its_answer(toy):
-    assert V.HEADS == ("auto", "flame", "open", "none") and V.OPEN_BACKENDS == ("landmarks", "synthetic")
+    assert V.HEADS == ("auto", "flame", "open", "none") and V.openhead.FIT_BACKENDS == ("landmarks", "synthetic")
     for fit in ("landmarks", "synthetic", "emoca", None):
         assert V.resolve_head(toy, "auto", fit) == str(toy)            # a FLAME folder wins under auto
         assert V.resolve_head(toy, "flame", fit) == str(toy)

@@ -5,6 +5,8 @@ their reason; thresholds at their boundaries; the runner stops a rejected video 
 changed screen threshold reruns the screen only."""
 from __future__ import annotations
 
+import types
+
 import cv2
 import numpy as np
 import pytest
@@ -241,19 +243,16 @@ def test_faces_are_looked_for_on_every_face_every_th_sampled_frame(clips, measur
     from those frames; cuts and motion still from every sampled pair."""
     _, pr = measured["good"]
     calls = []
-    real = screen._detector
+    p = screen.Params(min_face=40.0)
+    real = screen.setup(p)
 
-    def spy(min_face, p):
-        det = real(min_face, p)
+    class Spy:          # the worker's detector, counting what measure() asks it to look at
+        def resized(self, min_face):
+            det = real.resized(min_face)
+            assert det.pnet is real.pnet          # the nets stay loaded: only the face size changes
+            return types.SimpleNamespace(detect_all=lambda frames: calls.append(len(frames)) or det.detect_all(frames))
 
-        class Spy:
-            def detect_all(self, frames):
-                calls.append(len(frames))
-                return det.detect_all(frames)
-        return Spy()
-
-    monkeypatch.setattr(screen, "_detector", spy)
-    got = screen.measure(str(clips["good"]), pr.width, pr.height, screen.Params(min_face=40.0))
+    got = screen.measure(str(clips["good"]), pr.width, pr.height, p, Spy())
     assert calls == [3] and got["frames"] == 9 and len(got["counts"]) == 3 and len(got["motions"]) == 8
     with pytest.raises(ValueError, match="face_every"):
         screen.Params(face_every=0)

@@ -23,6 +23,7 @@ measured at full resolution by ``refine``. The nets run as channels-last TorchSc
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 from dataclasses import dataclass
@@ -89,9 +90,8 @@ class MtcnnDetector:
             raise MissingAsset("torch", ["python environment"], "pip install torch") from e
         self.torch = torch
         self.device = pick_device(device)
-        self.scale = float(detect_scale) if detect_scale > 0 else min(1.0, DETECT_FACE_PX / float(min_face))
-        self.min_face = float(min_face)
-        self.min_size = max(12.0, self.min_face * self.scale)    # MTCNN's min_face_size, detection pixels
+        self.detect_scale = float(detect_scale)
+        self._size_for(min_face)
         self.prob_threshold = float(prob_threshold)
         self.batch_size = max(1, int(batch_size))
         self.threads = int(threads) if self.device == "cpu" else 0
@@ -99,6 +99,18 @@ class MtcnnDetector:
         self.seconds = 0.0      # time spent inside detect(), for the stage's metrics
         self.images = 0         # images (strips) passed through the full pyramid
         self.refined = 0        # boxes re-measured by refine() (R-Net + O-Net only)
+
+    def _size_for(self, min_face: float) -> None:
+        self.scale = self.detect_scale if self.detect_scale > 0 else min(1.0, DETECT_FACE_PX / float(min_face))
+        self.min_face = float(min_face)
+        self.min_size = max(12.0, self.min_face * self.scale)    # MTCNN's min_face_size, detection pixels
+
+    def resized(self, min_face: float) -> "MtcnnDetector":
+        """The same loaded nets, looking for faces of at least ``min_face`` px in the images given (a
+        stage that sees videos of several sizes keeps one detector per worker, not one per size)."""
+        other = copy.copy(self)
+        other._size_for(min_face)
+        return other
 
     @contextlib.contextmanager
     def _torch_threads(self):

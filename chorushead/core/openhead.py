@@ -46,6 +46,8 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 CANONICAL = DATA / "face_mesh_canonical.npy"
 TOPOLOGY = DATA / "open_head_topology.npz"
 NAME = "open"                    # what --head / --flame take to mean this head
+# fits whose coefficients this head means: the landmark fit (its expression basis) and pachorus synth's
+FIT_BACKENDS = ("landmarks", "synthetic")
 
 N_VERTS = 468                    # the mesh points (MediaPipe's 10 iris points are left out)
 IOD_M = 0.09                     # metres per canonical unit (outer-eye-corner distance of an adult)

@@ -204,10 +204,10 @@ def default_mesh(out: str | Path) -> str | None:
     """The mesh review draws without --flame: the open head when every fit of the build is the landmark
     fit's (its expression is the open head's), else none (EMOCA's is FLAME's: --flame DIR)."""
     from chorushead.core.manifest import iter_records
-    from chorushead.core.openhead import NAME
+    from chorushead.core.openhead import FIT_BACKENDS, NAME
     fits = iter_records(Path(out), ["fit"]).get("fit", {}).values()
     backends = {r.outputs.get("backend") for r in fits if r.ok}
-    return NAME if backends == {"landmarks"} else None
+    return NAME if backends and backends <= set(FIT_BACKENDS) else None   # the rule pachorus uses too
 
 
 def serve(out: str | Path, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,

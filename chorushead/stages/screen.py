@@ -190,16 +190,14 @@ def yaw_deg(landmarks: np.ndarray) -> float:
     return math.degrees(math.atan((nose[0] - mid) / half_iod / NOSE_DEPTH))
 
 
-_DETECTORS: dict[tuple, object] = {}
-
-
-def _detector(min_face: float, p: Params):
+def setup(p: Params):
+    """MTCNN, once per worker (the runner holds it); None when the screen is off. Each video asks it
+    for its own smallest face (:meth:`MtcnnDetector.resized`: the nets stay loaded)."""
+    if not p.enabled:
+        return None
     from chorushead.backends.mtcnn import MtcnnDetector
-    key = (round(min_face, 2), p.prob_threshold, p.device, p.torch_threads)
-    if key not in _DETECTORS:
-        _DETECTORS[key] = MtcnnDetector(min_face=min_face, prob_threshold=p.prob_threshold, device=p.device,
-                                        batch_size=8, threads=p.torch_threads)
-    return _DETECTORS[key]
+    return MtcnnDetector(min_face=p.min_face, prob_threshold=p.prob_threshold, device=p.device, batch_size=8,
+                         threads=p.torch_threads)
 
 
 def analysis_size(width: int, height: int, analysis_width: int) -> tuple[int, int]:
@@ -208,12 +206,13 @@ def analysis_size(width: int, height: int, analysis_width: int) -> tuple[int, in
     return max(2, int(round(width * f / 2)) * 2), max(2, int(round(height * f / 2)) * 2)
 
 
-def measure(source: str, width: int, height: int, p: Params) -> dict:
-    """Every picture gate's numbers for one video (frames at ``p.sample_fps``)."""
+def measure(source: str, width: int, height: int, p: Params, det=None) -> dict:
+    """Every picture gate's numbers for one video (frames at ``p.sample_fps``); ``det``: the worker's
+    detector (:func:`setup`; made here when not given)."""
     import time
     aw, ah = analysis_size(width, height, p.analysis_width)
     f = aw / max(1, width)
-    det = _detector(max(12.0, p.min_face * f), p)
+    det = (det if det is not None else setup(p)).resized(max(12.0, p.min_face * f))
     t0 = time.perf_counter()
     frames = [fr for chunk in media.iter_frames(source, fps=p.sample_fps, scale=(aw, ah), chunk=64) for fr in chunk]
     t_decode = time.perf_counter() - t0
@@ -290,7 +289,7 @@ def decide(m: dict, p: Params, width: int, height: int, fps: float) -> tuple[lis
     return gates, reasons, out, met
 
 
-def process(ctx: Context, p: Params, _model) -> Result:
+def process(ctx: Context, p: Params, model) -> Result:
     ing = ingest.Outputs.of(ctx.upstream["ingest"])
     if not p.enabled:
         return Result(outputs=Outputs(), metrics=Metrics(enabled=False, width=ing.width, height=ing.height,
@@ -298,7 +297,7 @@ def process(ctx: Context, p: Params, _model) -> Result:
     if ing.width == 0:   # an audio-only item (chorushead separate): nothing to screen
         return Result(outputs=Outputs(), metrics=Metrics(source_fps=round(ing.source_fps, 3)))
     gates, reasons, _, _ = decide(None, p, ing.width, ing.height, ing.source_fps)
-    m = None if gates else measure(ing.source, ing.width, ing.height, p)
+    m = None if gates else measure(ing.source, ing.width, ing.height, p, model)
     gates, reasons, out, met = decide(m, p, ing.width, ing.height, ing.source_fps)
     if gates:
         return Result(status="skipped", reason="screened out: " + "; ".join(reasons), outputs=out, metrics=met)
@@ -306,6 +305,6 @@ def process(ctx: Context, p: Params, _model) -> Result:
 
 
 STAGE = Stage(name="screen", version=VERSION, params=Params, outputs=Outputs, metrics=Metrics, process=process,
-              needs=("ingest",), gate=True, preload=("torch",),
+              setup=setup, needs=("ingest",), gate=True, preload=("torch",),
               description="the paper's initial filtering: resolution, fps, shot cuts, camera motion, "
                           "singer count, frontality (a failing video stops here)")
