@@ -393,3 +393,41 @@ def test_the_detector_is_set_up_once_from_the_params(monkeypatch):
     assert isinstance(S.setup(S.Params(min_face=40.0, prob_threshold=0.8, device="cpu", torch_threads=2)), Fake)
     assert built == [dict(min_face=40.0, prob_threshold=0.8, device="cpu", batch_size=8, threads=2)]
     assert S.STAGE.setup is S.setup
+
+
+# ----------------------------------------------------------------------------- process
+def _ctx(width, height=512, fps=30.0):
+    ing = Record(item="v", stage="ingest", status="done", fingerprint="f",
+                 outputs={"source": "/src/v.mp4", "n_frames": 90, "fps": 30, "width": width, "height": height,
+                          "duration": 3.0, "source_fps": fps})
+    return types.SimpleNamespace(upstream={"ingest": ing})
+
+
+def test_process_off_audio_only_probe_fail_and_pass(monkeypatch):
+    calls = []
+    good = {"frames": 3, "counts": [2, 2, 2], "yaws": [[1.0], [2.0], [3.0]], "scores": [0.0, 0.0],
+            "motions": [0.0, 0.0], "seconds_decode": 0.0, "seconds_faces": 0.0}
+    monkeypatch.setattr(S, "measure", lambda *a: calls.append(a) or good)
+    r = S.process(_ctx(640, fps=29.97063), S.Params(enabled=False), None)
+    assert r.status == "done" and calls == []
+    assert (_get(r.metrics, "enabled"), _get(r.metrics, "width"), _get(r.metrics, "height"),
+            _get(r.metrics, "source_fps"), _get(r.metrics, "frames_sampled")) == (False, 640, 512, 29.971, 0)
+    assert _get(r.outputs, "passed") is True
+    r = S.process(_ctx(0, 0, 0.0), S.Params(), None)              # audio only
+    assert r.status == "done" and calls == [] and _get(r.metrics, "enabled") is True
+    assert _get(r.metrics, "width") == 0 and _get(r.outputs, "passed") is True
+    r = S.process(_ctx(0, 0, 12.3456), S.Params(), None)
+    assert _get(r.metrics, "source_fps") == 12.346
+    r = S.process(_ctx(200, 512, 30.0), S.Params(), None)        # the probe fails: nothing decoded
+    assert r.status == "skipped" and calls == []
+    assert r.reason == "screened out: resolution 200x512 is under 256x256"
+    r = S.process(_ctx(200, 512, 10.0), S.Params(), None)
+    assert r.reason == "screened out: resolution 200x512 is under 256x256; frame rate 10 fps is outside 23.5-61"
+    p, worker_det = S.Params(), object()
+    r = S.process(_ctx(640, 512, 30.0), p, worker_det)
+    assert r.status == "done" and r.reason is None and calls == [("/src/v.mp4", 640, 512, p, worker_det)]
+    assert _get(r.outputs, "passed") is True and _get(r.metrics, "frames_sampled") == 3
+    monkeypatch.setattr(S, "measure", lambda *a: {**good, "scores": [0.5, 0.0]})
+    r = S.process(_ctx(640, 512, 30.0), p, None)
+    assert r.status == "skipped" and r.reason == "screened out: 1 shot cut(s) at 0.17 s (histogram change >= 0.3; max_cuts=0)"
+    assert _get(r.outputs, "failed_gates") == ["cuts"] and _get(r.metrics, "cuts") == 1
