@@ -44,3 +44,18 @@ def test_kept_segments_accept_reject_unreviewed_and_other_videos():
     assert kept_segments(d, "v", 5, include_unreviewed=True) == [0, 2, 3, 4]
     assert kept_segments(d, "w", 3, include_unreviewed=False) == [2]
     assert kept_segments({}, "v", 0, include_unreviewed=True) == []
+
+
+def test_a_duplicate_group_takes_its_first_sorted_members_plain_split():
+    """Every member gets the plain split of the group's first member (sorted); members outside
+    ``videos`` are ignored and nobody outside the group moves."""
+    videos = [f"v{i:02d}" for i in range(12)]
+    plain = assign_splits(videos, [0.5, 0.25, 0.25], seed=3)
+    first = "v00"    # the smallest id: first of any group it is in
+    others = [v for v in videos if plain[v] != plain[first]][:2]    # both in another split
+    group = [others[1], "zz-not-a-video", first, others[0]]
+    grouped = assign_splits(videos, [0.5, 0.25, 0.25], seed=3, groups=[group])
+    assert [grouped[v] for v in (first, *others)] == [plain[first]] * 3
+    assert "zz-not-a-video" not in grouped
+    assert {v: s for v, s in grouped.items() if v not in (first, *others)} == \
+        {v: s for v, s in plain.items() if v not in (first, *others)}
