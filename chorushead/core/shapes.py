@@ -47,7 +47,7 @@ def type_error(value: Any, tp: Any, where: str) -> str | None:
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         errs = [type_error(value, a, where) for a in args]
-        return None if any(e is None for e in errs) else f"{where}: {value!r} is not {_name(tp)}"
+        return None if any(e is None for e in errs) else f"{where}: {value!r} is not {_union_name(tp)}"
     if tp is type(None):
         return None if value is None else f"{where}: expected null, got {value!r}"
     if tp is bool:
@@ -77,8 +77,9 @@ def type_error(value: Any, tp: Any, where: str) -> str | None:
     raise TypeError(f"{where}: unsupported field type {tp!r} in a record shape")
 
 
-def _name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _union_name(tp: Any) -> str:
+    # written out in full: typing's Optional[int] has a __name__, but a bare "Optional" says not of what
+    return str(tp).replace("typing.", "")
 
 
 class _Absent:
