@@ -69,8 +69,11 @@ def read(folder: Path) -> dict[str, FetchRecord]:
         if not line.strip():
             continue
         try:
-            rec = FetchRecord.from_dict(json.loads(line))
-        except (json.JSONDecodeError, TypeError, ValueError):
+            d = json.loads(line)
+            if not isinstance(d, dict):     # valid JSON but not a record (a hand edit): skipped too
+                continue
+            rec = FetchRecord.from_dict(d)
+        except (TypeError, ValueError):     # json.JSONDecodeError is a ValueError
             continue
         latest[rec.url] = rec
     return latest
