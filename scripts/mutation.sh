@@ -52,6 +52,13 @@ open(p, "w").write(text)
 EOF
 
 cd "$scratch"
+# pytest's tmp_path folders go under the scratch copy and are removed as they age: mutmut's forked
+# children end without pytest's exit hook, so pytest never reclaims them (tens of GB over a long run)
+export TMPDIR="$scratch/tmp"
+mkdir -p "$TMPDIR"
+( while sleep 60; do find "$TMPDIR" -mindepth 2 -maxdepth 2 -name 'pytest-*' -mmin +10 -exec rm -rf {} + 2>/dev/null; done ) &
+sweeper=$!
+trap 'kill "$sweeper" 2>/dev/null; rm -rf "$TMPDIR"' EXIT
 # OMP_NUM_THREADS=1: forked children of a process that already ran torch hang otherwise
 OMP_NUM_THREADS=1 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" >"$scratch/mutmut-run.log" 2>&1 || true
 mutmut results 2>/dev/null | grep -v ': killed' || true
