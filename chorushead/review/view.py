@@ -296,6 +296,7 @@ def _envelope(a: np.ndarray, sr: int, fps: int, start: int, end: int) -> tuple[l
     ok = edges[1:] > edges[:-1]
     if ok.any() and len(a):
         starts = edges[:-1][ok]
+        a = a[: edges[-1]]            # reduceat's last run goes to the array's end: stop it at the last frame's
         hi[ok] = np.maximum.reduceat(a, starts)[: ok.sum()]
         lo[ok] = np.minimum.reduceat(a, starts)[: ok.sum()]
     return _rounded(lo, 3), _rounded(hi, 3)
