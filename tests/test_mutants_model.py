@@ -646,3 +646,60 @@ def test_teacher_forced_by_hand():
     inputs = torch.cat([s, f.motion_enc(motion[:, :3]) + s], dim=1)
     ref = F.FaceFormer._finish(f._decode(inputs, f.memory(feat, 4)))
     torch.testing.assert_close(f.teacher_forced(feat, pose0, motion), ref)
+
+
+# ---------------------------------------------------------------- second round (survivors of the first run)
+
+def test_posterior_noise_is_drawn_in_the_models_dtype():
+    m = tiny("full").double().eval()
+    host, partner, bgm, pose0, target = (x.double() for x in _inputs())
+    seen = _capture_decode(m)
+    with torch.no_grad():
+        out = m(host, partner, bgm, pose0, T, target=target, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn(out.mu.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    assert seen["z"].dtype == torch.float64
+    torch.testing.assert_close(seen["z"], out.mu + torch.exp(0.5 * out.logvar) * eps, rtol=1e-12, atol=1e-12)
+
+
+def test_logmel_default_width_and_layers():
+    enc = A.LogMelEncoder()
+    assert enc.out_dim == 64 and enc.conv[0].out_channels == 64
+    assert [type(x) for x in enc.conv] == [torch.nn.Conv1d, torch.nn.GELU, torch.nn.Conv1d, torch.nn.GELU]
+    assert enc.conv[0].padding == (1,) and enc.conv[2].kernel_size == (3,)
+
+
+def test_wav2vec2_without_transformers_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)     # `from transformers import ...` raises ImportError
+    with pytest.raises(A.AudioEncoderUnavailable) as e:
+        A.Wav2Vec2Encoder("x")
+    assert str(e.value) == "wav2vec2 needs the `transformers` package: pip install 'chorushead[wav2vec]'"
+
+
+def test_wav2vec2_normalises_each_waveform_on_its_own(fake_transformers):
+    enc = A.Wav2Vec2Encoder("some")
+    wave = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 10.0, 0.0, 10.0]])
+    mean = torch.tensor([[3.0], [5.0]])
+    std = torch.tensor([[wave[0].std().item()], [wave[1].std().item()]])
+    torch.testing.assert_close(enc(wave), (wave - mean) / (std + 1e-5))
+
+
+def test_sinusoidal_pe_far_position_pins_the_base():
+    pe = A.SinusoidalPE(4)
+    # frequency of the second pair: 10000^(-2/4) = 0.01; at t = 4000 the phase is 40 rad
+    torch.testing.assert_close(pe.pe[4000, 2:], torch.tensor([math.sin(40.0), math.cos(40.0)]), rtol=0, atol=2e-4)
+
+
+def test_alibi_slopes_twelve_heads():
+    eight = [2 ** (-(i + 1)) for i in range(8)]
+    sixteen = [2 ** (-0.5 * (i + 1)) for i in range(16)]
+    torch.testing.assert_close(F.alibi_slopes(12), torch.tensor(eight + sixteen[0::2][:4]))
+
+
+def test_faceformer_output_width_and_float64_passes():
+    f = _ff(period=2)
+    assert f.out.out_features == 56
+    f = f.double()
+    inputs, mem = torch.randn(2, 4, 8, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)
+    full = f._decode(inputs, mem)
+    assert full.dtype == torch.float64
+    torch.testing.assert_close(f._last_row(inputs, mem[:, 3:4]), full[:, -1:], rtol=1e-10, atol=1e-10)
