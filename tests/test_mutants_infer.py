@@ -232,7 +232,7 @@ def test_separate_song_runs_chorushead_separate(tmp_path, monkeypatch):
 
 
 def test_separate_song_failure_is_the_last_stderr_line(tmp_path, monkeypatch):
-    res = types.SimpleNamespace(returncode=2, stderr="warning\n  model missing: x  \n\n  \n")
+    res = types.SimpleNamespace(returncode=2, stderr="first\nwarning\n  model missing: x  \n\n  \n")
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: res)
     with pytest.raises(RuntimeError) as e:
         I.separate_song(tmp_path / "song.wav", tmp_path / "o")
@@ -335,3 +335,82 @@ def test_infer_renders_one_video_per_sample_with_the_mix(tmp_path, ckpt, monkeyp
     calls.clear()
     I.infer(ckpt, [v1, v2], bgm, tmp_path / "o2", k=1, head="open", device="cpu", formats=("npz",))
     assert calls == []
+
+
+def _arrays(tmp_path, monkeypatch, lengths=(24000, 24000, 24000)):
+    """Audio stand-ins that record the rate asked for."""
+    arrays, rates, paths = {}, [], []
+    for i, n in enumerate(lengths):
+        p = tmp_path / f"t{i}.wav"
+        p.write_bytes(b"")
+        arrays[p] = (np.cos(np.arange(n) * (0.02 + 0.01 * i)) * 0.1).astype(np.float32)
+        paths.append(p)
+    monkeypatch.setattr(I.media, "load_audio", lambda p, sr: rates.append(sr) or arrays[Path(p)])
+    return paths, rates
+
+
+def test_infer_defaults_match_animate_with_seed_zero(tmp_path, ckpt, monkeypatch):
+    (v1, v2, bgm), rates = _arrays(tmp_path, monkeypatch)
+    renders = []
+    monkeypatch.setattr(I, "render_video", lambda c, flame, path, **kw: renders.append(kw) or path)
+    out = tmp_path / "o"
+    out.mkdir()                                      # an existing folder is fine
+    res = I.infer(ckpt, [v1, v2], bgm, out)         # device auto (the CPU here), head auto, k 3, seed 0
+    assert rates == [16000, 16000, 16000]
+    assert res["head"] == "open"                      # synthetic data: the open head by default
+    assert len(renders) == 3 and renders[0]["size"] == 256
+    model, _ = I.load_model(ckpt)
+    tracks = [I.media.load_audio(p, 16000) for p in (v1, v2, bgm)]
+    ref = I.animate(model, tracks[:2], tracks[2], fps=2, sr=16000, window=2, k=3, seed=0)
+    for i, f in enumerate(res["coeffs"]):
+        np.testing.assert_array_equal(np.load(f), ref[i // 2, i % 2])
+    res = I.infer(ckpt, [v1, v2], bgm, tmp_path / "o3", k=1, seed=3, head="none")
+    ref = I.animate(model, tracks[:2], tracks[2], fps=2, sr=16000, window=2, k=1, seed=3)
+    np.testing.assert_array_equal(np.load(res["coeffs"][0]), ref[0, 0])
+
+
+def test_infer_passes_heads_identities_and_exports_through(tmp_path, ckpt, monkeypatch):
+    import pachorus.export as E
+    import pachorus.vertices as V
+    (v1, v2, bgm), _ = _arrays(tmp_path, monkeypatch)
+    seen = {}
+    head = object()
+    monkeypatch.setattr(V, "resolve_head", lambda flame, h, fit, shapes: seen.setdefault("resolve", (flame, h, fit, shapes))
+                        and "FLAMEDIR")
+    monkeypatch.setattr(V, "load_head", lambda where: seen.setdefault("load", where) and head)
+    monkeypatch.setattr(V, "describe_head", lambda where: f"mesh of {where}")
+    ids = np.arange(200, dtype=np.float32).reshape(2, 100)
+    monkeypatch.setattr(I, "load_identity", lambda *a: seen.setdefault("identity", a) is not None and ids)
+    exported = []
+    monkeypatch.setattr(E, "export_motion", lambda out, motion, formats, flame: exported.append((motion, formats, flame))
+                        or [out / f"{motion.name}.x"])
+    renders = []
+    monkeypatch.setattr(I, "render_video", lambda c, flame, path, **kw: renders.append((c, flame, kw)) or path)
+    res = I.infer(ckpt, [v1, v2], bgm, tmp_path / "o", k=1, flame_dir="fdir", head="flame", device="cpu",
+                  shapes_from="db.lmdb", shape_key="w/a/0/0", formats=("npz", "mp4"))
+    assert seen["resolve"] == ("fdir", "flame", "synthetic", True)
+    assert seen["load"] == "FLAMEDIR"
+    assert seen["identity"] == (2, None, "db.lmdb", "w/a/0/0")
+    assert res["mesh"] == "mesh of FLAMEDIR" and res["head"] == "FLAMEDIR"
+    assert res["heads"] == "personalised heads from shape codes (db.lmdb)"
+    assert [m.name for m, _, _ in exported] == ["singer1_sample0", "singer2_sample0"]
+    assert all(f is head and fm == ("npz", "mp4") for _, fm, f in exported)
+    np.testing.assert_array_equal(exported[1][0].shape, ids[1])
+    assert exported[1][0].coeff_groups == ("jaw", "pose") and exported[1][0].fps == 2
+    assert len(renders) == 1 and renders[0][1] is head and renders[0][2]["shapes"] is ids
+    assert renders[0][0].shape == (2, 3, 56)
+    seen.clear()
+    I.infer(ckpt, [v1, v2], bgm, tmp_path / "o2", k=1, head="auto", device="cpu", shapes=["a.npy", "b.npy"])
+    assert seen["resolve"] == (None, "auto", "synthetic", True)
+    assert seen["identity"] == (2, ["a.npy", "b.npy"], None, None)
+
+
+def test_infer_groups_default_to_all(tmp_path, monkeypatch):
+    (v1, v2, bgm), _ = _arrays(tmp_path, monkeypatch)
+    cfg = ModelConfig(variant="no_prior", d_model=8, n_layers=1, n_heads=2, dropout=0.0)
+    p = tmp_path / "m.pt"
+    save_checkpoint({"model": build_model(cfg).state_dict(), "model_config": cfg.to_dict(),
+                     "data_info": {"fps": 2, "sr": 16000, "window": 2, "fit_backend": "emoca"}}, p)
+    I.infer(p, [v1, v2], bgm, tmp_path / "o", k=1, head="none", device="cpu")
+    info = json.loads((tmp_path / "o" / "infer.json").read_text())
+    assert info["coeff_groups"] == ["exp", "jaw", "pose"] and info["fit_backend"] == "emoca"
