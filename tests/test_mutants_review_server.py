@@ -114,7 +114,15 @@ def ask(srv, method: str, path: str, body=b"", headers=None, token=True):
     c = Conn(srv)
     try:
         c.send(raw(srv, method, path, body, headers, token))
-        return c.response(head=method == "HEAD")
+        res = c.response(head=method == "HEAD")
+        if method == "HEAD":                       # nothing may follow the headers of a HEAD response
+            c.sock.settimeout(0.1)
+            try:
+                extra = c.f.read1(1)
+            except (socket.timeout, TimeoutError):
+                extra = b""
+            assert extra == b"", (path, extra)
+        return res
     finally:
         c.close()
 
@@ -493,7 +501,7 @@ def test_clips_without_a_source_and_prefetch(srv, build_dir, monkeypatch):
         cut.append(s.key)
         return p
     monkeypatch.setattr(srv.clips, "get", get)
-    monkeypatch.setattr(srv.clips, "prefetch", lambda s, v: fetched.append(s.key))
+    monkeypatch.setattr(srv.clips, "prefetch", lambda s, v: fetched.append(s.key) if v.id == s.video else None)
     try:
         order = srv.view.order
         for key in order:
@@ -550,13 +558,13 @@ def test_a_long_error_message_is_cut_at_500(srv, monkeypatch):
 
 
 def test_unmatched_rows_have_seconds(srv, build_dir, monkeypatch):
-    rows = [{"video": "w", "frames": [10, 36]}, {"video": "gone", "frames": [0, 7]}]
+    rows = [{"video": "w", "frames": [10, 36]}, {"video": "gone", "frames": [1, 7]}]
     srv.view.refresh()
     monkeypatch.setattr(srv.view, "unmatched", lambda: [dict(r) for r in rows])
     got = json.loads(ask(srv, "GET", "/api/unmatched")[2])["unmatched"]
     fps = srv.view.th.fps
     assert got == [{"video": "w", "frames": [10, 36], "fps": 25, "seconds": [0.4, 1.44]},
-                   {"video": "gone", "frames": [0, 7], "fps": fps, "seconds": [0.0, round(7 / fps, 3)]}]
+                   {"video": "gone", "frames": [1, 7], "fps": fps, "seconds": [round(1 / fps, 3), round(7 / fps, 3)]}]
 
 
 # ----------------------------------------------------------------------------- guards
@@ -918,3 +926,90 @@ def test_a_decision_key_with_colons_in_the_video(tmp_path):
         s.shutdown()
         s.server_close()
         s.clips.close()
+
+
+def test_head_requests_get_headers_only(srv, monkeypatch):
+    srv.renderer = type("R", (), {"frame_png": lambda self, key, frame, coeffs: b"PNG"})()
+    (srv.out / "v.mp4").write_bytes(b"x")
+    clip = srv.out / "review_cache" / "c.mp4"
+    clip.parent.mkdir(exist_ok=True)
+    clip.write_bytes(b"clip")
+    monkeypatch.setattr(srv.clips, "get", lambda s, v: clip)
+    monkeypatch.setattr(srv.clips, "prefetch", lambda s, v: None)
+    try:
+        for path, status in [("/", 200), ("/static/index.html", 200), ("/api/segments", 200), ("/api/summary", 200),
+                             ("/api/unmatched", 200), ("/api/segment/v/0", 200), ("/clip/v/0.mp4", 200),
+                             ("/mesh/v/0/0/1.png", 200), ("/nothing", 404)]:
+            st, h, body = ask(srv, "HEAD", path)
+            assert st == status and body == b"" and int(h["content-length"]) > 0, path
+        monkeypatch.setattr(srv.view, "summary", lambda: {}["gone"])
+        assert ask(srv, "HEAD", "/api/summary")[0] == 404
+        monkeypatch.setattr(srv.view, "summary", lambda: 1 / 0)
+        assert ask(srv, "HEAD", "/api/summary")[0] == 500
+    finally:
+        (srv.out / "v.mp4").unlink()
+
+
+def test_more_edges(srv, build_dir, monkeypatch):
+    # a one-byte range is sent
+    (build_dir / "one.zzq").write_bytes(b"abc")
+    status, h, body = ask(srv, "GET", "/files/one.zzq", headers={"Range": "bytes=1-1"})
+    assert (status, body, h["content-type"]) == (206, b"b", "application/octet-stream")
+    # a body of one byte left unread closes the connection
+    c = Conn(srv)
+    try:
+        c.send(raw(srv, "GET", "/api/summary", body=b"a"))
+        assert c.response()[1]["connection"] == "close"
+    finally:
+        c.close()
+    # a body whose last byte comes on its own
+    body = json.dumps({"key": "v:0", "decision": "accept"}).encode()
+    c = Conn(srv)
+    try:
+        c.send(raw(srv, "POST", "/api/decision", headers={"Content-Length": str(len(body))}) + body[:-1])
+        time.sleep(0.2)
+        c.send(body[-1:])
+        assert c.response()[0] == 200
+    finally:
+        c.close()
+    # a long video name is cut at 300 characters in the message
+    assert err(ask(srv, "GET", "/api/segment/" + "x" * 400 + "/0")) == (404, "no segment " + ("x" * 400 + ":0")[:300])
+    # the origin of a page opened as localhost
+    assert decide(srv, {"key": "v:0", "decision": "accept"},
+                  {"Host": f"localhost:{srv.port}", "Origin": f"http://localhost:{srv.port}"})[0] == 200
+    assert len(srv.token) == 43                                   # 32 random bytes
+
+
+def test_the_detail_names_mesh_urls_only_with_a_renderer(srv):
+    assert json.loads(ask(srv, "GET", "/api/segment/v/0")[2])["mesh"] is None
+    srv.renderer = object()
+    assert json.loads(ask(srv, "GET", "/api/segment/v/0")[2])["mesh"] == ["/mesh/v/0/0/", "/mesh/v/0/1/"]
+
+
+def test_safe_path_strips_only_slashes(tmp_path):
+    (tmp_path / "Xa.txt").write_text("x")
+    assert safe_path(tmp_path, "Xa.txt") == (tmp_path / "Xa.txt").resolve()
+
+
+def test_default_pipeline_named_in_its_error(monkeypatch, tmp_path):
+    from chorushead.runner import Pipeline, default_pipeline_path
+    pl = type("P", (), {"params": {"review": {"zz": 1}}})()
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda cls: pl))
+    with pytest.raises(ValueError) as e:
+        S.pipeline_thresholds()
+    assert str(e.value).startswith(f"{default_pipeline_path()}: unknown [stages.review] threshold(s) ['zz']")
+    seen = []
+    monkeypatch.setattr(S, "pipeline_thresholds", lambda out=None: seen.append(out) or S.Thresholds())
+    monkeypatch.setattr(S, "make_server", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop")))
+    with pytest.raises(SystemExit):
+        S.serve(tmp_path, flame_dir="x")
+    assert seen == [tmp_path]
+
+
+def test_default_mesh_with_every_landmark_backend(tmp_path):
+    from chorushead.core.manifest import Record
+    from chorushead.core.openhead import FIT_BACKENDS, NAME
+    m = Manifest(tmp_path, "fit")
+    for i, b in enumerate(sorted(FIT_BACKENDS)):
+        m.append(Record(item=f"i{i}", stage="fit", status="done", fingerprint="0" * 16, outputs={"backend": b}))
+    assert S.default_mesh(tmp_path) == NAME

@@ -46,19 +46,20 @@ def make_build(out):
     probs[2, 8:] = 0.5
     np.savez(d / "crop" / "detections.npz", probs=probs)
     put(out, "crop", "a", {"detections": "items/a/crop/detections.npz", "strips": ["items/a/crop/strip0/",
-                           "/items/a/crop/strip1"], "n_strips": 2, "frames": 20, "start_frame": 10, "crop_size": 224})
+                           "/items/a/crop/stripX"], "n_strips": 2, "frames": 20, "start_frame": 10, "crop_size": 224})
     put(out, "contiguity", "a", {"segments": [[0, 8], [8, 20]], "strip_runs": [], "n_frames": 20})
     c = np.zeros((2, 8, 56), np.float32)
     c[:, :, 50] = [0, 0.1, 0, 0.1, 0, 0.1, 0, 0.1]
     c[0, :, 53] = np.radians(10)
     c[1, 3, 50] = np.nan
     raw = c + 0.01
+    raw[:, 4, 54] += 0.3                               # the raw fit jumps where the smoothed one does not
     np.savez(d / "smooth" / "seg000.npz", coeffs=c, raw=raw)
     put(out, "smooth", "a", {"segments": ["items/a/smooth/seg000.npz"]})
     put(out, "assign", "a", {"order": [1, 0], "confidence": 0.9, "low_confidence": False})
     put(out, "contiguity", "b", {"segments": [[0, 30]], "strip_runs": [], "n_frames": 30})
     put(out, "contiguity", "c", {}, status="failed")
-    put(out, "contiguity", "d", {"segments": [[0, 60]], "strip_runs": [], "n_frames": 60})
+    put(out, "contiguity", "d", {"segments": [[0, 108001]], "strip_runs": [], "n_frames": 108001})
     save_items(out, [Item(id="a", source="/other/a.mp4"), Item(id="b", source="/videos/b.mp4"),
                      Item(id="c", source="/videos/c.mp4")])
     return out
@@ -186,22 +187,22 @@ def test_segment_list_rows(view):
                            "reason": "blur"}
     assert rows["b:0"]["decision"] is None and rows["b:0"]["reason"] is None and rows["b:0"]["seconds"] == 1.0
     assert [r["rank"] for r in view.segment_list()] == [0, 1, 2, 3]
-    assert rows["a:0"]["seconds"] == 0.32
+    assert rows["a:0"]["seconds"] == 0.32 and rows["d:0"]["seconds"] == 3600.033
 
 
 def test_decisions_segmentation_and_unmatched(view):
     record_decision(view.out, "a", 0, "accept", frames=(10, 18))
-    record_decision(view.out, "d", 0, "reject", reason="r", frames=(100, 120))   # no segment there
+    record_decision(view.out, "d", 0, "reject", reason="r", frames=(200000, 200020))   # no segment there
     dec = view.decisions()
     assert list(dec) == ["a:0"]
     assert dec["a:0"]["decision"] == "accept" and dec["a:0"]["reason"] is None and dec["a:0"]["frames"] == [10, 18]
     assert dec["a:0"]["time"] > 0
-    assert view._ranges() == {"a": [(10, 18), (18, 30)], "b": [(0, 30)], "d": [(0, 60)]}
+    assert view._ranges() == {"a": [(10, 18), (18, 30)], "b": [(0, 30)], "d": [(0, 108001)]}
     un = view.unmatched()
     assert len(un) == 1
     u = un[0]
     assert {k: u[k] for k in ("video", "frames", "decision", "reason", "made_on")} == {
-        "video": "d", "frames": [100, 120], "decision": "reject", "reason": "r", "made_on": "d:0"}
+        "video": "d", "frames": [200000, 200020], "decision": "reject", "reason": "r", "made_on": "d:0"}
     assert u["time"] > 0
     assert view.segmentation("a") == view.videos["a"].records["contiguity"].fingerprint
     assert view.segmentation("zz") is None
@@ -218,20 +219,24 @@ def test_ranges_list_a_video_left_without_segments(view):
 
 
 def test_summary(view):
-    record_decision(view.out, "a", 1, "reject", frames=(18, 30))
+    record_decision(view.out, "a", 0, "accept", frames=(10, 18))
     record_decision(view.out, "b", 0, "accept", frames=(0, 30))
     s = view.summary()
-    ha0, ha1, hb, hd = 8 / 25 / 3600, 12 / 25 / 3600, 30 / 30 / 3600, 60 / 30 / 3600
+    ha0, ha1, hb, hd = 8 / 25 / 3600, 12 / 25 / 3600, 30 / 30 / 3600, 108001 / 30 / 3600
     r = lambda x: round(x, 4)   # noqa: E731
-    assert s["videos"]["a"] == {"segments": 2, "reviewed": 1, "accepted": 0, "rejected": 1, "hours": r(ha0 + ha1),
-                                "accepted_hours": 0.0, "rejected_hours": r(ha1), "unreviewed_hours": r(ha0)}
+    assert s["videos"]["a"] == {"segments": 2, "reviewed": 1, "accepted": 1, "rejected": 0, "hours": r(ha0 + ha1),
+                                "accepted_hours": r(ha0), "rejected_hours": 0.0, "unreviewed_hours": r(ha1)}
     assert s["videos"]["b"] == {"segments": 1, "reviewed": 1, "accepted": 1, "rejected": 0, "hours": r(hb),
                                 "accepted_hours": r(hb), "rejected_hours": 0.0, "unreviewed_hours": 0.0}
-    assert s["total"] == {"segments": 4, "reviewed": 2, "accepted": 1, "rejected": 1,
-                          "hours": r(ha0 + ha1 + hb + hd), "accepted_hours": r(hb), "rejected_hours": r(ha1),
-                          "unreviewed_hours": r(ha0 + hd)}
-    assert list(s["videos"]) == ["a", "b", "d"]
-    assert s["videos"]["d"]["unreviewed_hours"] == 0.0006 and type(s["total"]["segments"]) is int
+    assert s["total"] == {"segments": 4, "reviewed": 2, "accepted": 2, "rejected": 0,
+                          "hours": r(ha0 + ha1 + hb + hd), "accepted_hours": 0.0004, "rejected_hours": 0.0,
+                          "unreviewed_hours": 1.0001}
+    assert s["videos"]["d"]["hours"] == 1.0 and list(s["videos"]) == ["a", "b", "d"]
+    assert type(s["total"]["segments"]) is int
+    record_decision(view.out, "a", 0, "reject", frames=(10, 18))
+    record_decision(view.out, "d", 0, "reject", frames=(0, 108001))
+    t = view.summary()["total"]
+    assert (t["rejected"], t["accepted"], t["rejected_hours"], t["unreviewed_hours"]) == (2, 1, r(ha0 + hd), r(ha1))
 
 
 def test_summary_counts_an_undo_as_unreviewed(view):
@@ -251,12 +256,16 @@ def test_detail_of_a_smoothed_segment(view):
         "n_strips": 2, "flags": a0.flags.flags, "metrics": a0.flags.metrics, "score": a0.flags.score,
         "decision": "reject", "reason": "x", "clip": None}
     assert d["strips"] == [{"strip": 0, "base": "/files/items/a/crop/strip0/", "first": 0, "version": fp},
-                           {"strip": 1, "base": "/files/items/a/crop/strip1/", "first": 0, "version": fp}]
+                           {"strip": 1, "base": "/files/items/a/crop/stripX/", "first": 0, "version": fp}]
     assert d["jaw"] == [[0, 0.1, 0, 0.1, 0, 0.1, 0, 0.1], [0, 0.1, 0, 0.0, 0, 0.1, 0, 0.1]]   # NaN drawn as 0
     assert d["jaw_raw"][0] == [0.01, 0.11, 0.01, 0.11, 0.01, 0.11, 0.01, 0.11] and d["jaw_raw"][1][3] == 0.0
     assert np.array(d["pose"]).shape == (2, 3, 8)
     assert d["pose"][0][0] == [10.0] * 8 and d["pose"][0][1] == [0.0] * 8 and d["pose"][1][0] == [0.0] * 8
     assert d["mesh"] == ["/mesh/a/0/0/", "/mesh/a/0/1/"]
+    assert d["audio"] == view._waveforms(a0, view.videos["a"]) and len(d["audio"]) == 2
+    assert set(d) == {"key", "video", "index", "start", "end", "abs_start", "frames", "fps", "n_strips", "flags",
+                      "metrics", "score", "decision", "reason", "clip", "strips", "jaw", "jaw_raw", "pose", "audio",
+                      "mesh"}
     assert view.detail("a:0", mesh=False)["mesh"] is None
 
 
@@ -318,8 +327,9 @@ def test_waveforms_with_no_tracks(view):
 def test_coeffs(view):
     c = view.coeffs("a:0", 1)
     assert c.shape == (8, 56) and c[1, 50] == pytest.approx(0.1)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as e:
         view.coeffs("a:1", 0)
+    assert e.value.args == ("a:1",)
 
 
 def test_envelope_by_hand():
@@ -339,3 +349,66 @@ def test_rounded_and_painted_row():
     p = Painted("v", 3, 9, "reject", "why", 12.5, "v:1")
     assert V._painted_row(p) == {"video": "v", "frames": [3, 9], "decision": "reject", "reason": "why",
                                  "time": 12.5, "made_on": "v:1"}
+
+
+def test_a_fresh_view_is_empty_until_refreshed(tmp_path):
+    v = V.BuildView(make_build(tmp_path / "out"), Thresholds(min_seconds=1.0))
+    assert (v.videos, v.segments, v.order, v._stamp) == ({}, {}, [], ())
+    v.refresh()
+    c = np.load(v.out / "items/a/smooth/seg000.npz")
+    det = np.ones((3, 20), np.float32)
+    det[2, 8:] = 0.5
+    assert v.segments["a:0"].flags == flag_segment(
+        8, coeffs=c["coeffs"], raw=c["raw"], probs=det, seg_range=(0, 8), segment=0, th=Thresholds(min_seconds=1.0),
+        stems_warnings=["stem x"], fps=25, assign={"order": [1, 0], "confidence": 0.9, "low_confidence": False})
+
+
+def test_assign_confidence_per_segment(tmp_path):
+    out = make_build(tmp_path / "out")
+    put(out, "assign", "a", {"order": [1, 0], "confidence": [0.9, 0.05], "low_confidence": False})
+    v = V.BuildView(out, Thresholds())
+    v.refresh()
+    assert v.segments["a:0"].flags.metrics["assign_conf"] == 0.9
+    assert v.segments["a:1"].flags.metrics["assign_conf"] == 0.05
+
+
+def test_a_listed_fit_that_is_missing_is_no_fit(tmp_path):
+    out = make_build(tmp_path / "out")
+    put(out, "smooth", "a", {"segments": ["items/a/smooth/seg000.npz", "items/a/smooth/gone.npz"]})
+    v = V.BuildView(out, Thresholds())
+    v.refresh()
+    assert v.segments["a:1"].coeffs is None and "no_fit" in v.segments["a:1"].flags.flags
+
+
+@pytest.mark.parametrize("change", [{"frames": 21}, {"start_frame": 11}])
+def test_detections_are_checked_against_the_crop_record(tmp_path, change):
+    out = make_build(tmp_path / "out")
+    np.savez(out / "items" / "a" / "crop" / "detections.npz", probs=np.ones((2, 20), np.float32),
+             start_frame=np.int32(10))
+    put(out, "crop", "a", {"detections": "items/a/crop/detections.npz", "strips": ["s0", "s1"], "n_strips": 2,
+                           "frames": 20, "start_frame": 10, "crop_size": 224, **change})
+    with pytest.raises(Exception):
+        V.BuildView(out, Thresholds()).refresh()
+
+
+def test_cache_keys_on_the_path(view):
+    for name in ("one", "two"):
+        (view.out / name).write_text(name)
+        os.utime(view.out / name, ns=(3, 3))
+    cache = {}
+    assert view._cached(cache, 4, "one", lambda p: p.read_text()) == "one"
+    assert view._cached(cache, 4, "two", lambda p: p.read_text()) == "two"
+
+
+def test_one_assigned_track(view):
+    v = view.videos["a"]
+    v.records["vad"] = Record(item="a", stage="vad", status="done", fingerprint="0" * 16,
+                              outputs={**v.records["vad"].outputs, "singers_16k": ["items/a/vad/s0.wav"]})
+    v.records["assign"] = Record(item="a", stage="assign", status="done", fingerprint="0" * 16,
+                                 outputs={"order": [0], "confidence": 0.9, "low_confidence": False})
+    w = view._waveforms(view.segments["a:0"], v)
+    assert [(x["strip"], x["track"], x["assigned"]) for x in w] == [(0, 0, True)]
+
+
+def test_envelope_of_frames_without_samples():
+    assert V._envelope(np.array([1.0, 2.0]), 1, 2, 0, 1) == ([0.0], [0.0])
