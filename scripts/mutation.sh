@@ -55,6 +55,7 @@ cd "$scratch"
 # pytest's tmp_path folders go under the scratch copy and are removed as they age: mutmut's forked
 # children end without pytest's exit hook, so pytest never reclaims them (tens of GB over a long run)
 export TMPDIR="$scratch/tmp"
+export CHORUSHEAD_MUTATION=1   # tests/conftest.py: no tqdm monitor thread in forked children
 mkdir -p "$TMPDIR"
 ( while sleep 60; do find "$TMPDIR" -mindepth 2 -maxdepth 2 -name 'pytest-*' -mmin +10 -exec rm -rf {} + 2>/dev/null; done ) &
 sweeper=$!

@@ -9,6 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+if os.environ.get("CHORUSHEAD_MUTATION"):     # set by scripts/mutation.sh
+    # mutmut forks a child per mutant; once a test has shown a bar, tqdm's monitor thread can hold
+    # tqdm's lock across the fork and hang the child (counted as a timeout, not a kill)
+    import tqdm
+    tqdm.tqdm.monitor_interval = 0
 
 
 def validate_record(rec: dict, stage: str | None = None) -> None:
