@@ -303,3 +303,19 @@ def test_unpose_jaw_reads_the_canonical_only_when_not_given(c):
     np.testing.assert_allclose(oh.unpose_jaw(pts, jaw), oh.unpose_jaw(pts, jaw, c), atol=1e-12)
     raised = c + [0.0, 0.3, 0.0]                          # same weights, pivot 0.3 higher
     assert np.abs(oh.unpose_jaw(pts, jaw, raised) - oh.unpose_jaw(pts, jaw, c)).max() > 1e-3
+
+
+def test_basis_identity_is_a_hash_of_the_basis_as_built_now(monkeypatch):
+    """The landmark fit's fingerprint carries it: the same basis gives the same 16 hex digits, any
+    change to the basis another, and a basis that cannot be built says so instead of failing."""
+    import hashlib
+    built = oh.expression_basis()
+    want = "sha1:" + hashlib.sha1(np.ascontiguousarray(built, np.float64).round(12).tobytes()).hexdigest()[:16]
+    assert oh.basis_identity() == want and re.fullmatch(r"sha1:[0-9a-f]{16}", want)
+    monkeypatch.setattr(oh, "expression_basis", lambda: np.float32(built) + np.float32(1e-3))
+    assert oh.basis_identity() not in (want, None)
+    for err in (OSError("gone"), ValueError("bad npz"), StageError("no file")):
+        def fail(err=err):
+            raise err
+        monkeypatch.setattr(oh, "expression_basis", fail)
+        assert oh.basis_identity() == f"missing: {err}"
