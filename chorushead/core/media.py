@@ -89,8 +89,8 @@ def probe(path: str | Path) -> Probe:
     channels = None
     if aud:
         layout = aud.group(3).strip()
-        channels = {"mono": 1, "stereo": 2}.get(layout) or int(re.match(r"(\d+)", layout).group(1)) \
-            if re.match(r"(mono|stereo|\d+)", layout) else 2
+        n = re.match(r"(\d+)(?:\.(\d+))?", layout)     # "6 channels"; "5.1(side)" is 5 + 1 (LFE)
+        channels = {"mono": 1, "stereo": 2}.get(layout) or (int(n.group(1)) + int(n.group(2) or 0) if n else 2)
     return Probe(duration=duration, width=int(vid.group(2)), height=int(vid.group(3)),
                  fps=float(fps_m.group(1)) if fps_m else 0.0, video_codec=vid.group(1),
                  has_audio=aud is not None, audio_rate=int(aud.group(2)) if aud else None,
