@@ -445,3 +445,91 @@ def test_grad_clip_and_progress(data, tmp_path, monkeypatch, bars):
     assert bars[0].postfix == {"loss": f"{read_log(tmp_path / 'a' / 'log.jsonl')[0]['loss']:.4f}"}
     train(_cfg(data, tmp_path / "b", max_steps=1, grad_clip=0.0), progress=False)
     assert clipped == [0.5] and len(bars) == 1
+
+
+# ---------------------------------------------------------------- plot_curves, through matplotlib objects
+def _plot_capture(monkeypatch, tmp_path, rows):
+    """Run plot_curves on a log of ``rows``; return the figure, its axes and savefig's keyword args."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+    seen = {}
+    real_subplots, real_savefig = plt.subplots, matplotlib.figure.Figure.savefig
+
+    def subplots(*a, **kw):
+        fig, ax = real_subplots(*a, **kw)
+        seen["fig"], seen["ax"], seen["args"] = fig, ax, a
+        return fig, ax
+
+    def savefig(self, fname, **kw):
+        seen["savefig"] = kw
+        return real_savefig(self, fname, **kw)
+
+    monkeypatch.setattr(plt, "subplots", subplots)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    log, png = tmp_path / "log.jsonl", tmp_path / "curves.png"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    TR.plot_curves(log, png)
+    assert png.exists()
+    return seen
+
+
+def _lines(ax):
+    return {ln.get_label(): ln for ln in ax.get_lines()}
+
+
+def test_plot_curves_axes_lines_labels_and_save(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+    # 100 train rows -> moving average over k = 100 // 50 = 2 rows; val rows interleaved (ignored for train)
+    rows = []
+    for s in range(1, 101):
+        rows.append({"type": "train", "step": s * 10, "loss": float(s), "mse": 2.0 * s, "vel": s * s * 1.0})
+        if s % 25 == 0:
+            rows.append({"type": "val", "step": s * 10, "val_loss": 1.0 / s, "val_pose_l2": 0.5 * s})
+    rows.append({"type": "other", "step": 5})
+    seen = _plot_capture(monkeypatch, tmp_path, rows)
+    fig, ax = seen["fig"], seen["ax"]
+    assert seen["args"] == (1, 2) and len(ax) == 2
+    assert tuple(fig.get_size_inches()) == (10.0, 3.5)
+    assert seen["savefig"] == {"dpi": 80}
+    assert not plt.fignum_exists(fig.number)            # closed after saving
+    left = _lines(ax[0])
+    assert list(left) == ["train loss", "train mse", "train vel", "val loss"]
+    steps = np.arange(1, 101) * 10
+    for key, y in (("loss", steps / 10.0), ("mse", steps / 5.0), ("vel", (steps / 10.0) ** 2)):
+        x_got, y_got = left[f"train {key}"].get_data()
+        assert list(x_got) == list(steps[1:])
+        np.testing.assert_allclose(y_got, (y[1:] + y[:-1]) / 2)
+    v = left["val loss"]
+    assert list(v.get_xdata()) == [250, 500, 750, 1000]
+    np.testing.assert_allclose(v.get_ydata(), [1 / 25, 1 / 50, 1 / 75, 1 / 100])
+    assert v.get_marker() == "o" and v.get_linestyle() == "-"
+    right = _lines(ax[1])
+    assert list(right) == ["val pose L2 (z=0)"]
+    p = right["val pose L2 (z=0)"]
+    assert list(p.get_xdata()) == [250, 500, 750, 1000] and list(p.get_ydata()) == [12.5, 25.0, 37.5, 50.0]
+    assert p.get_marker() == "o" and p.get_linestyle() == "-"
+    assert ax[0].get_yscale() == "log" and ax[1].get_yscale() == "linear"
+    assert ax[0].get_xlabel() == "step" and ax[1].get_xlabel() == "step"
+    leg0, leg1 = ax[0].get_legend(), ax[1].get_legend()
+    assert [t.get_text() for t in leg0.get_texts()] == list(left)
+    assert all(t.get_fontsize() == 7 for t in leg0.get_texts())
+    assert [t.get_text() for t in leg1.get_texts()] == ["val pose L2 (z=0)"]
+
+
+def test_plot_curves_few_rows_and_no_pose(monkeypatch, tmp_path):
+    import numpy as np
+    # 3 train rows -> k = max(1, 0) = 1 (no smoothing); val without pose -> right panel empty, no legend
+    rows = [{"type": "train", "step": s, "loss": 1.0 * s, "mse": 0.5, "vel": 0.25} for s in (1, 2, 3)]
+    rows.append({"type": "val", "step": 3, "val_loss": 0.75})
+    seen = _plot_capture(monkeypatch, tmp_path, rows)
+    ax = seen["ax"]
+    left = _lines(ax[0])
+    assert list(left) == ["train loss", "train mse", "train vel", "val loss"]
+    assert list(left["train loss"].get_xdata()) == [1, 2, 3]
+    np.testing.assert_allclose(left["train loss"].get_ydata(), [1.0, 2.0, 3.0])
+    assert list(left["val loss"].get_xdata()) == [3] and list(left["val loss"].get_ydata()) == [0.75]
+    assert ax[1].get_lines() == [] and ax[1].get_legend() is None
+    assert ax[1].get_xlabel() == "step"
