@@ -434,3 +434,92 @@ def test_cut_clip_failures_leave_nothing(monkeypatch, tmp_path):
         media.cut_clip(Path("/d/src.mp4"), clip, 1.5, 2.25)
     assert str(e.value) == "ffmpeg could not cut the clip from src.mp4: " + "w" * 300
     assert calls[0][6:13] == ["-ss", "1.500000", "-i", "/d/src.mp4", "-t", "2.250000", "-map"]
+
+
+# ----------------------------------------------------------------------------- second round (survivors)
+def test_decoding_failures_name_the_file(monkeypatch, tmp_path):
+    """probe said yes, ffmpeg then fails (exit 1, its usual failure code): the line names the file."""
+    gone = tmp_path / "gone.mp4"
+    monkeypatch.setattr(media, "probe", lambda p: media.Probe(1.0, 64, 64, 30.0, "h264", False, None, None))
+    for frames in (media.iter_frames(gone), media.iter_frames_from(gone, start_frame=3, origin=0)):
+        with pytest.raises(BadInput) as e:
+            list(frames)
+        assert str(e.value).startswith("gone.mp4: video decoding failed: ")
+        assert str(e.value).endswith("No such file or directory")
+
+
+def test_pipe_frames_exit_codes_and_undecodable_messages():
+    # nothing written and exit 1: still a failure (the empty read ends the loop, not the check)
+    quiet = _stand_in("sys.stderr.buffer.write(b'\\xff' + b'b' * 10); sys.exit(1)")
+    with pytest.raises(BadInput) as e:
+        list(media._pipe_frames(quiet, Path("/d/clip.mp4"), 2, 2, False, 4))
+    assert str(e.value) == "clip.mp4: video decoding failed: \ufffd" + "b" * 10     # bytes decoded with replacement
+    ok = _stand_in("sys.stdout.buffer.write(bytes(24)); sys.stderr.write('just a warning')")
+    assert _lens(media._pipe_frames(ok, "v.mp4", 2, 2, False, 4)) == [2]          # exit 0: no error
+
+
+def test_iter_frames_from_defaults_and_seek_points(vids, monkeypatch):
+    g = vids["g90"]
+    assert _lens(media.iter_frames_from(g)) == [32, 32, 26]                        # default chunk 32
+    # fps 10 on a video starting 0.5 s late: origin 5 (not 30 fps' 15), so the same frames as iter_frames
+    # (frame 10 = 1.5 s = 1 s into the video, which the fps filter's rounding shows as video frame 31)
+    late = [media.iter_frames_from(vids["late"], start_frame=10, n_frames=3, fps=10),
+            media.iter_frames(vids["late"], start_frame=10, n_frames=3, fps=10)]
+    assert _index(late[0]) == _index(late[1]) == [31, 34, 37]
+    real, seeks = subprocess.Popen, []
+
+    def spy(cmd, **kw):
+        if "rawvideo" in cmd:                           # the decode (probe's ffmpeg -i also runs a Popen)
+            seeks.append(cmd[cmd.index("-ss") + 1] if "-ss" in cmd else None)
+        return real(cmd, **kw)
+    monkeypatch.setattr(media.subprocess, "Popen", spy)
+    # seek = start time - 1 s (margin_s), only when that is after the start of the file
+    for start, seek in ((60, "1.000000"), (45, "0.500000"), (31, "0.033333"), (30, None), (10, None)):
+        seeks.clear()
+        assert _index(media.iter_frames_from(g, start_frame=start, n_frames=2, origin=0)) == [start, start + 1]
+        assert seeks == [seek], start
+    seeks.clear()
+    assert _index(media.iter_frames_from(g, start_frame=54, n_frames=1, origin=0, margin_s=0.5)) == [54]
+    assert seeks == ["1.300000"]
+
+
+def test_timeline_origin_of_a_file_name_that_is_not_utf8(vids, tmp_path):
+    odd = tmp_path / os.fsdecode(b"t\xfe.mp4")        # ffmpeg prints it back raw: decoded with replacement
+    shutil.copy(vids["late"], odd)
+    assert media.timeline_origin(odd) == 15
+
+
+def test_grow_pipe_uses_fcntls_constant_else_linuxs(monkeypatch):
+    class Pipe:
+        def fileno(self):
+            return 7
+
+    class Fcntl:                                       # a platform whose fcntl names the request
+        F_SETPIPE_SZ = 4242
+
+        def __init__(self):
+            self.calls = []
+
+        def fcntl(self, fd, cmd, arg):
+            self.calls.append((fd, cmd, arg))
+
+    named = Fcntl()
+    monkeypatch.setitem(sys.modules, "fcntl", named)
+    media._grow_pipe(Pipe())
+    assert named.calls == [(7, 4242, 1 << 20)]
+
+    class OldFcntl(Fcntl):                             # a Python without the name: Linux's number 1031
+        F_SETPIPE_SZ = property()                      # (instances have no such attribute)
+    old = OldFcntl()
+    monkeypatch.setitem(sys.modules, "fcntl", old)
+    media._grow_pipe(Pipe())
+    assert old.calls == [(7, 1031, 1 << 20)]
+
+
+def test_encode_video_passes_crf_and_cut_clip_keyframe_rounding(tmp_path):
+    p = tmp_path / "q.mp4"
+    media.encode_video(p, _numbered(2, 32, 64), crf=31)
+    assert b" crf=31.0 " in p.read_bytes()
+    clip = tmp_path / "c15.mp4"
+    media.cut_clip(p, clip, 0.0, 0.2, fps=15)
+    assert b" keyint=7 " in clip.read_bytes()          # 15 // 2: a whole number of frames, rounded down
