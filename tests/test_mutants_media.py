@@ -469,7 +469,7 @@ def test_iter_frames_from_defaults_and_seek_points(vids, monkeypatch):
     real, seeks = subprocess.Popen, []
 
     def spy(cmd, **kw):
-        if "rawvideo" in cmd:                           # the decode (probe's ffmpeg -i also runs a Popen)
+        if "-copyts" in cmd:                            # the decode (probe's ffmpeg -i also runs a Popen)
             seeks.append(cmd[cmd.index("-ss") + 1] if "-ss" in cmd else None)
         return real(cmd, **kw)
     monkeypatch.setattr(media.subprocess, "Popen", spy)
