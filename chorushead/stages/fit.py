@@ -123,7 +123,7 @@ def process(ctx: Context, params: Params, model: EmocaBackend | LandmarksBackend
     return Result(outputs=Outputs(segments=outputs, n_strips=len(strips), backend="landmarks" if landmarks else "emoca",
                                   coeff_groups=list(COEFF_GROUPS)),
                   metrics=Metrics(images=int(n_images), segments=len(outputs), device=str(model.device),
-                                  jaw_mean=np.mean(jaw_open, axis=0).round(4).tolist(), no_face=no_face))
+                                  jaw_mean=np.mean(jaw_open, axis=0, dtype=np.float64).round(4).tolist(), no_face=no_face))
 
 
 STAGE = Stage(name="fit", version="1", params=Params, outputs=Outputs, metrics=Metrics, process=process,
