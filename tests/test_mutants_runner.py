@@ -24,7 +24,7 @@ from chorushead.core.manifest import Manifest, Record, file_fingerprint, fingerp
 from chorushead.core.origin import FetchRecord, append as append_origin
 from chorushead.core.shapes import Metrics, Outputs, ShapeError
 from chorushead.stages import STAGE_MODULES
-from chorushead.stages.base import EXEC, Context, GlobalContext, Item, Result, Stage, result_params
+from chorushead.stages.base import EXEC, Context, GlobalContext, Item, Result, Stage
 
 
 # ----------------------------------------------------------------------------- stand-in stages
@@ -593,6 +593,15 @@ def test_run_task_replaces_the_old_outputs(stages, tmp_path):
     R.run_task(_task("ta", it, tmp_path))
     assert sorted(p.name for p in final.iterdir()) == ["a.txt", "sub"]
     assert sorted(p.name for p in final.parent.iterdir()) == ["ta"]       # no .old- left
+
+
+def test_run_task_replaces_a_file_where_its_folder_goes(stages, tmp_path):
+    """A file in the stage folder's place (not a build's own): moved aside, the item is still done."""
+    it = Item(id="v1", source="/x")
+    it.dir(tmp_path).mkdir(parents=True)
+    (it.dir(tmp_path) / "ta").write_text("a stray file")
+    rec = R.run_task(_task("ta", it, tmp_path))
+    assert rec.status == "done" and (it.dir(tmp_path) / "ta" / "a.txt").read_text() == "ta:v1"
 
 
 def test_run_task_failures_become_records(stages, tmp_path, monkeypatch):
