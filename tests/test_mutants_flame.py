@@ -72,10 +72,21 @@ def test_rodrigues_keeps_the_input_dtype():
 
 
 def test_rodrigues_of_a_tiny_or_zero_rotation_is_finite():
-    for v in ([0.0, 0.0, 0.0], [1e-8, 1e-8, 1e-8]):
+    # (-1e-8, -1e-8, -1e-8) made the old norm(rvec + 1e-8) exactly 0 and the matrix NaN.
+    for v in ([0.0, 0.0, 0.0], [1e-8, 1e-8, 1e-8], [-1e-8, -1e-8, -1e-8], [-1e-12, 0.0, 3e-9]):
         r = F._rodrigues(torch.tensor(v, dtype=torch.float32))
         assert torch.isfinite(r).all(), v
         np.testing.assert_allclose(r.numpy(), np.eye(3), atol=1e-6)
+
+
+def test_rodrigues_gradient_at_zero_is_the_cross_product_matrix():
+    # d R / d r at r = 0 is [e_i]x: fits that start at the rest pose depend on it.
+    r = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(F._rodrigues, r)          # (3, 3, 3)
+    for i in range(3):
+        e = np.zeros(3); e[i] = 1.0
+        skew = np.array([[0, -e[2], e[1]], [e[2], 0, -e[0]], [-e[1], e[0], 0]])
+        np.testing.assert_allclose(jac[..., i].numpy(), skew, atol=1e-6)
 
 
 # ---------------------------------------------------------------- restricted unpickler and stand-ins

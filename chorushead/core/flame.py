@@ -132,7 +132,8 @@ def _as_array(v) -> np.ndarray:
 
 def _rodrigues(rvec: torch.Tensor) -> torch.Tensor:
     """Axis-angle (..., 3) -> rotation matrices (..., 3, 3). Stable at zero angle."""
-    angle = torch.linalg.norm(rvec + 1e-8, dim=-1, keepdim=True)
+    # Clamped, not shifted: norm(rvec + eps) is 0 (and the axis NaN) for rvec = (-eps, -eps, -eps).
+    angle = torch.linalg.norm(rvec, dim=-1, keepdim=True).clamp_min(1e-8)
     axis = rvec / angle
     c, s = torch.cos(angle)[..., None], torch.sin(angle)[..., None]
     x, y, z = axis.unbind(-1)
