@@ -320,10 +320,9 @@ def run_task(task: Task) -> Record:
     try:
         params = stage.make_params(task.params)
         # Leftovers of a killed run (any pid): garbage, since the build lock admits one build per folder.
-        for stale in final.parent.glob(f".tmp-{stage.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in final.parent.glob(f".old-{stage.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (f".tmp-{stage.name}-*", f".old-{stage.name}-*"):
+            for stale in final.parent.glob(pattern):
+                _discard(stale)
         tmp.mkdir(parents=True)
         model = _model_for(stage, params)
         ctx = Context(item=task.item, out=out, tmp=tmp, final=final, upstream=task.upstream, fps=task.fps,
@@ -344,6 +343,17 @@ def run_task(task: Task) -> Record:
         return Record(item=task.item.id, stage=task.stage, status="failed", fingerprint=task.fp,
                       error_class=type(e).__name__, message=msg or type(e).__name__,
                       stage_version=stage.version, started=t0, seconds=round(time.time() - t0, 3))
+
+
+def _discard(path: Path) -> None:
+    """Remove a leftover folder or file; one that cannot be removed is left (nothing reads it)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _where(e: BaseException) -> str:

@@ -559,7 +559,11 @@ def test_run_task_done(stages, tmp_path, monkeypatch):
     for junk in [".tmp-ta-999", ".old-ta-1", ".tmp-tb-5", ".old-tb-5"]:
         (d / junk / "deep").mkdir(parents=True)
     for junk in [".tmp-ta-file", ".old-ta-file"]:
-        (d / junk).write_text("not a folder: cannot be removed as one, never fails the item")
+        (d / junk).write_text("not a folder: removed as a file, never fails the item")
+    keep = tmp_path / "not-ours"
+    keep.mkdir()
+    (keep / "k.txt").write_text("k")
+    (d / ".tmp-ta-link").symlink_to(keep, target_is_directory=True)   # the link goes, not what it points at
     seen = {}
     real = stages["ta"].process
 
@@ -579,7 +583,8 @@ def test_run_task_done(stages, tmp_path, monkeypatch):
     assert seen["params"] == P(k=4) and seen["model"] is None          # no setup: no model
     assert (d / "ta" / "a.txt").read_text() == "ta:v1" and (d / "ta" / "sub" / "b.txt").read_text() == "b"
     # the leftovers of this stage (any pid) are gone, another stage's are not
-    assert sorted(p.name for p in d.iterdir()) == [".old-ta-file", ".old-tb-5", ".tmp-ta-file", ".tmp-tb-5", "ta"]
+    assert sorted(p.name for p in d.iterdir()) == [".old-tb-5", ".tmp-tb-5", "ta"]
+    assert (keep / "k.txt").read_text() == "k"
 
 
 def test_run_task_replaces_the_old_outputs(stages, tmp_path):
