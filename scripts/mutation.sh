@@ -2,6 +2,7 @@
 # Mutation score of one module with its fast tests (mutmut 3; see docs/mutation-survivors.md).
 #
 #   scripts/mutation.sh MODULE [SCRATCH]     MODULE: a file name in scripts/mutation.d/ (ls it)
+#   MUTANTS="chorushead.stages.screen.x_f__mutmut_3 …" scripts/mutation.sh MODULE   only those mutants
 #
 # scripts/mutation.d/MODULE says which file is mutated (only=) and which fast tests should kill its
 # mutants (tests=; an entry is a file "test_x" or one test of it "test_x::test_y"), with a comment on
@@ -61,7 +62,14 @@ mkdir -p "$TMPDIR"
 sweeper=$!
 trap 'kill "$sweeper" 2>/dev/null; rm -rf "$TMPDIR"' EXIT
 # OMP_NUM_THREADS=1: forked children of a process that already ran torch hang otherwise
-OMP_NUM_THREADS=1 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" >"$scratch/mutmut-run.log" 2>&1 || true
+# MUTANTS="name …" (mutmut's names, globs allowed) runs only those: a check of new tests against the
+# survivors of an earlier run, which prints each one's status, not a score
+# shellcheck disable=SC2086
+OMP_NUM_THREADS=1 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" ${MUTANTS:-} >"$scratch/mutmut-run.log" 2>&1 || true
+if [ -n "${MUTANTS:-}" ]; then
+  mutmut results --all true 2>/dev/null | grep -v ': not checked' || true
+  echo "scratch copy: $scratch (only the mutants named in MUTANTS were run)"; exit 0
+fi
 mutmut results 2>/dev/null | grep -v ': killed' || true
 mutmut results --all true 2>/dev/null | awk -F': ' '
   /: / {n++; if ($2 == "killed") k++}

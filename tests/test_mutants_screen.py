@@ -223,6 +223,21 @@ def test_background_motion_pan_zoom_and_still():
     assert pan == pytest.approx(0.04 * math.hypot(160, 120) / 320, abs=1e-3) and zoom == pytest.approx(0.04, abs=2e-3)
 
 
+def test_background_motion_when_ransac_finds_no_model(monkeypatch):
+    """RANSAC gives no model only for degenerate point sets (all collinear or identical); OpenCV's own
+    function is replaced for that case: no motion, and the points that tracked are still counted."""
+    a = _texture()
+    h, w = a.shape[:2]
+    seen = {}
+
+    def no_model(src, dst, **kw):
+        seen["n"] = len(src)
+        return None, None
+    monkeypatch.setattr(cv2, "estimateAffinePartial2D", no_model)
+    pan, zoom, n = S.background_motion(a, a, np.ones((h, w), bool))
+    assert (pan, zoom) == (0.0, 0.0) and type(n) is int and n == seen["n"] >= 100
+
+
 def test_background_motion_of_a_rotation_is_no_zoom():
     a = _texture()
     h, w = a.shape[:2]
