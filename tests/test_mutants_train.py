@@ -349,6 +349,17 @@ def test_stop_reason_boundaries():
     assert TR._stop_reason(r, time.time() - 100) == "max_steps"
 
 
+def test_stop_reason_at_exactly_the_time_budget(monkeypatch):
+    class R:
+        pass
+    r = R()
+    r.d, r.state = Dist(), {"step": 1}
+    r.cfg = TrainConfig(data="d", out="o", time_budget_s=0.5)
+    monkeypatch.setattr(TR, "time", type("Clock", (), {"time": staticmethod(lambda: 100.5)}))
+    assert TR._stop_reason(r, 100.0) == "time_budget"                  # 0.5 s spent of 0.5: stop
+    assert TR._stop_reason(r, 100.25) is None
+
+
 class _Bar:
     """Stand-in for tqdm (a real bar deadlocks in mutmut's forked children: tqdm's lock comes from the parent)."""
     made = []
@@ -394,7 +405,7 @@ def test_one_epoch_to_its_end(data, tmp_path, monkeypatch):
     monkeypatch.setattr(TR.Run, "save", lambda self, kind, **kw: (saved.append((kind, self.state["step"])),
                                                                    orig(self, kind, **kw)))
     out = tmp_path / "run"
-    res = train(_cfg(data, out, ckpt_every=2), progress=False)
+    res = train(_cfg(data, out, ckpt_every=2, max_steps=4), progress=False)   # 4: never reached (3 batches)
     assert res["step"] == 3 and res["epoch"] == 1 and res["steps_this_run"] == 3 and res["stopped"] == "epochs"
     assert res["device"] == "cpu" and res["world_size"] == 1 and res["steps_per_s"] > 0
     assert saved == [("last", 2), ("best", 3), ("model", 3), ("last", 3), ("model", 3)]
@@ -428,7 +439,7 @@ def test_mid_epoch_stop_and_checkpoint_every(data, tmp_path, monkeypatch):
     assert (last["step"], last["epoch"], last["batch_in_epoch"]) == (2, 0, 2)
     assert [r["type"] for r in read_log(out / "log.jsonl")] == ["train", "train"]
     saved.clear()
-    res = train(_cfg(data, out, max_steps=0, ckpt_every=0), resume=True, progress=False)
+    res = train(_cfg(data, out, max_steps=4, ckpt_every=0), resume=True, progress=False)   # 4: never reached
     assert res["step"] == 3 and res["steps_this_run"] == 1 and res["epoch"] == 1 and res["stopped"] == "epochs"
     assert saved == [("best", 3), ("model", 3), ("last", 3), ("model", 3)]
     assert [(r["type"], r["step"]) for r in read_log(out / "log.jsonl")] == \
@@ -533,3 +544,245 @@ def test_plot_curves_few_rows_and_no_pose(monkeypatch, tmp_path):
     assert list(left["val loss"].get_xdata()) == [3] and list(left["val loss"].get_ydata()) == [0.75]
     assert ax[1].get_lines() == [] and ax[1].get_legend() is None
     assert ax[1].get_xlabel() == "step"
+
+
+# ---------------------------------------------------------------- third round: the survivors of round two
+
+@pytest.fixture(scope="module")
+def data_noval(tmp_path_factory):
+    p = tmp_path_factory.mktemp("synth_noval") / "s.lmdb"
+    # 2 videos: no val/test video (video_splits gives none under 3); a fit without the pose group
+    assert write_synth_lmdb(p, SynthConfig(videos=2, seconds=1.5, window=15, stride=15, seed=0,
+                                           coeff_groups=("exp", "jaw"))) == {"train": 6, "val": 0, "test": 0}
+    return p
+
+
+def test_to_dict_has_exactly_the_fields():
+    from dataclasses import fields
+    d = TrainConfig(data="d", out="o").to_dict()
+    assert set(d) == {f.name for f in fields(TrainConfig)}
+
+
+def test_progress_bar_total_is_a_whole_number(data, tmp_path, bars):
+    run = TR.setup(_cfg(data, tmp_path / "run", batch_size=5), resume=False)
+    try:
+        bar = TR._progress_bar(run, 0, 0)
+        assert bar.kw["total"] == 2 and type(bar.kw["total"]) is int      # 12 // 5, not 2.4
+    finally:
+        run.log.close()
+
+
+def test_train_loader_drops_the_short_batch_and_sampler_drops_the_tail(data):
+    tr, _, _ = TR._open_data(TrainConfig(data=str(data), out="o"), False, False)
+    cfg = TrainConfig(data=str(data), out="o", batch_size=5, seed=2)
+    s = TR.train_sampler(tr, cfg, Dist())
+    s.set_epoch(1)
+    order = list(s)
+    loader = TR.train_loader(tr, s, cfg, 1, 0, torch.device("cpu"))
+    assert [list(b) for b in loader.batches] == [order[0:5], order[5:10]]      # 12 samples: 2 batches of 5
+    loader = TR.train_loader(tr, s, cfg, 1, 1, torch.device("cpu"))
+    assert [list(b) for b in loader.batches] == [order[5:10]]
+    # 12 samples over 5 ranks: each takes 2 (drop_last), not 3 padded
+    s = TR.train_sampler(tr, cfg, Dist(rank=1, world=5))
+    assert len(s) == 2 and len(list(s)) == 2
+
+
+def test_open_data_full_mismatch_message_and_half_audio_per_split(data):
+    out = Path("o")
+    other = {**TR.data_info(TR.HostWindowDataset(str(data), "train").meta), "fps": 25}
+    with pytest.raises(ValueError) as e:
+        TR._open_data(TrainConfig(data=str(data), out=str(out), data_info=other), True, False)
+    assert str(e.value) == (f"{out / 'last.pt'} does not match {data} (fps: trained on 25, this LMDB has 30); "
+                            "use an LMDB built the same way or train a new model on this one")
+    for half in (False, True):
+        tr, va, _ = TR._open_data(TrainConfig(data=str(data), out="o"), False, half)
+        assert tr.half_audio is half and va.half_audio is half
+
+
+def test_open_data_refuses_a_pack_between_the_two_opens(data, monkeypatch):
+    from chorushead.core.windows import DatasetChanged
+    real = TR.HostWindowDataset
+
+    def opened(path, split, **kw):      # the train split opened one generation before the val split
+        ds = real(path, split, **kw)
+        if split == "train":
+            ds.reader.generation -= 1
+        return ds
+
+    monkeypatch.setattr(TR, "HostWindowDataset", opened)
+    g = real(str(data), "val").reader.generation
+    with pytest.raises(DatasetChanged) as e:
+        TR._open_data(TrainConfig(data=str(data), out="o"), False, False)
+    assert str(e.value).startswith(f"{data} was repacked while in use (generation {g - 1} -> {g})")
+
+
+def test_setup_seeds_every_rng_and_reads_float32_audio_on_the_cpu(data, tmp_path):
+    import random
+
+    import numpy as np
+    run = TR.setup(_cfg(data, tmp_path / "a" / "b" / "run", seed=3), resume=False)   # parents created
+    try:
+        assert np.random.random() == np.random.RandomState(3).random_sample()
+        assert random.random() == random.Random(3).random()
+        assert run.train_ds.half_audio is False
+        assert run.val_loader.ds.half_audio is False
+        assert run.scaler.state_dict() == {} and run.payload("last")["scaler"] == run.scaler.state_dict()
+    finally:
+        run.log.close()
+
+
+def test_setup_counts_every_process_in_the_one_batch_check(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(TR, "setup_distributed", lambda flag: Dist(rank=0, world=2))
+    with pytest.raises(ValueError) as e:
+        TR.setup(_cfg(data, tmp_path / "run", batch_size=7), resume=False)
+    assert str(e.value) == f"{data}: 12 training samples, fewer than one batch (7 x 2 processes)"
+
+
+def test_setup_with_a_head_and_without_val_or_pose(data_noval, tmp_path):
+    from chorushead.core import openhead
+    cfg = _cfg(data_noval, tmp_path / "run", flame="open", loss=LossConfig(w_lip_vertex=1.0), batch_size=12)
+    run = TR.setup(cfg, resume=False)
+    try:
+        assert run.val_loader is None                              # no val split
+        assert run.loss_fn.groups == ("exp", "jaw")                # the LMDB's groups, not all three
+        assert run.loss_fn.flame is not None
+        assert torch.equal(run.loss_fn.lips, torch.as_tensor(openhead.load_head("open").masks["lips"]))
+    finally:
+        run.log.close()
+
+
+def test_setup_init_copies_the_weights_and_records_them(data, tmp_path):
+    torch.manual_seed(11)
+    src = _ckpt(tmp_path / "src.pt", ModelConfig(**MODEL))
+    run = TR.setup(_cfg(data, tmp_path / "run", init=str(tmp_path / "src.pt")), resume=False)
+    try:
+        for k, v in src.state_dict().items():
+            assert torch.equal(run.model.state_dict()[k], v), k
+        assert run.state["step"] == 0
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == str(tmp_path / "src.pt")
+    finally:
+        run.log.close()
+
+
+def test_resume_truncates_the_log_to_the_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(data, out, max_steps=2, ckpt_every=1), progress=False)
+    log = out / "log.jsonl"
+    kept = log.read_text()
+    with open(log, "a") as f:                      # lines written after last.pt (a crash before the next one)
+        f.write(json.dumps({"type": "train", "step": 3, "epoch": 0}) + "\n")
+        f.write(json.dumps({"type": "val", "step": 3, "epoch": 0}) + "\n")
+    run = TR.setup(_cfg(data, out, max_steps=0), resume=True)
+    run.log.close()
+    assert log.read_text() == kept
+    assert run.state == {"step": 2, "epoch": 0, "batch_in_epoch": 2, "best_val": math.inf}
+    saved = json.loads((out / "config.json").read_text())      # the run was trained on other data facts
+    saved["data_info"]["fps"] = 25
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="fps: trained on 25, this LMDB has 30"):
+        TR.setup(_cfg(data, out), resume=True)
+
+
+def test_loaders_take_the_workers_setting(data, tmp_path):
+    run = TR.setup(_cfg(data, tmp_path / "run", num_workers=1), resume=False)   # no worker starts here
+    try:
+        assert run.val_loader.num_workers == 1
+        assert TR.train_loader(run.train_ds, run.sampler, run.cfg, 0, 0, run.device).num_workers == 1
+    finally:
+        run.log.close()
+
+
+def test_first_step_loss_is_the_model_loss_in_float32(data, tmp_path):
+    """The logged loss of step 1 equals the loss computed by hand from the same seeded model and first
+    batch (no autocast on the CPU: float16 autocast would change it)."""
+    from pachorus.losses import PaChorusLoss
+    cfg = _cfg(data, tmp_path / "run", max_steps=1, seed=4)
+    train(cfg, progress=False)
+    got = read_log(tmp_path / "run" / "log.jsonl")[0]
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(**MODEL))
+    model.train()
+    tr, _, info = TR._open_data(TrainConfig(data=str(data), out="o"), False, False)
+    c = TrainConfig(data=str(data), out="o", batch_size=4, seed=4)
+    b = TR.to_device(next(iter(TR.train_loader(tr, TR.train_sampler(tr, c, Dist()), c, 0, 0,
+                                               torch.device("cpu")))), torch.device("cpu"))
+    out = model(b["host"], b["partner"], b["bgm"], b["pose0"], 15, target=b["coeffs"])
+    parts = PaChorusLoss(LossConfig(), None, info["coeff_groups"])(out, b["coeffs"])
+    assert got["loss"] == float(parts["loss"].detach()) and got["mse"] == float(parts["mse"].detach())
+
+
+class _Clock:
+    """Stand-in for the ``time`` module inside pachorus.train: each call moves on by 0.0004 s."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        t = self.now
+        self.now += 0.0004
+        return t
+
+
+def test_times_and_speed_from_the_clock(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(TR, "time", _Clock())
+    res = train(_cfg(data, tmp_path / "run", max_steps=1), progress=False)
+    rec = read_log(tmp_path / "run" / "log.jsonl")[0]
+    # calls: t0 = 1000.0, the step's line 1000.0004 (rounded to ms: 0.0), the summary 1000.0008
+    assert rec["time"] == 0.0 and type(rec["time"]) is float
+    assert res["steps_per_s"] == pytest.approx(1 / 0.0008, rel=1e-6)
+
+
+def test_time_budget_stops_the_loop(data, tmp_path):
+    res = train(_cfg(data, tmp_path / "run", time_budget_s=1e-9), progress=False)
+    assert res["stopped"] == "time_budget" and res["step"] == 1 and res["epoch"] == 0
+
+
+def test_equal_val_loss_is_not_a_new_best_and_curves_each_epoch(data, tmp_path, monkeypatch, bars):
+    saved, plots = [], []
+    orig_save, orig_plot = TR.Run.save, TR.plot_curves
+    monkeypatch.setattr(TR.Run, "save", lambda self, kind, **kw: (saved.append((kind, self.state["step"])),
+                                                                   orig_save(self, kind, **kw)))
+    monkeypatch.setattr(TR, "plot_curves", lambda log, png: (plots.append((log, png)), orig_plot(log, png)))
+    out = tmp_path / "run"
+    # lr 0: the weights never move, so epoch 2 validates to the same loss as epoch 1 (one batch per epoch);
+    # max_steps 3 is never reached unless an epoch fails to advance
+    res = train(_cfg(data, out, epochs=2, batch_size=12, lr=0.0, max_steps=3))     # progress on by default
+    assert res["step"] == 2 and res["stopped"] == "epochs"
+    assert saved == [("best", 1), ("model", 1), ("last", 1), ("model", 2), ("last", 2), ("model", 2)]
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 0
+    assert plots == [(out / "log.jsonl", out / "curves.png")] * 3
+    assert len(bars) == 2 and [b.kw["desc"] for b in bars] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_stop_reason_agrees_across_two_ranks(tmp_path):
+    """Rank 0 here, rank 1 a subprocess (gloo over a file store): the flag is the maximum over ranks."""
+    import subprocess
+    import sys
+    import torch.distributed as dist
+    store = tmp_path / "store"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import torch, torch.distributed as d\n"
+        f"d.init_process_group('gloo', init_method='file://{store}', rank=1, world_size=2)\n"
+        "for f in (0.0, 0.0, 1.0):\n"
+        "    t = torch.tensor(f); d.all_reduce(t, op=d.ReduceOp.MAX)\n"
+        "d.destroy_process_group()\n")])
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=2)
+
+        class R:
+            pass
+        r = R()
+        r.d, r.device = Dist(rank=0, world=2), torch.device("cpu")
+        r.cfg, r.state = TrainConfig(data="d", out="o", max_steps=3), {"step": 1}
+        assert TR._stop_reason(r, time.time()) is None                  # neither rank ran out
+        r.state = {"step": 3}
+        assert TR._stop_reason(r, time.time()) == "max_steps"           # this one did
+        r.state = {"step": 1}
+        assert TR._stop_reason(r, time.time()) == "another_rank"        # the other one did
+        assert child.wait(timeout=60) == 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
