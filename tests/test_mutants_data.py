@@ -228,3 +228,78 @@ def test_buffer_pool_holds_at_most_cap_buffers():
     assert d.numel() == 64 and len(pool._bufs) == 2
     assert sorted(x.nbytes() for x in pool._bufs) == [64, 128]
     assert pool.get(64).data_ptr() != d.data_ptr()       # d still in use
+
+
+# --- the last real survivors: another split, identity codes, the reader thread's daemon flag ------------
+
+@pytest.fixture(scope="module")
+def with_shapes(tmp_path_factory):
+    """A synthetic LMDB whose windows carry identity codes, except every third window (none known)."""
+    from chorushead.core.windows import N_SHAPE, decode_arrays, encode_arrays, open_env
+    p = tmp_path_factory.mktemp("mutshape") / "shape.lmdb"
+    write_synth_lmdb(p, SynthConfig(videos=6, seconds=2, window=20, stride=20, fps=20, n_singers=[2, 3], seed=5))
+    rng = np.random.default_rng(9)
+    env = open_env(p, write=True)
+    with env.begin(write=True) as txn:
+        keys = [bytes(k) for k, _ in txn.cursor() if bytes(k).startswith(b"w/")]
+        assert keys
+        for n, k in enumerate(keys):
+            if n % 3 == 2:
+                continue
+            arrays, header = decode_arrays(txn.get(k))
+            s = arrays["vocals"].shape[0]
+            arrays["shape"] = rng.normal(0, 1, (s, N_SHAPE)).astype(np.float32)
+            txn.put(k, encode_arrays(arrays, header))
+    env.close()
+    return p
+
+
+def test_identity_codes_reach_the_batch_per_host(with_shapes):
+    for split in ("train", "val", "test"):
+        r = WindowReader(with_shapes, split)
+        if not len(r):
+            continue
+        ds = HostWindowDataset(with_shapes, split)
+        assert ds.reader.split == split and ds.reader.keys == r.keys       # the split asked for, not train
+        b = ds.batch(list(range(len(ds))))
+        known = [r.host_sample(j)["has_shape"] for j in range(len(ds))]
+        assert b["has_shape"].tolist() == known
+        for j in range(len(ds)):
+            ref = r.host_sample(j)
+            np.testing.assert_array_equal(b["shape"][j].numpy(), ref["shape"], err_msg=f"{split} {j}")
+    r = WindowReader(with_shapes, "train")
+    ds = HostWindowDataset(with_shapes)
+    b = ds.batch(list(range(len(ds))))
+    flags = b["has_shape"].tolist()
+    assert any(flags) and not all(flags)                                  # both kinds in one batch
+    for j, w in enumerate(np.repeat(np.arange(len(r.singers)), r.singers)):
+        win, h = r[int(w)], int(b["singer"][j])
+        if win.shape is None:
+            assert not flags[j] and not b["shape"][j].any()
+        else:
+            assert flags[j] and torch.equal(b["shape"][j], torch.from_numpy(win.shape[h]))
+            assert h == 0 or not torch.equal(b["shape"][j], torch.from_numpy(win.shape[0]))
+
+
+def test_another_split_is_read_when_asked(trio):
+    for split in ("val", "test"):
+        r = WindowReader(trio, split)
+        ds = HostWindowDataset(trio, split)
+        assert len(ds) == int(r.singers.sum())
+        if len(ds):
+            assert ds.batch([0])["key"] == [r.keys[0]]
+
+
+def test_the_reader_thread_is_a_daemon_even_from_a_plain_thread():
+    """A loader iterated in a non-daemon thread (the trainer's main thread) still reads in a daemon
+    thread: a consumer that dies without closing the iterator never keeps the process alive."""
+    ds = FakeDs()
+    box = {}
+
+    def consume():
+        box["got"] = [b["js"] for b in BatchLoader(ds, BATCHES[:3], prefetch=2)]
+    th = threading.Thread(target=consume, daemon=False)
+    th.start()
+    th.join(20)
+    assert not th.is_alive() and box["got"] == BATCHES[:3]
+    assert ds.calls and all(c["daemon"] is True and c["thread"] == "pachorus-batches" for c in ds.calls)
