@@ -756,18 +756,23 @@ def test_equal_val_loss_is_not_a_new_best_and_curves_each_epoch(data, tmp_path, 
 
 def test_stop_reason_agrees_across_two_ranks(tmp_path):
     """Rank 0 here, rank 1 a subprocess (gloo over a file store): the flag is the maximum over ranks."""
+    import datetime
     import subprocess
     import sys
     import torch.distributed as dist
     store = tmp_path / "store"
     child = subprocess.Popen([sys.executable, "-c", (
         "import torch, torch.distributed as d\n"
-        f"d.init_process_group('gloo', init_method='file://{store}', rank=1, world_size=2)\n"
+        "import datetime\n"
+        f"d.init_process_group('gloo', init_method='file://{store}', rank=1, world_size=2, "
+        "timeout=datetime.timedelta(seconds=60))\n"
         "for f in (0.0, 0.0, 1.0):\n"
         "    t = torch.tensor(f); d.all_reduce(t, op=d.ReduceOp.MAX)\n"
         "d.destroy_process_group()\n")])
     try:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=2)
+        # a child that never joins fails the test in a minute, not gloo's default half hour
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=2,
+                                timeout=datetime.timedelta(seconds=60))
 
         class R:
             pass
